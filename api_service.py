@@ -1,0 +1,278 @@
+"""The HTTP API of contract §1: thin routes over the store; the worker process runs executions."""
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config import Settings, get_settings
+from database import Store, new_execution_id, open_store
+from errors import (
+    Conflict, ExecutionNotFound, GraphValidationError, UnsupportedNodeTypes, WorkflowError,
+    WorkflowNotFound,
+)
+from flows.graph import parse_workflow
+from jsonutil import dump_json, now_iso
+from models import TERMINAL_STATUSES, ExecutionCreate, NodeDef, NodeExecute
+from tasks import node_types
+from tasks.context import Resources, RunContext, open_resources
+from tasks.run_node import run_with_retries
+
+logger = logging.getLogger(__name__)
+VERSION = "1.0.0"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    app.state.store = await open_store(settings.database_url)
+    app.state.resources = open_resources(settings)
+    try:
+        yield
+    finally:
+        await app.state.resources.aclose()
+        await app.state.store.close()
+
+
+class BodyLimit:
+    """Refuse request bodies over MAX_REQUEST_BYTES with 413 before they are buffered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = get_settings().MAX_REQUEST_BYTES
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"0")
+        too_big = JSONResponse({"detail": f"Request body larger than {limit} bytes"}, 413)
+        if declared.isdigit() and int(declared) > limit:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+app = FastAPI(title="Workflow Orchestration Service", version=VERSION, lifespan=lifespan)
+app.add_middleware(BodyLimit)  # type: ignore[arg-type]
+
+
+def _readable(errors: list[Any]) -> str:
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            msg = f"Malformed JSON body: {err.get('ctx', {}).get('error', msg)}"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "Invalid request"
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _readable(list(exc.errors()))}, 422)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+
+_STATUS = {WorkflowNotFound: 404, ExecutionNotFound: 404, GraphValidationError: 422, Conflict: 409}
+
+
+@app.exception_handler(WorkflowError)
+async def _workflow_error(_: Request, exc: WorkflowError) -> JSONResponse:
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+    return JSONResponse({"detail": str(exc)}, status)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error")
+    return JSONResponse({"detail": f"Internal error: {type(exc).__name__}: {exc}"}, 500)
+
+
+async def require_key(
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    keys = get_settings().api_keys
+    if not keys:
+        return
+    bearer = authorization[7:].strip() if (authorization or "").lower().startswith("bearer ") else None
+    if bearer not in keys and x_api_key not in keys:
+        raise StarletteHTTPException(401, "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)")
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+api = [Depends(require_key)]
+
+
+@app.get("/")
+async def health() -> dict[str, Any]:
+    return {"service": "Workflow Orchestration Service", "status": "running",
+            "version": VERSION, "timestamp": now_iso()}
+
+
+async def submit(store: Store, settings: Settings, body: ExecutionCreate,
+                 retry_of: str | None = None, node_results: str | None = None) -> dict[str, Any]:
+    """Validate, insert the pending row and queue it; the worker process runs it."""
+    name: str | None = None
+    if body.workflow is not None:
+        workflow_id = body.workflowId or f"inline_{new_execution_id()}"
+        raw: Any = body.workflow
+    elif body.workflowId:
+        workflow_id = body.workflowId
+        row = await store.get_workflow(workflow_id)
+        if row is None:
+            raise WorkflowNotFound(f"Workflow {workflow_id} not found")
+        name, raw = row["name"], row["data"]
+    else:
+        raise GraphValidationError("workflowId is required (or send an inline 'workflow')")
+    workflow = parse_workflow(raw)
+    known = set(node_types())
+    unsupported = [n for n in workflow.nodes if n.type not in known]
+    if unsupported:
+        listing = ", ".join(f"{n.type} (node {n.id})" for n in unsupported)
+        raise UnsupportedNodeTypes(f"Unsupported node types: {listing}")
+    mode = body.mode if body.mode in ("prefect", "inline") else settings.EXECUTION_MODE
+    execution_id = new_execution_id()
+    await store.create_execution(
+        execution_id=execution_id, workflow_id=workflow_id, workflow_name=name,
+        organization_id=body.organizationId, inputs=body.inputs or {},
+        definition=workflow.model_dump_json(exclude_none=True), mode=mode, retry_of=retry_of,
+        node_results=node_results)
+    return {"success": True, "executionId": execution_id, "status": "pending",
+            "message": "Workflow execution started in background",
+            "workflowId": workflow_id, "workflowName": name}
+
+
+@app.post("/api/workflows/execute", dependencies=api)
+async def execute_workflow(body: ExecutionCreate, store: StoreDep,
+                           settings: SettingsDep) -> dict[str, Any]:
+    return await submit(store, settings, body)
+
+
+def _parsed(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def _progress(store: Store, row: dict[str, Any]) -> dict[str, int]:
+    settled = row["status"] in TERMINAL_STATUSES
+    if row.get("totalNodes") is not None:
+        total, done = row["totalNodes"], row["completedNodes"]
+        failed, skipped = row["failedNodes"], row["skippedNodes"]
+    else:  # a row the Node backend wrote, or not started yet
+        counts = await store.log_counts(row["id"])
+        done, failed = counts.get("completed", 0), counts.get("error", 0)
+        skipped = counts.get("skipped", 0)
+        total = max(counts.get("running", 0), done + failed) + skipped
+    finished = done + failed + skipped
+    percentage = 100 if (settled and total == 0) else (finished * 100 // total if total else 0)
+    return {"totalNodes": total, "completedNodes": done, "failedNodes": failed,
+            "skippedNodes": skipped, "percentage": min(percentage, 100)}
+
+
+@app.get("/api/executions/{execution_id}", dependencies=api)
+async def get_execution(execution_id: str, store: StoreDep) -> dict[str, Any]:
+    row = await store.get_execution(execution_id)
+    if row is None:
+        raise ExecutionNotFound(f"Execution {execution_id} not found")
+    return {
+        "executionId": row["id"], "workflowId": row["workflowId"],
+        "workflowName": row.get("workflowName"), "organizationId": row["organizationId"],
+        "status": row["status"], "createdAt": row["createdAt"], "startedAt": row["startedAt"],
+        "completedAt": row["completedAt"], "currentNodeId": row["currentNodeId"],
+        "error": row["error"], "progress": await _progress(store, row),
+        "logs": await store.get_logs(execution_id, last=10),
+        "inputs": _parsed(row["inputs"]),
+        "nodeResults": _parsed(row["nodeResults"]), "finalOutput": _parsed(row["finalOutput"]),
+        "mode": row.get("mode"), "modeReason": row.get("modeReason"),
+        "attempts": row.get("attempts"), "resumedAt": row.get("resumedAt"),
+        "retryOf": row.get("retryOf"), "flowRunId": row.get("flowRunId"),
+    }
+
+
+@app.get("/api/executions/{execution_id}/logs", dependencies=api)
+async def get_execution_logs(execution_id: str, store: StoreDep) -> dict[str, Any]:
+    rows = await store.get_logs(execution_id)
+    if not rows and await store.get_execution(execution_id) is None:
+        raise ExecutionNotFound(f"Execution {execution_id} not found")
+    return {"executionId": execution_id, "logs": rows}
+
+
+@app.post("/api/executions/{execution_id}/cancel", dependencies=api)
+async def cancel_execution(execution_id: str, store: StoreDep) -> dict[str, Any]:
+    previous, cancelled = await store.cancel(execution_id)
+    if previous is None:
+        raise ExecutionNotFound(f"Execution {execution_id} not found")
+    if not cancelled:
+        return {"success": False, "executionId": execution_id,
+                "message": f"Cannot cancel execution with status '{previous}'",
+                "previousStatus": previous}
+    return {"success": True, "executionId": execution_id,
+            "message": "Execution cancelled successfully", "previousStatus": previous}
+
+
+@app.post("/api/nodes/execute", dependencies=api)
+async def execute_node(body: NodeExecute, request: Request) -> dict[str, Any]:
+    """Run one node synchronously (debug); nothing is written to the store."""
+    resources: Resources = request.app.state.resources
+    try:
+        node = NodeDef.model_validate({**body.node, "id": body.nodeId, "type": body.nodeType})
+        ctx = RunContext("single_node", body.workflowId, None, {}, node.id, node.type,
+                         node.display_label, resources)
+        output = await run_with_retries(node, body.inputData, ctx)
+    except Exception as exc:  # noqa: BLE001 - answered as success:false, like the original
+        return {"success": False, "nodeId": body.nodeId, "nodeType": body.nodeType,
+                "error": str(exc), "message": "Node execution failed"}
+    return {"success": True, "nodeId": body.nodeId, "nodeType": body.nodeType,
+            "output": json.loads(dump_json(output)), "message": "Node executed successfully"}
+
+
+@app.get("/api/workflows/{workflow_id}/executions", dependencies=api)
+async def list_workflow_executions(
+    workflow_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    workflow = await store.get_workflow(workflow_id)
+    if workflow is None:
+        raise WorkflowNotFound(f"Workflow {workflow_id} not found")
+    rows, total = await store.list_executions(workflow_id, limit)
+    return {"workflowId": workflow_id, "workflowName": workflow["name"], "executions": rows,
+            "total": total}
+

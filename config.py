@@ -1,0 +1,64 @@
+"""Service settings, read once from the environment and `.env` (the environment wins)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", env_ignore_empty=True, case_sensitive=True
+    )
+
+    API_HOST: str = "127.0.0.1"
+    API_PORT: int = 8000
+    DATABASE_PATH: str = "./database.sqlite"
+    DATABASE_URL: str | None = None
+    OPENAI_API_KEY: SecretStr | None = None
+    OPENAI_BASE_URL: str = "https://api.openai.com/v1"
+    OPENAI_MODEL: str = "gpt-4o-mini"
+    PREFECT_API_URL: str | None = None
+    PREFECT_HOME: str | None = None
+    EXECUTION_MODE: Literal["prefect", "inline"] = "prefect"
+    MAX_CONCURRENT_EXECUTIONS: int = Field(default=50, ge=1)
+    WORKER_PROCESSES: int = Field(default=1, ge=1)
+    LOG_LEVEL: str = "INFO"
+    API_KEYS: str | None = None
+    MAX_REQUEST_BYTES: int = Field(default=10 * 1024 * 1024, ge=1024)
+    LEASE_SECONDS: float = Field(default=15.0, gt=0)
+    SHUTDOWN_GRACE_SECONDS: float = Field(default=8.0, ge=0)
+
+    @field_validator("EXECUTION_MODE", mode="before")
+    @classmethod
+    def _lower_mode(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def database_url(self) -> str:
+        """`DATABASE_URL` when set, else a SQLite URL for `DATABASE_PATH`."""
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        return f"sqlite:///{Path(self.DATABASE_PATH).expanduser().resolve()}"
+
+    @property
+    def prefect_home(self) -> Path:
+        """Data folder of the embedded Prefect server: one per instance (API port) by default."""
+        if self.PREFECT_HOME:
+            return Path(self.PREFECT_HOME).expanduser().resolve()
+        return PROJECT_DIR / ".prefect" / f"instance-{self.API_PORT}"
+
+    @property
+    def api_keys(self) -> set[str]:
+        return {k.strip() for k in (self.API_KEYS or "").split(",") if k.strip()}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,69 @@
+"""The service's exceptions; callers catch the base class.
+
+    WorkflowError
+    ├── WorkflowNotFound          → 404
+    ├── ExecutionNotFound         → 404
+    ├── GraphValidationError      → 422
+    │   ├── UnsupportedNodeTypes  → 422 at submit, no execution row
+    │   └── CycleDetected         → the execution fails, no node runs
+    ├── Conflict                  → 409
+    └── NodeError                 → a node ends in `error`
+        ├── NodeConfigError       (never retried)
+        ├── NodeTimeout           (retried for network-bound types)
+        └── NodeExecutionError    (retried when `retryable`)
+"""
+
+
+class WorkflowError(Exception):
+    """Workflow service error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class WorkflowNotFound(WorkflowError):
+    """Workflow not found."""
+
+
+class ExecutionNotFound(WorkflowError):
+    """Execution not found."""
+
+
+class GraphValidationError(WorkflowError):
+    """The workflow definition is invalid."""
+
+
+class UnsupportedNodeTypes(GraphValidationError):
+    """The workflow contains node types this service does not implement."""
+
+
+class CycleDetected(GraphValidationError):
+    """Circular dependency detected in workflow."""
+
+
+class Conflict(WorkflowError):
+    """The request conflicts with the current state."""
+
+
+class NodeError(WorkflowError):
+    """The node failed."""
+
+    retryable = False
+
+
+class NodeConfigError(NodeError):
+    """The node configuration is invalid."""
+
+
+class NodeTimeout(NodeError):
+    """The node timed out."""
+
+    retryable = True
+
+
+class NodeExecutionError(NodeError):
+    """The node failed while running."""
+
+    def __init__(self, message: str | None = None, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -1,0 +1,270 @@
+"""Walks one execution's graph: ready-queue scheduling, skip rules, checkpoints, cancellation.
+
+Plain asyncio; it knows nothing of Prefect. Nodes run through an injected `run_node` callable
+(the Prefect task wrapper, the inline retry loop, or a test double). Every node's outcome is
+committed through `Recorder.checkpoint` before any child starts and before the final status.
+"""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from database import LogRow
+from errors import NodeError
+from flows.graph import Plan, assemble_input, edge_payload, is_failed, is_skipped
+from jsonutil import dump_json
+from models import EdgeDef, NodeDef
+from tasks.context import Resources, RunContext
+
+logger = logging.getLogger(__name__)
+
+Envelope = dict[str, Any]
+RunNode = Callable[[NodeDef, Any, RunContext], Awaitable[Envelope]]
+CANCELLED_TEXT = "Execution cancelled by user"
+LOG_PAYLOAD_MAX_BYTES = 256 * 1024
+
+
+class Recorder(Protocol):
+    async def checkpoint(
+        self, execution_id: str, rows: list[LogRow], *, current_node_id: str | None,
+        node_results: str | None, counts: dict[str, int],
+    ) -> bool: ...
+
+
+@dataclass
+class Job:
+    """One execution as the engine sees it; `previous` holds results adopted without running."""
+
+    execution_id: str
+    workflow_id: str | None
+    organization_id: str | None
+    inputs: dict[str, Any]
+    plan: Plan
+    resources: Resources
+    previous: dict[str, Envelope] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    status: str
+    error: str | None
+    node_results: str
+    results: dict[str, Envelope]
+
+
+def _log_json(value: Any, encoded: str | None = None) -> str | None:
+    """JSON for a log column, capped: the status endpoint ships log rows on every poll."""
+    if value is None:
+        return None
+    text = encoded if encoded is not None else dump_json(value)
+    if len(text) <= LOG_PAYLOAD_MAX_BYTES:
+        return text
+    preview: Any = None
+    if isinstance(value, list):
+        preview = value[:10]
+    elif isinstance(value, dict) and isinstance(value.get("outputData"), list):
+        preview = {k: v for k, v in value.items() if not isinstance(v, list | dict)}
+        preview["outputData"] = value["outputData"][:10]
+    return dump_json({"truncated": True, "originalBytes": len(text), "preview": preview})
+
+
+def error_result(message: str) -> Envelope:
+    return {"success": False, "error": message, "message": message}
+
+
+class _Run:
+    """Mutable state of one walk; `execute` below is the entry point."""
+
+    def __init__(self, job: Job, recorder: Recorder, run_node: RunNode,
+                 cancel: asyncio.Event, drain: asyncio.Event) -> None:
+        self.job, self.recorder, self.run_node = job, recorder, run_node
+        self.cancel, self.drain = cancel, drain
+        plan = job.plan
+        self.results: dict[str, Envelope] = {}
+        self.encoded: dict[str, str] = {}
+        self.remaining = {nid: len(plan.incoming[nid]) for nid in plan.nodes}
+        self.active: dict[str, list[tuple[EdgeDef, Any]]] = {nid: [] for nid in plan.nodes}
+        self.ready = deque(nid for nid in plan.order if self.remaining[nid] == 0)
+        self.rows: list[LogRow] = []
+        self.current: str | None = None
+        self.dirty = False
+        self.in_flight: dict[asyncio.Task[Envelope], tuple[str, str | None, float]] = {}
+
+    def _row(self, nid: str, status: str, **kw: Any) -> LogRow:
+        node = self.job.plan.nodes[nid]
+        return LogRow(nid, node.type, node.display_label, status, **kw)
+
+    def counts(self) -> dict[str, int]:
+        done = list(self.results.values())
+        return {
+            "completedNodes": sum(1 for r in done if not is_failed(r) and not is_skipped(r)),
+            "failedNodes": sum(1 for r in done if is_failed(r)),
+            "skippedNodes": sum(1 for r in done if is_skipped(r)),
+        }
+
+    def node_results_json(self) -> str:
+        return "{" + ",".join(f"{dump_json(k)}:{v}" for k, v in self.encoded.items()) + "}"
+
+    def settle(self, nid: str, result: Envelope, encoded: str | None = None) -> None:
+        plan = self.job.plan
+        self.results[nid] = result
+        self.encoded[nid] = encoded or dump_json(result)
+        self.dirty = True
+        for edge in plan.outgoing[nid]:
+            live, payload = edge_payload(edge, plan.nodes[nid], result)
+            if live:
+                self.active[edge.toNodeId].append((edge, payload))
+                # fan-in merges follow the connections array, not the order parents finished in
+                self.active[edge.toNodeId].sort(
+                    key=lambda ep: plan.incoming[ep[0].toNodeId].index(ep[0]))
+            self.remaining[edge.toNodeId] -= 1
+            if self.remaining[edge.toNodeId] == 0:
+                self.ready.append(edge.toNodeId)
+
+    async def flush(self) -> bool:
+        """Commit pending rows and results; False when the execution was cancelled meanwhile."""
+        if not self.rows and not self.dirty:
+            return True
+        rows, self.rows = self.rows, []
+        live = await self.recorder.checkpoint(
+            self.job.execution_id, rows, current_node_id=self.current,
+            node_results=self.node_results_json() if self.dirty else None,
+            counts=self.counts() if self.dirty else {},
+        )
+        self.dirty = False
+        return live
+
+    def take_ready(self) -> list[tuple[str, Any]]:
+        """Settle skipped/adopted nodes, return the nodes to start with their inputs."""
+        job, to_start = self.job, []
+        while self.ready:
+            nid = self.ready.popleft()
+            node = job.plan.nodes[nid]
+            if nid in job.previous:
+                self.settle(nid, job.previous[nid])
+                continue
+            run, data, reason = assemble_input(
+                node, self.active[nid], bool(job.plan.incoming[nid]), job.inputs)
+            if not run:
+                marker = {"success": True, "skipped": True, "message": reason}
+                encoded = dump_json(marker)
+                self.rows.append(self._row(nid, "skipped", output_json=encoded))
+                self.settle(nid, marker, encoded)
+                continue
+            to_start.append((nid, data))
+        return to_start
+
+    def start(self, nid: str, data: Any, input_json: str | None) -> None:
+        job = self.job
+        node = job.plan.nodes[nid]
+        ctx = RunContext(job.execution_id, job.workflow_id, job.organization_id, job.inputs,
+                         nid, node.type, node.display_label, job.resources)
+        task = asyncio.ensure_future(self.run_node(node, data, ctx))
+        self.in_flight[task] = (nid, input_json, time.monotonic())
+
+    def finish_task(self, task: asyncio.Task[Envelope]) -> None:
+        nid, input_json, started = self.in_flight.pop(task)
+        duration = int((time.monotonic() - started) * 1000)
+        try:
+            result = task.result()
+        except NodeError as exc:
+            result = error_result(str(exc))
+        except asyncio.CancelledError:
+            result = error_result(CANCELLED_TEXT)
+        except Exception as exc:  # noqa: BLE001 - an orchestrator failure still settles the node
+            logger.exception("node %s crashed outside its handler", nid)
+            result = error_result(f"{type(exc).__name__}: {exc}")
+        if is_failed(result):
+            self.rows.append(self._row(nid, "error", input_json=input_json,
+                                       error=str(result.get("error")), duration_ms=duration))
+            self.settle(nid, result)
+        else:
+            encoded = dump_json(result)
+            self.rows.append(self._row(nid, "completed", input_json=input_json,
+                                       output_json=_log_json(result, encoded),
+                                       duration_ms=duration))
+            self.settle(nid, result, encoded)
+
+    async def abort_in_flight(self) -> None:
+        for task in self.in_flight:
+            task.cancel()
+        if self.in_flight:
+            await asyncio.wait(list(self.in_flight))
+        for task in list(self.in_flight):
+            nid, input_json, started = self.in_flight.pop(task)
+            self.rows.append(self._row(nid, "error", input_json=input_json, error=CANCELLED_TEXT,
+                                       duration_ms=int((time.monotonic() - started) * 1000)))
+            self.results[nid] = error_result(CANCELLED_TEXT)
+            self.encoded[nid] = dump_json(self.results[nid])
+        self.dirty = True
+        await self.flush()
+
+    async def walk(self) -> str:
+        """Run until every node settled: "done"; "cancelled"; or "interrupted" when draining
+        stopped new nodes from starting (the in-flight ones finished and were checkpointed)."""
+        cancel_wait = asyncio.ensure_future(self.cancel.wait())
+        try:
+            while True:
+                if self.drain.is_set():
+                    if not self.in_flight:
+                        await self.flush()
+                        return "interrupted"
+                    to_start = []
+                else:
+                    to_start = [(nid, data, _log_json(data)) for nid, data in self.take_ready()]
+                if to_start:
+                    if self.cancel.is_set():
+                        await self.flush()
+                        await self.abort_in_flight()
+                        return "cancelled"
+                    for nid, _, input_json in to_start:
+                        self.rows.append(self._row(nid, "running", input_json=input_json))
+                    self.current = to_start[-1][0]
+                if not await self.flush():
+                    await self.abort_in_flight()
+                    return "cancelled"
+                for nid, data, input_json in to_start:
+                    self.start(nid, data, input_json)
+                if not self.in_flight and not self.drain.is_set():
+                    return "done"
+                waits = [*self.in_flight, cancel_wait]
+                if self.drain.is_set() and not self.in_flight:
+                    continue
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not cancel_wait:
+                        self.finish_task(task)  # type: ignore[arg-type]
+                if cancel_wait in done:
+                    await self.flush()
+                    await self.abort_in_flight()
+                    return "cancelled"
+        except asyncio.CancelledError:
+            for task in self.in_flight:  # hard stop: leave them to be re-run on resume
+                task.cancel()
+            raise
+        finally:
+            cancel_wait.cancel()
+
+
+async def execute(job: Job, recorder: Recorder, run_node: RunNode,
+                  cancel: asyncio.Event | None = None, drain: asyncio.Event | None = None) -> Outcome:
+    """Walk the plan to the end and return the outcome: completed/failed, or cancelled when
+    `cancel` is set, or interrupted when `drain` is set (no new node starts; resumable)."""
+    run = _Run(job, recorder, run_node, cancel or asyncio.Event(), drain or asyncio.Event())
+    state = await run.walk()
+    if state == "cancelled":
+        return Outcome("cancelled", CANCELLED_TEXT, run.node_results_json(), run.results)
+    if state == "interrupted":
+        return Outcome("interrupted", None, run.node_results_json(), run.results)
+    failed = [nid for nid in job.plan.order if is_failed(run.results.get(nid))]
+    error = None
+    if failed:
+        causes = "; ".join(
+            f"{nid} ({job.plan.nodes[nid].display_label}): {str(run.results[nid].get('error'))[:300]}"
+            for nid in failed)
+        error = f"Nodes failed: {', '.join(failed)} — {causes}"
+    return Outcome("failed" if failed else "completed", error, run.node_results_json(), run.results)

@@ -1,0 +1,150 @@
+"""Runs one claimed execution: builds the plan, picks the mode (Prefect, or inline as fallback),
+and drives the engine from `running` to its terminal status."""
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from config import Settings
+from database import Claim, Store
+from errors import GraphValidationError
+from flows.engine import Job, Outcome, execute
+from flows.graph import build_plan, parse_workflow
+from tasks.context import Resources
+from tasks.run_node import run_with_retries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PrefectProbe:
+    """Cached health check of the Prefect API, so a dead server costs one probe, not one per run."""
+
+    api_url: str | None
+    ttl_s: float = 5.0
+    _checked_at: float = field(default=-1e9)
+    _result: tuple[bool, str] = field(default=(False, "not checked"))
+
+    async def available(self) -> tuple[bool, str]:
+        if not self.api_url:
+            return False, "PREFECT_API_URL is not set"
+        if time.monotonic() - self._checked_at < self.ttl_s:
+            return self._result
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                response = await client.get(self.api_url.rstrip("/") + "/health")
+            ok = response.status_code == 200
+            self._result = (ok, "ok" if ok else f"health check answered {response.status_code}")
+        except httpx.HTTPError as exc:
+            self._result = (False, f"{type(exc).__name__}: {exc}")
+        self._checked_at = time.monotonic()
+        return self._result
+
+
+def _decode(text: str | None, default: Any) -> Any:
+    try:
+        value = json.loads(text) if text else default
+    except ValueError:
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+@dataclass
+class Runner:
+    """Shared by every execution a worker process runs."""
+
+    settings: Settings
+    store: Store
+    resources: Resources
+    probe: PrefectProbe
+    drain: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, claim: Claim, cancel: asyncio.Event) -> str:
+        """Run the claim to a terminal status; returns it ("interrupted" when drained)."""
+        eid = claim.execution_id
+        try:
+            plan = build_plan(parse_workflow(claim.definition))
+        except GraphValidationError as exc:
+            await self.store.start(eid, total_nodes=0, mode="inline", mode_reason=None)
+            await self.store.finish(eid, status="failed", error=str(exc), node_results="{}")
+            return "failed"
+        previous = _decode(claim.node_results, {})
+        job = Job(eid, claim.workflow_id, claim.organization_id, _decode(claim.inputs, {}), plan,
+                  self.resources, {k: v for k, v in previous.items() if k in plan.nodes})
+        mode, reason = claim.requested_mode, None
+        if mode == "prefect":
+            ok, why = await self.probe.available()
+            if not ok:
+                mode, reason = "inline", f"Prefect API unreachable ({why}); ran inline"
+                logger.warning("execution %s: %s", eid, reason,
+                               extra={"execution_id": eid, "action": "fallback"})
+        started = False
+
+        async def body(flow_run_id: str | None) -> str:
+            nonlocal started
+            started = True
+            if not await self.store.start(eid, total_nodes=len(plan.nodes), mode=mode,
+                                          mode_reason=reason, flow_run_id=flow_run_id):
+                await self.store.mark_done(eid)
+                return "cancelled"
+            run_node = run_with_retries
+            if mode == "prefect":
+                from flows.workflow_flow import run_node_as_task
+
+                run_node = run_node_as_task
+            outcome = await execute(job, self.store, run_node, cancel, self.drain)
+            await self._settle(eid, outcome)
+            return outcome.status
+
+        if mode != "prefect":
+            return await self._guarded(eid, body(None))
+        from flows.workflow_flow import run_as_flow
+
+        status: list[str] = []
+
+        async def recording_body(flow_run_id: str | None) -> str:
+            status.append(await self._guarded(eid, body(flow_run_id)))
+            return status[-1]
+
+        result_dir = self.settings.prefect_home / "results"
+        try:
+            await run_as_flow(eid, claim.workflow_id, claim.workflow_id or "workflow",
+                              recording_body, result_dir)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Prefect itself failed around our body
+            if not started:
+                mode = "inline"
+                reason = f"Prefect flow could not start ({type(exc).__name__}: {exc}); ran inline"
+                logger.warning("execution %s: %s", eid, reason,
+                               extra={"execution_id": eid, "action": "fallback"})
+                return await self._guarded(eid, body(None))
+            logger.warning("execution %s: Prefect failed around the run: %s", eid, exc,
+                           extra={"execution_id": eid})
+        return status[-1] if status else "interrupted"
+
+    async def _settle(self, eid: str, outcome: Outcome) -> None:
+        if outcome.status == "interrupted":
+            return  # the lease is released by the worker; a later claim resumes it
+        if outcome.status == "cancelled":
+            await self.store.mark_done(eid)
+            return
+        await self.store.finish(eid, status=outcome.status, error=outcome.error,
+                                node_results=outcome.node_results)
+
+    async def _guarded(self, eid: str, body: Any) -> str:
+        """Any unexpected error fails the execution with its message (rule 12)."""
+        try:
+            return str(await body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the run's last line of defence
+            logger.exception("execution %s crashed", eid, extra={"execution_id": eid})
+            await self.store.finish(eid, status="failed", error=f"{type(exc).__name__}: {exc}",
+                                    node_results=None)
+            return "failed"

@@ -1,0 +1,146 @@
+"""The execution worker process: claims queued executions from the store (the store is the queue),
+runs them concurrently up to MAX_CONCURRENT_EXECUTIONS, renews their leases, watches for cancels,
+and drains on SIGTERM. Run with `python -m flows.worker`."""
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+
+from config import Settings, get_settings
+from database import Claim, Store, open_store
+from flows.runner import PrefectProbe, Runner
+from tasks.context import open_resources
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.05
+CANCEL_POLL_S = 0.25
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
+        self.settings, self.store, self.runner = settings, store, runner
+        instance = os.environ.get("WOS_INSTANCE") or socket.gethostname()
+        self.owner = f"{instance}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.tasks: dict[str, asyncio.Task[str]] = {}
+        self.cancels: dict[str, asyncio.Event] = {}
+        self.wake = asyncio.Event()
+
+    @property
+    def lease_s(self) -> float:
+        return self.settings.LEASE_SECONDS
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Claim and run executions until `stop` is set, then drain (see `shutdown`)."""
+        helpers = [asyncio.create_task(self._renew_leases()),
+                   asyncio.create_task(self._watch_cancels())]
+        logger.info("worker %s started (limit %d)", self.owner,
+                    self.settings.MAX_CONCURRENT_EXECUTIONS)
+        try:
+            while not stop.is_set():
+                free = self.settings.MAX_CONCURRENT_EXECUTIONS - len(self.tasks)
+                claims = await self._claim(free) if free > 0 else []
+                for claim in claims:
+                    self._spawn(claim)
+                if claims and len(claims) == free:
+                    await asyncio.sleep(0)
+                    continue
+                self.wake.clear()
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+                await asyncio.wait(waits, timeout=IDLE_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+            await self.shutdown()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        try:
+            return await self.store.claim(self.owner, limit, self.lease_s)
+        except Exception:  # noqa: BLE001 - a store hiccup must not kill the worker
+            logger.exception("claim failed; retrying")
+            await asyncio.sleep(1)
+            return []
+
+    def _spawn(self, claim: Claim) -> None:
+        eid = claim.execution_id
+        if eid in self.tasks:
+            return
+        if claim.attempts > 1:
+            logger.info("resuming execution %s (attempt %d)", eid, claim.attempts,
+                        extra={"execution_id": eid, "action": "resume"})
+        if claim.status == "cancelled":
+            self.tasks[eid] = asyncio.create_task(self._done(eid))
+        else:
+            self.cancels[eid] = asyncio.Event()
+            self.tasks[eid] = asyncio.create_task(self.runner.run(claim, self.cancels[eid]))
+        self.tasks[eid].add_done_callback(lambda _t, eid=eid: self._finished(eid))
+
+    async def _done(self, eid: str) -> str:
+        await self.store.mark_done(eid)
+        return "cancelled"
+
+    def _finished(self, eid: str) -> None:
+        self.tasks.pop(eid, None)
+        self.cancels.pop(eid, None)
+        self.wake.set()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.store.renew_leases(self.owner, self.lease_s)
+            except Exception:  # noqa: BLE001 - retried on the next tick
+                logger.exception("lease renewal failed")
+
+    async def _watch_cancels(self) -> None:
+        """Cancels written straight into the row (by the API or the Node backend) stop the run."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            try:
+                for eid in await self.store.cancelled_among(list(self.cancels)):
+                    self.cancels[eid].set()
+            except Exception:  # noqa: BLE001 - retried on the next tick
+                logger.exception("cancel watch failed")
+
+    async def shutdown(self) -> None:
+        """Stop new nodes, give in-flight ones the grace period, then leave the rest resumable."""
+        self.runner.drain.set()
+        running = list(self.tasks.values())
+        if running:
+            logger.info("draining %d execution(s) for up to %.0f s", len(running),
+                        self.settings.SHUTDOWN_GRACE_SECONDS)
+            _, pending = await asyncio.wait(running, timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        await self.store.release(self.owner)
+
+
+async def main() -> None:
+    settings = get_settings()
+    store = await open_store(settings.database_url)
+    resources = open_resources(settings)
+    probe = PrefectProbe(os.environ.get("PREFECT_API_URL") or settings.PREFECT_API_URL)
+    worker = Worker(settings, store, Runner(settings, store, resources, probe))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.serve(stop)
+    finally:
+        await resources.aclose()
+        await store.close()
+
+
+if __name__ == "__main__":
+    from start_service import configure_logging
+
+    configure_logging(get_settings().LOG_LEVEL)
+    asyncio.run(main())

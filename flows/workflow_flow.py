@@ -1,0 +1,73 @@
+"""Prefect at the edge: one async flow per execution, one generic task per node.
+
+The flow body is `runner.run_job` (plain engine code); the task wraps `tasks.run_node.run_attempt`
+and leaves retries (exponential backoff with jitter, only for retryable errors) to Prefect, so each
+attempt is visible as a task-run state. Large inputs are `quote`d so Prefect does not walk them.
+"""
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, runtime, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Failed
+from prefect.utilities.annotations import quote
+
+from models import NodeDef
+from tasks.context import RunContext
+from tasks.registry import Envelope, get_spec
+from tasks.run_node import run_attempt, retry_policy
+
+logger = logging.getLogger(__name__)
+
+# The worker puts the job body here before calling the flow: flow parameters must be JSON.
+_BODY: contextvars.ContextVar[Callable[[str | None], Awaitable[Any]]] = contextvars.ContextVar(
+    "wos_flow_body")
+
+
+def _retryable(_task: Any, _run: Any, state: Any) -> bool:
+    return bool(getattr(state.data, "retryable", False))
+
+
+@task(name="node", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retryable)
+async def node_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
+    return await run_attempt(node, data, replace(ctx, attempt=runtime.task_run.run_count or 1))
+
+
+async def run_node_as_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
+    """The engine's `run_node` in prefect mode: one task run named `<type>:<node id>`."""
+    policy = retry_policy(get_spec(node.type), node)
+    delays = [policy.delay_s * 2**i for i in range(policy.retries)] or 0
+    configured = node_task.with_options(
+        task_run_name=f"{node.type}:{node.id}", retries=policy.retries,
+        retry_delay_seconds=delays, retry_jitter_factor=0.5 if policy.retries else None,
+    )
+    return await configured(quote(node), quote(data), quote(ctx))
+
+
+@flow(name="workflow-execution", persist_result=False, validate_parameters=False, log_prints=False)
+async def workflow_flow(execution_id: str, workflow_id: str | None) -> Any:
+    status = await _BODY.get()(str(runtime.flow_run.id))
+    if status == "cancelled":
+        return Cancelled(message="Execution cancelled by user")
+    if status == "failed":
+        return Failed(message=f"Execution {execution_id} failed (see its nodeResults)")
+    return status
+
+
+async def run_as_flow(
+    execution_id: str, workflow_id: str | None, label: str,
+    body: Callable[[str | None], Awaitable[Any]], result_dir: Path,
+) -> None:
+    """Run `body(flow_run_id)` as the flow run `<label> · <execution id>`."""
+    token = _BODY.set(body)
+    try:
+        configured = workflow_flow.with_options(
+            flow_run_name=f"{label} · {execution_id}", result_storage=result_dir)
+        await configured(execution_id, workflow_id)
+    finally:
+        _BODY.reset(token)

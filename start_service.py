@@ -1,0 +1,196 @@
+"""Starts everything the service needs on one machine and stops it cleanly.
+
+    start_service.py (supervisor, stays in start.sh's process group)
+    ├── Prefect API server   python -m flows.prefect_server   (prefect mode, no PREFECT_API_URL)
+    ├── worker process(es)   python -m flows.worker           (WORKER_PROCESSES)
+    └── HTTP API             uvicorn api_service:app          (API_HOST:API_PORT)
+
+SIGTERM/SIGINT: the API stops, workers drain for SHUTDOWN_GRACE_SECONDS, then Prefect stops.
+"""
+
+import asyncio
+import contextlib
+import logging
+import logging.config
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from config import PROJECT_DIR, Settings, get_settings
+
+logger = logging.getLogger("start_service")
+
+
+def configure_logging(level: str) -> None:
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "root": {"handlers": ["console"], "level": level.upper()},
+        "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    })
+
+
+def _die_with_parent() -> None:
+    """Linux: a child gets SIGTERM if the supervisor dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def prefect_env(settings: Settings, api_url: str | None) -> dict[str, str]:
+    """Environment shared by the Prefect server and its clients: quiet, offline, no ephemeral
+    servers, and no per-task INFO log lines."""
+    env = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+        "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
+        env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args], cwd=PROJECT_DIR, env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        logger.info("started %s (pid %d)", name, self.procs[name].pid)
+
+    def start_prefect(self) -> str | None:
+        """The embedded Prefect server; returns its API URL, or None if it did not come up."""
+        home = self.settings.prefect_home
+        home.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.spawn("prefect-server", ["-m", "flows.prefect_server", "--host", "127.0.0.1",
+                                      "--port", str(port)], prefect_env(self.settings, None))
+        url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self.stopping:
+            if self.procs["prefect-server"].poll() is not None:
+                break
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    logger.info("Prefect API ready at %s (data in %s)", url, home)
+                    return url
+            time.sleep(0.25)
+        logger.error("the embedded Prefect server did not start; executions will run inline")
+        self.stop_one("prefect-server", 3)
+        return None
+
+    def stop_one(self, name: str, timeout: float) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for name, proc in self.procs.items():
+            if name != "prefect-server" and proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + self.settings.SHUTDOWN_GRACE_SECONDS + 3
+        for name, proc in self.procs.items():
+            if name == "prefect-server":
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.stop_one("prefect-server", 2)
+
+    def run(self) -> int:
+        settings = self.settings
+        asyncio.run(prepare_store(settings))
+        api_url = settings.PREFECT_API_URL
+        if settings.EXECUTION_MODE == "prefect" and not api_url:
+            api_url = self.start_prefect()
+        worker_env = {**prefect_env(settings, api_url), "WOS_INSTANCE": instance_id(settings)}
+        for i in range(settings.WORKER_PROCESSES):
+            self.spawn(f"worker-{i + 1}", ["-m", "flows.worker"], worker_env)
+        self.spawn("api", ["-m", "uvicorn", "api_service:app", "--host", settings.API_HOST,
+                           "--port", str(settings.API_PORT), "--no-access-log",
+                           "--log-level", settings.LOG_LEVEL.lower()], {})
+        logger.info("service starting on http://%s:%d (mode %s)", settings.API_HOST,
+                    settings.API_PORT, settings.EXECUTION_MODE)
+        while not self.stopping:
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                if name.startswith("worker-"):
+                    logger.error("%s exited with %s; restarting it", name, code)
+                    self.spawn(name, ["-m", "flows.worker"], worker_env)
+                else:
+                    logger.error("%s exited with %s; stopping the service", name, code)
+                    self.stop_all()
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+
+def instance_id(settings: Settings) -> str:
+    """Names this service instance in lease owners, so a restart resumes its own executions."""
+    return f"{socket.gethostname()}:{settings.API_PORT}"
+
+
+async def prepare_store(settings: Settings) -> None:
+    """Create missing tables once, and free the executions a previous instance left running."""
+    from database import open_store
+
+    store = await open_store(settings.database_url)
+    try:
+        await store.release_instance(instance_id(settings))
+    finally:
+        await store.close()
+
+
+def main() -> int:
+    settings = get_settings()
+    configure_logging(settings.LOG_LEVEL)
+    supervisor = Supervisor(settings)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not supervisor.stopping:
+            logger.info("received %s; stopping", signal.Signals(signum).name)
+            supervisor.stop_all()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
