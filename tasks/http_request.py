@@ -1,0 +1,56 @@
+"""The http node: one request through the shared httpx client."""
+
+from typing import Any
+
+import httpx
+from pydantic import AliasChoices, Field
+
+from errors import NodeConfigError, NodeExecutionError
+from tasks.context import RunContext
+from tasks.registry import Envelope, NodeConfig, envelope, node
+
+METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
+WITH_BODY = {"POST", "PUT", "PATCH"}
+REQUEST_TIMEOUT_S = 30.0
+
+
+class HttpConfig(NodeConfig):
+    url: str | None = Field(default=None, validation_alias=AliasChoices("httpUrl", "url"))
+    method: str = Field(default="GET", validation_alias=AliasChoices("httpMethod", "method"))
+
+
+def _parse(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {"response": response.text}
+
+
+@node("http", config=HttpConfig, retries=2, timeout_s=60, network=True)
+async def http(config: HttpConfig, data: Any, ctx: RunContext) -> Envelope:
+    """JSON body = the input for POST/PUT/PATCH; a non-2xx answer is an error (5xx/429 retried)."""
+    if not config.url:
+        raise NodeConfigError("No URL configured for HTTP node (httpUrl)")
+    if not config.url.startswith(("http://", "https://")):
+        raise NodeConfigError(f"httpUrl must start with http:// or https:// (got {config.url!r})")
+    method = config.method.strip().upper()
+    if method not in METHODS:
+        raise NodeConfigError(f"Unsupported httpMethod {config.method!r}; use one of "
+                              + ", ".join(sorted(METHODS)))
+    body = ({} if data is None else data) if method in WITH_BODY else None
+    try:
+        response = await ctx.http.request(method, config.url, json=body,
+                                          timeout=REQUEST_TIMEOUT_S)
+    except httpx.TimeoutException as exc:
+        raise NodeExecutionError(f"HTTP {method} {config.url} timed out: {type(exc).__name__}",
+                                 retryable=True) from exc
+    except httpx.HTTPError as exc:
+        raise NodeExecutionError(f"HTTP {method} {config.url} failed: {type(exc).__name__}: {exc}",
+                                 retryable=True) from exc
+    code = response.status_code
+    if not 200 <= code < 300:
+        raise NodeExecutionError(
+            f"HTTP {method} {config.url} failed with status {code}: {response.text[:300]}",
+            retryable=code >= 500 or code == 429)
+    return envelope(f"HTTP {method} {config.url} - Status {code}", _parse(response),
+                    statusCode=code)

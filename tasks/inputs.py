@@ -1,0 +1,22 @@
+"""File-input node types: excelInput (inline rows as the editor stores them)."""
+
+from typing import Any
+
+from errors import NodeConfigError
+from tasks.context import RunContext
+from tasks.registry import Envelope, NodeConfig, envelope, node
+
+
+class ExcelInputConfig(NodeConfig):
+    fileName: str | None = None
+    parsedData: list[Any] | None = None
+
+
+@node("excelInput", config=ExcelInputConfig)
+async def excel_input(config: ExcelInputConfig, data: Any, ctx: RunContext) -> Envelope:
+    if config.parsedData is None:
+        raise NodeConfigError("No data configured for Excel/CSV node. Please upload a file.")
+    rows = config.parsedData
+    name = config.fileName or "inline data"
+    return envelope(f"Loaded {len(rows)} rows from {name}", rows, rowCount=len(rows),
+                    source="inline")

@@ -1,0 +1,172 @@
+"""Routing and combining node types: condition, join, splitColumns."""
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.context import RunContext
+from tasks.registry import Envelope, NodeConfig, envelope, node
+from tasks.values import js_str, records, to_number
+
+Check = Callable[[Any, str], bool]
+
+
+def _numeric(op: Callable[[float, float], bool]) -> Check:
+    def check(value: Any, target: str) -> bool:
+        a, b = to_number(value), to_number(target)
+        return a is not None and b is not None and op(a, b)
+
+    return check
+
+
+def _text(op: Callable[[str, str], bool]) -> Check:
+    def check(value: Any, target: str) -> bool:
+        return value is not None and op(js_str(value).lower(), (target or "").lower())
+
+    return check
+
+
+def _empty(value: Any, _target: str) -> bool:
+    return value is None or value == ""
+
+
+OPERATORS: dict[str, Check] = {
+    "equals": lambda v, t: js_str(v) == (t or ""),
+    "notEquals": lambda v, t: js_str(v) != (t or ""),
+    "greaterThan": _numeric(lambda a, b: a > b),
+    "lessThan": _numeric(lambda a, b: a < b),
+    "greaterOrEqual": _numeric(lambda a, b: a >= b),
+    "lessOrEqual": _numeric(lambda a, b: a <= b),
+    "contains": _text(lambda a, b: b in a),
+    "notContains": lambda v, t: not _text(lambda a, b: b in a)(v, t),
+    "startsWith": _text(str.startswith),
+    "endsWith": _text(str.endswith),
+    "isEmpty": _empty,
+    "isNotEmpty": lambda v, t: not _empty(v, t),
+}
+_SNAKE = {"not_equals": "notEquals", "greater_than": "greaterThan", "less_than": "lessThan",
+          "greater_or_equal": "greaterOrEqual", "less_or_equal": "lessOrEqual",
+          "not_contains": "notContains", "starts_with": "startsWith", "ends_with": "endsWith",
+          "is_empty": "isEmpty", "is_not_empty": "isNotEmpty"}
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    field: str | None = None
+    operator: str = "equals"
+    value: Any = ""
+
+
+class ConditionConfig(NodeConfig):
+    conditionField: str | None = None
+    conditionOperator: str = "equals"
+    conditionValue: Any = ""
+    processingMode: Literal["batch", "perRow"] = "batch"
+    additionalConditions: list[Rule] = Field(default_factory=list)
+    logicalOperator: Literal["AND", "OR"] = "AND"
+
+    def rules(self) -> list[Rule]:
+        first = Rule(field=self.conditionField, operator=self.conditionOperator or "equals",
+                     value=self.conditionValue)
+        return [first, *(r for r in self.additionalConditions if r.field)]
+
+
+def _matches(record: Any, config: ConditionConfig) -> bool:
+    results = []
+    for rule in config.rules():
+        value = record.get(rule.field) if isinstance(record, dict) and rule.field else None
+        check = OPERATORS.get(_SNAKE.get(rule.operator, rule.operator), OPERATORS["equals"])
+        target = rule.value if isinstance(rule.value, str) else js_str(rule.value)
+        results.append(check(value, target))
+    return all(results) if config.logicalOperator == "AND" else any(results)
+
+
+@node("condition", config=ConditionConfig)
+async def condition(config: ConditionConfig, data: Any, ctx: RunContext) -> Envelope:
+    """Batch: one verdict on the first record. perRow: split the records into true/false."""
+    rows = records(data)
+    if config.processingMode == "perRow":
+        true_rows = [r for r in rows if _matches(r, config)]
+        false_rows = [r for r in rows if not _matches(r, config)]
+        return envelope(f"{len(true_rows)} of {len(rows)} records matched", true_rows,
+                        conditionResult=bool(true_rows), trueRecords=true_rows,
+                        falseRecords=false_rows)
+    result = bool(rows) and _matches(rows[0], config)
+    return envelope(f"Condition evaluated to {js_str(result)}", data, conditionResult=result)
+
+
+class JoinConfig(NodeConfig):
+    joinStrategy: Literal["concat", "mergeByKey"] = "concat"
+    joinType: Literal["inner", "outer"] = "inner"
+    joinKey: str | None = None
+
+
+def _columns(rows: list[Any]) -> list[str]:
+    return list(rows[0]) if rows and isinstance(rows[0], dict) else []
+
+
+def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict[str, Any]]:
+    """FE semantics: B columns that collide with A's first row become `B_<name>`; every row is
+    rebuilt with A's first-row columns, then B's, missing values as ""."""
+    a_cols = _columns(a)
+    rename = {c: (f"B_{c}" if c in a_cols else c) for c in _columns(b) if c != key}
+    b_rows = [r for r in b if isinstance(r, dict)]
+    merged: list[dict[str, Any]] = []
+    matched_b: set[int] = set()
+    for row in (r for r in a if isinstance(r, dict)):
+        index = next((i for i, r in enumerate(b_rows) if key in r and key in row
+                      and type(r[key]) is type(row[key]) and r[key] == row[key]), None)
+        if index is None:
+            if outer:
+                merged.append(dict(row))
+            continue
+        matched_b.add(index)
+        extra = {rename.get(c, f"B_{c}" if c in a_cols else c): v
+                 for c, v in b_rows[index].items() if c != key}
+        merged.append({**row, **extra})
+    if outer:
+        a_keys = [r.get(key) for r in a if isinstance(r, dict)]
+        for i, row in enumerate(b_rows):
+            if i not in matched_b and not any(
+                    type(k) is type(row.get(key)) and k == row.get(key) for k in a_keys):
+                merged.append({key: row.get(key), **{rename.get(c, c): v for c, v in row.items()
+                                                     if c != key}})
+    columns = a_cols + [c for c in rename.values() if c not in a_cols]
+    if key not in columns:
+        columns.insert(0, key)
+    return [{c: r.get(c, "") for c in columns} for r in merged]
+
+
+@node("join", config=JoinConfig)
+async def join(config: JoinConfig, data: Any, ctx: RunContext) -> Envelope:
+    payload = data if isinstance(data, dict) else {}
+    a, b = records(payload.get("A")), records(payload.get("B"))
+    if config.joinStrategy == "mergeByKey" and config.joinKey:
+        rows = merge_by_key(a, b, config.joinKey, config.joinType == "outer")
+        how = f"{config.joinType} merge on {config.joinKey}"
+    else:
+        rows, how = a + b, "concatenation"
+    return envelope(f"Joined {len(a)} + {len(b)} rows by {how}: {len(rows)} rows", rows)
+
+
+class SplitColumnsConfig(NodeConfig):
+    columnsOutputA: list[str] = Field(default_factory=list)
+    columnsOutputB: list[str] = Field(default_factory=list)
+
+
+@node("splitColumns", config=SplitColumnsConfig)
+async def split_columns(config: SplitColumnsConfig, data: Any, ctx: RunContext) -> Envelope:
+    """Output A feeds edges marked "A" (and unmarked ones), output B edges marked "B"."""
+    if not isinstance(data, list):
+        return envelope("Input is not a list; passed through", data)
+    if not config.columnsOutputA and not config.columnsOutputB:
+        out_a, out_b = data, [{} for _ in data]
+    else:
+        def pick(row: Any, cols: list[str]) -> dict[str, Any]:
+            return {c: row[c] for c in cols if isinstance(row, dict) and c in row}
+
+        out_a = [pick(r, config.columnsOutputA) for r in data]
+        out_b = [pick(r, config.columnsOutputB) for r in data]
+    return envelope(f"Split {len(data)} rows into A and B", out_a, outputA=out_a, outputB=out_b)
