@@ -68,6 +68,6 @@ async def run_as_flow(
     try:
         configured = workflow_flow.with_options(
             flow_run_name=f"{label} · {execution_id}", result_storage=result_dir)
-        await configured(execution_id, workflow_id)
+        await configured(execution_id, workflow_id, return_state=True)
     finally:
         _BODY.reset(token)

@@ -84,7 +84,7 @@ class RunningService:
             conn = sqlite3.connect(self.db)
             conn.executescript(NODE_SCHEMA.read_text())
             conn.close()
-        self.port = free_port()
+        self.port = int(env.pop("API_PORT", 0)) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / f"service-{mode}.log").open("ab")
         full_env = {**os.environ, "API_PORT": str(self.port), "DATABASE_PATH": str(self.db),

@@ -1,0 +1,91 @@
+"""The service as a user runs it: Prefect under a burst, fallback to inline, process-group
+lifecycle (SIGTERM, SIGKILL, immediate restart on the same port and database)."""
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import MockServer, RunningService, free_port, group_alive
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockServer]:
+    server = MockServer({("GET", "/api/item"): lambda _: (200, {"value": 21})})
+    yield server
+    server.close()
+
+
+def small_workflow(port: int) -> dict[str, object]:
+    return {
+        "nodes": [
+            {"id": "t", "type": "trigger"},
+            {"id": "h", "type": "http", "config": {"httpUrl": f"http://127.0.0.1:{port}/api/item"}},
+            {"id": "a", "type": "addField", "config": {"addFieldName": "ok", "addFieldValue": "yes"}},
+            {"id": "o", "type": "output"},
+        ],
+        "connections": [{"fromNodeId": "t", "toNodeId": "h"}, {"fromNodeId": "h", "toNodeId": "a"},
+                        {"fromNodeId": "a", "toNodeId": "o"}],
+    }
+
+
+def test_fifty_executions_at_once_all_complete_through_prefect(
+        tmp_path: Path, mock: MockServer) -> None:
+    svc = RunningService(tmp_path, "prefect", PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
+    try:
+        svc.add_workflow("burst", small_workflow(mock.port))
+        with ThreadPoolExecutor(50) as pool:
+            ids = list(pool.map(lambda _: svc.execute("burst", {}), range(50)))
+        finals = [svc.wait(eid, timeout=300) for eid in ids]
+        assert [f["status"] for f in finals] == ["completed"] * 50
+        for eid in ids:
+            row = svc.row(eid)
+            assert row["run"]["mode"] == "prefect", row["run"]["modeReason"]
+            assert row["run"]["flowRunId"]
+            assert row["nodeResults"]["o"]["outputData"] == {"value": 21, "ok": "yes"}
+    finally:
+        svc.stop()
+    log = Path(svc.log.name).read_text()
+    assert "database is locked" not in log
+    assert "retryable status code 503" not in log
+
+
+def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path,
+                                                          mock: MockServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    svc = RunningService(tmp_path, "prefect", PREFECT_API_URL=dead)
+    try:
+        svc.add_workflow("wf", small_workflow(mock.port))
+        final = svc.wait(svc.execute("wf", {}))
+        assert final["status"] == "completed"
+        assert final["mode"] == "inline" and "Prefect API unreachable" in final["modeReason"]
+    finally:
+        svc.stop()
+    assert "Prefect API unreachable" in Path(svc.log.name).read_text()
+
+
+def test_sigkill_of_the_group_leaves_nothing_and_a_restart_works(tmp_path: Path,
+                                                                  mock: MockServer) -> None:
+    svc = RunningService(tmp_path, "prefect")
+    pgid = svc.proc.pid
+    members = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    assert len(members.stdout.split()) >= 4  # start_service, Prefect server, worker, API
+    svc.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not group_alive(pgid)
+
+    again = RunningService(tmp_path, "prefect", API_PORT=str(svc.port))
+    try:
+        again.add_workflow("wf", small_workflow(mock.port))
+        assert again.wait(again.execute("wf", {}))["status"] == "completed"
+    finally:
+        took = again.stop()
+    assert took < 15
