@@ -1,5 +1,6 @@
 """The HTTP API of contract §1: thin routes over the store; the worker process runs executions."""
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,13 +22,14 @@ from errors import (
 )
 from flows.graph import parse_workflow
 from jsonutil import dump_json, now_iso
-from models import TERMINAL_STATUSES, ExecutionCreate, NodeDef, NodeExecute
+from models import TERMINAL_STATUSES, ExecutionCreate, NodeDef, NodeExecute, RetryRequest
 from tasks import node_types
 from tasks.context import Resources, RunContext, open_resources
 from tasks.run_node import run_with_retries
 
 logger = logging.getLogger(__name__)
 VERSION = "1.0.0"
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 @asynccontextmanager
@@ -144,9 +147,59 @@ async def health() -> dict[str, Any]:
             "version": VERSION, "timestamp": now_iso()}
 
 
-async def submit(store: Store, settings: Settings, body: ExecutionCreate,
-                 retry_of: str | None = None, node_results: str | None = None) -> dict[str, Any]:
-    """Validate, insert the pending row and queue it; the worker process runs it."""
+def _definition(raw: Any) -> str:
+    """Validate a workflow definition and return it as stored for the run (refuses Decision 3)."""
+    workflow = parse_workflow(raw)
+    known = set(node_types())
+    unsupported = [n for n in workflow.nodes if n.type not in known]
+    if unsupported:
+        listing = ", ".join(f"{n.type} (node {n.id})" for n in unsupported)
+        raise UnsupportedNodeTypes(f"Unsupported node types: {listing}")
+    return workflow.model_dump_json(exclude_none=True)
+
+
+async def queue(
+    store: Store, *, workflow_id: str, name: str | None, definition: str, body: ExecutionCreate,
+    mode: str, idempotency_key: str | None = None, retry_of: str | None = None,
+    node_results: str | None = None,
+) -> dict[str, Any]:
+    """Insert the pending row (the worker process picks it up) and answer like PY-API."""
+    execution_id = new_execution_id()
+    response = {"success": True, "executionId": execution_id, "status": "pending",
+                "message": "Workflow execution started in background",
+                "workflowId": workflow_id, "workflowName": name}
+    key = None
+    if idempotency_key:
+        digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        key = (idempotency_key, digest, IDEMPOTENCY_TTL_S)
+    for attempt in range(2):
+        try:
+            earlier = await store.create_execution(
+                execution_id=execution_id, workflow_id=workflow_id, workflow_name=name,
+                organization_id=body.organizationId, inputs=body.inputs or {},
+                definition=definition, mode=mode, retry_of=retry_of, node_results=node_results,
+                idempotency_key=key)
+            break
+        except IntegrityError:  # a concurrent submit with the same key won the race
+            if attempt or key is None:
+                raise
+    if earlier is None:
+        return response
+    earlier_id, earlier_hash = earlier
+    if key is not None and earlier_hash != key[1]:
+        raise Conflict(f"Idempotency-Key {idempotency_key!r} was already used with a different "
+                       "request body")
+    row = await store.get_execution(earlier_id)
+    return {**response, "executionId": earlier_id,
+            "status": row["status"] if row else "pending",
+            "message": "Execution already submitted with this Idempotency-Key"}
+
+
+@app.post("/api/workflows/execute", dependencies=api)
+async def execute_workflow(
+    body: ExecutionCreate, store: StoreDep, settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
     name: str | None = None
     if body.workflow is not None:
         workflow_id = body.workflowId or f"inline_{new_execution_id()}"
@@ -159,28 +212,37 @@ async def submit(store: Store, settings: Settings, body: ExecutionCreate,
         name, raw = row["name"], row["data"]
     else:
         raise GraphValidationError("workflowId is required (or send an inline 'workflow')")
-    workflow = parse_workflow(raw)
-    known = set(node_types())
-    unsupported = [n for n in workflow.nodes if n.type not in known]
-    if unsupported:
-        listing = ", ".join(f"{n.type} (node {n.id})" for n in unsupported)
-        raise UnsupportedNodeTypes(f"Unsupported node types: {listing}")
     mode = body.mode if body.mode in ("prefect", "inline") else settings.EXECUTION_MODE
-    execution_id = new_execution_id()
-    await store.create_execution(
-        execution_id=execution_id, workflow_id=workflow_id, workflow_name=name,
-        organization_id=body.organizationId, inputs=body.inputs or {},
-        definition=workflow.model_dump_json(exclude_none=True), mode=mode, retry_of=retry_of,
-        node_results=node_results)
-    return {"success": True, "executionId": execution_id, "status": "pending",
-            "message": "Workflow execution started in background",
-            "workflowId": workflow_id, "workflowName": name}
+    return await queue(store, workflow_id=workflow_id, name=name, definition=_definition(raw),
+                       body=body, mode=mode, idempotency_key=idempotency_key)
 
 
-@app.post("/api/workflows/execute", dependencies=api)
-async def execute_workflow(body: ExecutionCreate, store: StoreDep,
-                           settings: SettingsDep) -> dict[str, Any]:
-    return await submit(store, settings, body)
+@app.post("/api/executions/{execution_id}/retry", dependencies=api)
+async def retry_execution(execution_id: str, store: StoreDep,
+                          body: RetryRequest | None = None) -> dict[str, Any]:
+    """A new execution of a failed/cancelled one, with the same definition and inputs, reusing
+    the results of the nodes that completed (unless `fromScratch`)."""
+    row = await store.get_execution(execution_id)
+    if row is None:
+        raise ExecutionNotFound(f"Execution {execution_id} not found")
+    if row["status"] not in ("failed", "cancelled"):
+        raise Conflict(f"Only failed or cancelled executions can be retried; execution "
+                       f"{execution_id} is {row['status']}")
+    if row.get("definition") is None:
+        raise Conflict(f"Execution {execution_id} was not run by this service and cannot be retried")
+    reused = None
+    results = _parsed(row["nodeResults"])
+    if not (body and body.fromScratch) and isinstance(results, dict):
+        kept = {nid: {**r, "reusedFrom": execution_id} for nid, r in results.items()
+                if isinstance(r, dict) and r.get("success") is True and not r.get("skipped")}
+        reused = dump_json(kept) if kept else None
+    inputs = _parsed(row["inputs"])
+    request = ExecutionCreate(workflowId=row["workflowId"], organizationId=row["organizationId"],
+                              inputs=inputs if isinstance(inputs, dict) else {})
+    response = await queue(store, workflow_id=row["workflowId"], name=row.get("workflowName"),
+                           definition=row["definition"], body=request,
+                           mode=row["requestedMode"], retry_of=execution_id, node_results=reused)
+    return {**response, "message": "Retry started in background", "retryOf": execution_id}
 
 
 def _parsed(text: str | None) -> Any:

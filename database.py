@@ -126,6 +126,15 @@ runs = _table(
     sa.Index("idx_wos_executions_state", "state", "seq"),
 )
 
+idempotency = _table(
+    "wos_idempotency",
+    sa.Column("key", T, primary_key=True),
+    sa.Column("organizationId", T, primary_key=True, server_default=""),
+    sa.Column("requestHash", T, nullable=False),
+    sa.Column("executionId", T, nullable=False),
+    sa.Column("expiresAt", sa.Float, nullable=False),
+)
+
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 _log_ids = itertools.count()
 
@@ -214,10 +223,30 @@ class Store:
         self, *, execution_id: str, workflow_id: str, workflow_name: str | None,
         organization_id: str | None, inputs: dict[str, Any], definition: str, mode: str,
         retry_of: str | None = None, node_results: str | None = None,
-    ) -> None:
-        """Insert the pending execution row and queue it, in one transaction."""
+        idempotency_key: tuple[str, str, float] | None = None,
+    ) -> tuple[str, str] | None:
+        """Insert the pending execution row and queue it, in one transaction.
+
+        With `idempotency_key=(key, request_hash, ttl_s)`, an unexpired earlier submit with the
+        same key and organization wins: nothing is inserted and its (execution id, request hash)
+        is returned instead.
+        """
         now = now_iso()
+        org = organization_id or ""
         async with self.write() as conn:
+            if idempotency_key is not None:
+                key, request_hash, ttl_s = idempotency_key
+                match = idempotency.c.key == key, idempotency.c.organizationId == org
+                earlier = (await conn.execute(
+                    sa.select(idempotency.c.executionId, idempotency.c.requestHash,
+                              idempotency.c.expiresAt).where(*match))).first()
+                if earlier is not None and earlier.expiresAt > time.time():
+                    return earlier.executionId, earlier.requestHash
+                if earlier is not None:
+                    await conn.execute(idempotency.delete().where(*match))
+                await conn.execute(idempotency.insert().values(
+                    key=key, organizationId=org, requestHash=request_hash,
+                    executionId=execution_id, expiresAt=time.time() + ttl_s))
             await conn.execute(executions.insert().values(
                 id=execution_id, workflowId=workflow_id, organizationId=organization_id,
                 status="pending", inputs=dump_json(inputs), createdAt=now,
@@ -228,12 +257,13 @@ class Store:
                 definition=definition, requestedMode=mode, state=QUEUED, createdAt=now,
                 retryOf=retry_of,
             ))
+        return None
 
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         """The execution row joined with the service's own state (None where not ours)."""
         query = (
             sa.select(executions, *[runs.c[c] for c in (
-                "workflowName", "mode", "modeReason", "attempts", "resumedAt", "retryOf",
+                "workflowName", "definition", "requestedMode", "mode", "modeReason", "attempts", "resumedAt", "retryOf",
                 "flowRunId", "totalNodes", "completedNodes", "failedNodes", "skippedNodes",
                 "state")])
             .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))

@@ -49,6 +49,7 @@ class NodeError(WorkflowError):
     """The node failed."""
 
     retryable = False
+    attempts: int | None = None
 
 
 class NodeConfigError(NodeError):

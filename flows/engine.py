@@ -72,8 +72,11 @@ def _log_json(value: Any, encoded: str | None = None) -> str | None:
     return dump_json({"truncated": True, "originalBytes": len(text), "preview": preview})
 
 
-def error_result(message: str) -> Envelope:
-    return {"success": False, "error": message, "message": message}
+def error_result(message: str, attempts: int | None = None) -> Envelope:
+    result: Envelope = {"success": False, "error": message, "message": message}
+    if attempts is not None:
+        result["attempts"] = attempts
+    return result
 
 
 class _Run:
@@ -172,7 +175,7 @@ class _Run:
         try:
             result = task.result()
         except NodeError as exc:
-            result = error_result(str(exc))
+            result = error_result(str(exc), exc.attempts)
         except asyncio.CancelledError:
             result = error_result(CANCELLED_TEXT)
         except Exception as exc:  # noqa: BLE001 - an orchestrator failure still settles the node

@@ -114,7 +114,7 @@ class Runner:
         result_dir = self.settings.prefect_home / "results"
         try:
             await run_as_flow(eid, claim.workflow_id, claim.workflow_id or "workflow",
-                              recording_body, result_dir)
+                              claim.attempts, recording_body, result_dir)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Prefect itself failed around our body

@@ -60,14 +60,17 @@ async def workflow_flow(execution_id: str, workflow_id: str | None) -> Any:
 
 
 async def run_as_flow(
-    execution_id: str, workflow_id: str | None, label: str,
+    execution_id: str, workflow_id: str | None, label: str, attempt: int,
     body: Callable[[str | None], Awaitable[Any]], result_dir: Path,
 ) -> None:
-    """Run `body(flow_run_id)` as the flow run `<label> · <execution id>`."""
+    """Run `body(flow_run_id)` as the flow run `<label> · <execution id>`, tagged with the
+    execution id and attempt so a resumed execution's runs are found together in Prefect."""
     token = _BODY.set(body)
     try:
+        name = f"{label} · {execution_id}" + (f" · resume {attempt - 1}" if attempt > 1 else "")
         configured = workflow_flow.with_options(
-            flow_run_name=f"{label} · {execution_id}", result_storage=result_dir)
+            flow_run_name=name, result_storage=result_dir,
+            tags=[f"execution:{execution_id}", f"attempt:{attempt}"])
         await configured(execution_id, workflow_id, return_state=True)
     finally:
         _BODY.reset(token)

@@ -67,14 +67,19 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
     try:
         async with asyncio.timeout(policy.timeout_s):
             result = await spec.handler(config, data, ctx)
-    except NodeError:
+        if isinstance(result, dict) and result.get("success") is False:
+            raise NodeExecutionError(str(result.get("error") or result.get("message") or "Node failed"))
+    except NodeError as exc:
+        exc.attempts = ctx.attempt
         raise
     except TimeoutError:
-        raise NodeTimeout(f"Node timed out after {policy.timeout_s:g} s") from None
+        error = NodeTimeout(f"Node timed out after {policy.timeout_s:g} s")
+        error.attempts = ctx.attempt
+        raise error from None
     except Exception as exc:  # noqa: BLE001 - the one place handler errors are wrapped
-        raise NodeExecutionError(f"{type(exc).__name__}: {exc}") from exc
-    if isinstance(result, dict) and result.get("success") is False:
-        raise NodeExecutionError(str(result.get("error") or result.get("message") or "Node failed"))
+        error = NodeExecutionError(f"{type(exc).__name__}: {exc}")
+        error.attempts = ctx.attempt
+        raise error from exc
     return {**result, "attempts": ctx.attempt}
 
 
