@@ -2,12 +2,18 @@
 
 from typing import Any
 
+from pydantic import ConfigDict
+
 from errors import NodeConfigError
 from tasks.context import RunContext
 from tasks.registry import Envelope, NodeConfig, envelope, node
 
 
 class ExcelInputConfig(NodeConfig):
+    """Open model: keys for other sources (file path, base64) may be added later."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
     fileName: str | None = None
     parsedData: list[Any] | None = None
 

@@ -59,7 +59,8 @@ def post_process(config: LlmConfig, raw: str) -> str:
 async def llm(config: LlmConfig, data: Any, ctx: RunContext) -> Envelope:
     if not config.prompt:
         raise NodeConfigError("No prompt configured for LLM node")
-    if ctx.settings.OPENAI_API_KEY is None:
+    key = ctx.settings.OPENAI_API_KEY
+    if key is None or not key.get_secret_value():
         raise NodeConfigError("OpenAI API key not configured")
     try:
         completion = await ctx.resources.openai().chat.completions.create(

@@ -103,6 +103,23 @@ class JoinConfig(NodeConfig):
     joinKey: str | None = None
 
 
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+def _strict_equal(a: Any, b: Any) -> bool:
+    """JS `===` on JSON values: `"1"` is not `1`, `1` is `1.0`, objects never match."""
+    if isinstance(a, dict | list) or isinstance(b, dict | list):
+        return a is b
+    return _kind(a) == _kind(b) and a == b
+
+
 def _columns(rows: list[Any]) -> list[str]:
     return list(rows[0]) if rows and isinstance(rows[0], dict) else []
 
@@ -116,8 +133,8 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
     merged: list[dict[str, Any]] = []
     matched_b: set[int] = set()
     for row in (r for r in a if isinstance(r, dict)):
-        index = next((i for i, r in enumerate(b_rows) if key in r and key in row
-                      and type(r[key]) is type(row[key]) and r[key] == row[key]), None)
+        index = next((i for i, r in enumerate(b_rows)
+                      if key in r and key in row and _strict_equal(r[key], row[key])), None)
         if index is None:
             if outer:
                 merged.append(dict(row))
@@ -127,10 +144,10 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
                  for c, v in b_rows[index].items() if c != key}
         merged.append({**row, **extra})
     if outer:
-        a_keys = [r.get(key) for r in a if isinstance(r, dict)]
+        a_keys = [r[key] for r in a if isinstance(r, dict) and key in r]
         for i, row in enumerate(b_rows):
             if i not in matched_b and not any(
-                    type(k) is type(row.get(key)) and k == row.get(key) for k in a_keys):
+                    key in row and _strict_equal(k, row[key]) for k in a_keys):
                 merged.append({key: row.get(key), **{rename.get(c, c): v for c, v in row.items()
                                                      if c != key}})
     columns = a_cols + [c for c in rename.values() if c not in a_cols]

@@ -21,7 +21,9 @@ async def add_field(config: AddFieldConfig, data: Any, ctx: RunContext) -> Envel
     the record it is added to."""
 
     def value_for(record: Any) -> Any:
-        return render_template(config.value, record) if isinstance(config.value, str) else config.value
+        if isinstance(config.value, str):
+            return render_template(config.value, record)
+        return config.value
 
     if isinstance(data, list):
         rows = [{**r, config.name: value_for(r)} if isinstance(r, dict) else r for r in data]

@@ -4,26 +4,60 @@ editor's expectations (`true` not `True`, `85` not `85.0`)."""
 import json
 import math
 import re
+from decimal import Decimal
 from typing import Any
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}", re.ASCII)  # JS `\w`: ASCII letters, digits, `_`
+
+
+def _js_number(value: float) -> str:
+    """ECMAScript Number::toString: shortest round-trip digits, exponent below 1e-6 / from 1e21."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "0"
+    parts = Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(str(d) for d in parts.digits)
+    k, n = len(digits), int(parts.exponent) + len(digits)  # value = 0.<digits> × 10^n
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        body = "0." + "0" * -n + digits
+    else:
+        mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
+        body = f"{mantissa}e{'+' if n >= 1 else '-'}{abs(n - 1)}"
+    return ("-" if value < 0 else "") + body
+
+
+def _js_json(value: Any) -> str:
+    """Compact JSON as `JSON.stringify` writes it (numbers rendered the JS way, NaN → null)."""
+    if isinstance(value, float):
+        return _js_number(value) if math.isfinite(value) else "null"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{_js_json(v)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_js_json(v) for v in value) + "]"
+    if value is None or isinstance(value, bool | int | str):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def js_str(value: Any) -> str:
-    """`String(value)` as JavaScript renders it (objects and lists as JSON)."""
+    """`String(value)` as JavaScript renders it (objects and lists as compact JSON)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _js_number(value)
+    if isinstance(value, dict | list | tuple):
+        return _js_json(value)
     return str(value)
 
 

@@ -1,0 +1,156 @@
+"""Crash and shutdown tests against the real service: SIGKILL mid-run then restart, SIGTERM
+drain, and the Node backend writing the same SQLite file from another process."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import MockServer, RunningService
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def mock() -> Iterator[MockServer]:
+    server = MockServer({
+        ("GET", "/first"): lambda _: (200, {"step": 1}),
+        ("GET", "/slow"): lambda _: (200, 2.5),
+        ("GET", "/last"): lambda _: (200, {"step": 3}),
+    })
+    yield server
+    server.close()
+
+
+def three_steps(port: int) -> dict[str, Any]:
+    nodes = [{"id": "t", "type": "trigger"}] + [
+        {"id": name, "type": "http", "config": {"httpUrl": f"http://127.0.0.1:{port}/{name}"}}
+        for name in ("first", "slow", "last")]
+    ids = [n["id"] for n in nodes]
+    return {"nodes": nodes, "connections": [{"fromNodeId": a, "toNodeId": b}
+                                            for a, b in zip(ids, ids[1:], strict=False)]}
+
+
+def wait_for_log(svc: RunningService, eid: str, node: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(log["nodeId"] == node and log["status"] == status for log in svc.row(eid)["logs"]):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{node} never logged {status}")
+
+
+@pytest.mark.parametrize("mode", ["prefect", "inline"])
+def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
+        tmp_path: Path, mock: MockServer, mode: str) -> None:
+    svc = RunningService(tmp_path, mode)
+    svc.add_workflow("wf", three_steps(mock.port))
+    eid = svc.execute("wf", {})
+    wait_for_log(svc, eid, "slow", "running")
+    svc.stop(signal.SIGKILL)
+    assert svc.row(eid)["status"] == "running"
+
+    again = RunningService(tmp_path, mode, API_PORT=str(svc.port))
+    try:
+        final = again.wait(eid)
+    finally:
+        again.stop()
+    assert final["status"] == "completed"
+    assert final["attempts"] == 2 and final["resumedAt"]
+    assert len(mock.calls("GET", "/first")) == 1  # completed before the crash: not run again
+    assert len(mock.calls("GET", "/slow")) == 2  # in flight at the crash: at-least-once
+    assert len(mock.calls("GET", "/last")) == 1
+    slow_rows = [log["status"] for log in again.row(eid)["logs"] if log["nodeId"] == "slow"]
+    assert slow_rows == ["running", "running", "completed"]
+    assert final["nodeResults"]["last"]["outputData"] == {"step": 3}
+
+
+def test_sigterm_drains_in_flight_node_and_restart_finishes(tmp_path: Path,
+                                                            mock: MockServer) -> None:
+    svc = RunningService(tmp_path, "inline")
+    svc.add_workflow("wf", three_steps(mock.port))
+    eid = svc.execute("wf", {})
+    wait_for_log(svc, eid, "slow", "running")
+    took = svc.stop(signal.SIGTERM)
+    assert took < 15
+    row = svc.row(eid)
+    assert row["status"] == "running"
+    assert [log["status"] for log in row["logs"] if log["nodeId"] == "slow"] == [
+        "running", "completed"]  # the in-flight node finished inside the grace period
+    assert not any(log["nodeId"] == "last" for log in row["logs"])
+
+    again = RunningService(tmp_path, "inline", API_PORT=str(svc.port))
+    try:
+        final = again.wait(eid)
+    finally:
+        again.stop()
+    assert final["status"] == "completed"
+    assert len(mock.calls("GET", "/slow")) == 1 and len(mock.calls("GET", "/last")) == 1
+
+
+NODE_WRITER = r"""
+import json, sqlite3, sys, time, os
+db, stop = sys.argv[1], sys.argv[2]
+conn = sqlite3.connect(db, timeout=5, isolation_level=None)  # the Node backend's busy_timeout
+conn.execute("PRAGMA busy_timeout = 5000")
+errors, worst, seen, own = [], 0.0, set(), 0
+while not os.path.exists(stop):
+    try:
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM workflow_executions WHERE triggeredByName IS NULL AND id NOT LIKE 'node_%'")]
+        for eid in ids:
+            t = time.monotonic()
+            conn.execute("UPDATE workflow_executions SET triggeredByName = 'Ana', versionNumber = 3 "
+                         "WHERE id = ?", (eid,))
+            worst = max(worst, time.monotonic() - t)
+            seen.add(eid)
+        t = time.monotonic()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO workflow_executions (id, workflowId, status, createdAt) "
+                     "VALUES (?, 'wf', 'running', '2025-01-01T00:00:00.000Z')", (f"node_{own}",))
+        conn.execute("INSERT INTO execution_logs (id, executionId, nodeId, status) "
+                     "VALUES (?, ?, 'x', 'running')", (f"nl_{own}", f"node_{own}"))
+        conn.execute("COMMIT")
+        worst = max(worst, time.monotonic() - t)
+        own += 1
+    except sqlite3.Error as exc:
+        errors.append(str(exc))
+    time.sleep(0.01)
+print(json.dumps({"errors": errors, "worst": worst, "updated": len(seen), "own": own}))
+"""
+
+
+def test_node_backend_writing_the_same_file_never_sees_a_lock_error(
+        tmp_path: Path, mock: MockServer) -> None:
+    svc = RunningService(tmp_path, "inline")
+    stop = tmp_path / "stop-writer"
+    writer = subprocess.Popen([sys.executable, "-c", NODE_WRITER, str(svc.db), str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        wf = three_steps(mock.port)
+        wf["nodes"][2]["config"]["httpUrl"] = wf["nodes"][1]["config"]["httpUrl"]  # no slow node
+        svc.add_workflow("wf", wf)
+        with ThreadPoolExecutor(25) as pool:
+            ids = list(pool.map(lambda _: svc.execute("wf", {}), range(50)))
+        finals = [svc.wait(eid) for eid in ids]
+        time.sleep(0.3)
+    finally:
+        stop.touch()
+        report = json.loads(writer.communicate(timeout=30)[0])
+        svc.stop()
+    assert [f["status"] for f in finals] == ["completed"] * 50
+    assert report["errors"] == [], report["errors"][:3]
+    assert report["worst"] < 5.0  # the Node backend's busy timeout
+    conn = sqlite3.connect(svc.db)
+    assert conn.execute("SELECT COUNT(*) FROM workflow_executions WHERE id LIKE 'node_%' "
+                        "AND status = 'running'").fetchone() == (report["own"],)  # Decision 9
+    assert conn.execute("SELECT COUNT(*) FROM workflow_executions WHERE triggeredByName = 'Ana' "
+                        "AND id NOT LIKE 'node_%'").fetchone() == (50,)
