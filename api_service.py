@@ -36,7 +36,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.store = await open_store(settings.database_url)
-    app.state.resources = open_resources(settings)
+    app.state.resources = open_resources(settings, app.state.store)
     try:
         yield
     finally:

@@ -125,7 +125,7 @@ class Worker:
 async def main() -> None:
     settings = get_settings()
     store = await open_store(settings.database_url)
-    resources = open_resources(settings)
+    resources = open_resources(settings, store)
     probe = PrefectProbe(os.environ.get("PREFECT_API_URL") or settings.PREFECT_API_URL)
     worker = Worker(settings, store, Runner(settings, store, resources, probe))
     stop = asyncio.Event()

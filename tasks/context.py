@@ -14,6 +14,8 @@ class Resources:
 
     settings: Settings
     http: httpx.AsyncClient
+    store: Any = None
+    """The service's `database.Store` (None in unit tests that need no database)."""
     _openai: Any = field(default=None, repr=False)
 
     def openai(self) -> Any:
@@ -35,9 +37,9 @@ class Resources:
             await self._openai.close()
 
 
-def open_resources(settings: Settings) -> Resources:
+def open_resources(settings: Settings, store: Any = None) -> Resources:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    return Resources(settings, httpx.AsyncClient(limits=limits, follow_redirects=True))
+    return Resources(settings, httpx.AsyncClient(limits=limits, follow_redirects=True), store)
 
 
 @dataclass(frozen=True)

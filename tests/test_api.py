@@ -69,7 +69,7 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     from api_service import app
 
     store = await open_store(settings.database_url)
-    resources = open_resources(settings)
+    resources = open_resources(settings, store)
     worker = Worker(settings, store, Runner(settings, store, resources, PrefectProbe(None)))
     stop = asyncio.Event()
     serving = asyncio.create_task(worker.serve(stop))
