@@ -5,15 +5,17 @@ and never altered. Every write is a short transaction (`BEGIN IMMEDIATE` on SQLi
 waits for the lock instead of failing on a read-to-write upgrade); none is held across a node run.
 """
 
+import asyncio
 import itertools
 import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from jsonutil import dump_json, now_iso
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R")
 
 metadata = sa.MetaData()
 T = sa.Text
@@ -187,18 +190,53 @@ def async_url(url: str) -> sa.URL:
 
 
 class Store:
-    """All database access of the service. Open with `open_store`, close with `close`."""
+    """All database access of the service. Open with `open_store`, close with `close`.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Each operation is one short transaction written as a plain function of a SQLAlchemy
+    Connection. On SQLite it runs whole in a thread (one thread hop per transaction instead of one
+    per statement), writes on a single writer thread so this process never contends with itself
+    for SQLite's lock; on PostgreSQL it runs through the async engine (`run_sync`).
+    """
+
+    def __init__(self, engine: AsyncEngine, sync_engine: sa.Engine | None = None) -> None:
         self.engine = engine
+        self.sync_engine = sync_engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self._queue: list[_Op] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        if sync_engine is not None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="wos-sqlite-write")
+            self._readers = ThreadPoolExecutor(4, thread_name_prefix="wos-sqlite-read")
 
     async def close(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if self.sync_engine is not None:
+            self.sync_engine.dispose()
         await self.engine.dispose()
+
+    async def _run(self, op: Callable[[sa.Connection], R], *, write: bool) -> R:
+        if self.sync_engine is None:
+            async with self.engine.connect() as conn:
+                async with conn.begin():
+                    return await conn.run_sync(op)
+        pool = self._writer if write else self._readers
+        return await asyncio.get_running_loop().run_in_executor(pool, self._call, op, write)
+
+    def _call(self, op: Callable[[sa.Connection], R], write: bool) -> R:
+        assert self.sync_engine is not None
+        with self.sync_engine.connect() as conn:
+            conn = conn.execution_options(wos_write=write)
+            with conn.begin():
+                return op(conn)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A short write transaction (`BEGIN IMMEDIATE` on SQLite)."""
+        """A short write transaction on the async engine (`BEGIN IMMEDIATE` on SQLite), for
+        callers outside this module (database-backed node types)."""
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(wos_write=True)
             async with conn.begin():
@@ -209,15 +247,20 @@ class Store:
         async with self.engine.connect() as conn:
             yield conn
 
+    async def create_all(self) -> None:
+        await self._run(lambda conn: metadata.create_all(conn, checkfirst=True), write=True)
+
     # -- API side -------------------------------------------------------------------------
 
     async def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
-        async with self.read() as conn:
-            row = (await conn.execute(
-                sa.select(workflows.c.id, workflows.c.name, workflows.c.data,
+        query = sa.select(workflows.c.id, workflows.c.name, workflows.c.data,
                           workflows.c.organizationId).where(workflows.c.id == workflow_id)
-            )).mappings().first()
-        return dict(row) if row else None
+
+        def op(conn: sa.Connection) -> dict[str, Any] | None:
+            row = conn.execute(query).mappings().first()
+            return dict(row) if row else None
+
+        return await self._run(op, write=False)
 
     async def create_execution(
         self, *, execution_id: str, workflow_id: str, workflow_name: str | None,
@@ -233,45 +276,49 @@ class Store:
         """
         now = now_iso()
         org = organization_id or ""
-        async with self.write() as conn:
+        inputs_json = dump_json(inputs)
+
+        def op(conn: sa.Connection) -> tuple[str, str] | None:
             if idempotency_key is not None:
                 key, request_hash, ttl_s = idempotency_key
                 match = idempotency.c.key == key, idempotency.c.organizationId == org
-                earlier = (await conn.execute(
+                earlier = conn.execute(
                     sa.select(idempotency.c.executionId, idempotency.c.requestHash,
-                              idempotency.c.expiresAt).where(*match))).first()
+                              idempotency.c.expiresAt).where(*match)).first()
                 if earlier is not None and earlier.expiresAt > time.time():
                     return earlier.executionId, earlier.requestHash
                 if earlier is not None:
-                    await conn.execute(idempotency.delete().where(*match))
-                await conn.execute(idempotency.insert().values(
+                    conn.execute(idempotency.delete().where(*match))
+                conn.execute(idempotency.insert().values(
                     key=key, organizationId=org, requestHash=request_hash,
                     executionId=execution_id, expiresAt=time.time() + ttl_s))
-            await conn.execute(executions.insert().values(
+            conn.execute(executions.insert().values(
                 id=execution_id, workflowId=workflow_id, organizationId=organization_id,
-                status="pending", inputs=dump_json(inputs), createdAt=now,
-                nodeResults=node_results,
-            ))
-            await conn.execute(runs.insert().values(
+                status="pending", inputs=inputs_json, createdAt=now, nodeResults=node_results))
+            conn.execute(runs.insert().values(
                 executionId=execution_id, seq=time.time_ns(), workflowName=workflow_name,
                 definition=definition, requestedMode=mode, state=QUEUED, createdAt=now,
-                retryOf=retry_of,
-            ))
-        return None
+                retryOf=retry_of))
+            return None
+
+        return await self._run(op, write=True)
 
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         """The execution row joined with the service's own state (None where not ours)."""
         query = (
             sa.select(executions, *[runs.c[c] for c in (
-                "workflowName", "definition", "requestedMode", "mode", "modeReason", "attempts", "resumedAt", "retryOf",
-                "flowRunId", "totalNodes", "completedNodes", "failedNodes", "skippedNodes",
-                "state")])
+                "workflowName", "definition", "requestedMode", "mode", "modeReason", "attempts",
+                "resumedAt", "retryOf", "flowRunId", "totalNodes", "completedNodes",
+                "failedNodes", "skippedNodes", "state")])
             .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
             .where(executions.c.id == execution_id)
         )
-        async with self.read() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        return dict(row) if row else None
+
+        def op(conn: sa.Connection) -> dict[str, Any] | None:
+            row = conn.execute(query).mappings().first()
+            return dict(row) if row else None
+
+        return await self._run(op, write=False)
 
     async def get_logs(self, execution_id: str, last: int | None = None) -> list[dict[str, Any]]:
         """Log rows oldest first; with `last`, only the `last` most recent."""
@@ -281,9 +328,12 @@ class Store:
             query = query.order_by(*(c.desc() for c in order)).limit(last)
         else:
             query = query.order_by(*order)
-        async with self.read() as conn:
-            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
-        return rows[::-1] if last is not None else rows
+
+        def op(conn: sa.Connection) -> list[dict[str, Any]]:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            return rows[::-1] if last is not None else rows
+
+        return await self._run(op, write=False)
 
     async def log_counts(self, execution_id: str) -> dict[str, int]:
         """Distinct nodes per final log status, for rows the service did not create."""
@@ -291,40 +341,43 @@ class Store:
             sa.select(logs.c.status, sa.func.count(sa.distinct(logs.c.nodeId)))
             .where(logs.c.executionId == execution_id).group_by(logs.c.status)
         )
-        async with self.read() as conn:
-            return {s or "": n for s, n in (await conn.execute(query)).all()}
+        return await self._run(
+            lambda conn: {s or "": n for s, n in conn.execute(query).all()}, write=False)
 
     async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
         """Cancel a pending/running execution. Returns (previous status or None, cancelled?)."""
-        async with self.write() as conn:
-            status = (await conn.execute(
-                sa.select(executions.c.status).where(executions.c.id == execution_id)
-            )).scalar_one_or_none()
-            if status is None:
-                found = (await conn.execute(
-                    sa.select(executions.c.id).where(executions.c.id == execution_id)
-                )).first()
-                return (("" if found else None), False)
+
+        def op(conn: sa.Connection) -> tuple[str | None, bool]:
+            row = conn.execute(sa.select(executions.c.status)
+                               .where(executions.c.id == execution_id)).first()
+            if row is None:
+                return None, False
+            status = row.status or ""
             if status not in ("pending", "running"):
                 return status, False
-            await conn.execute(executions.update().where(executions.c.id == execution_id).values(
+            conn.execute(executions.update().where(executions.c.id == execution_id).values(
                 status="cancelled", error="Execution cancelled by user", completedAt=now_iso()))
-            await conn.execute(runs.update().where(
+            conn.execute(runs.update().where(
                 runs.c.executionId == execution_id, runs.c.state == QUEUED).values(state=DONE))
             return status, True
+
+        return await self._run(op, write=True)
 
     async def list_executions(self, workflow_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
         cols = [executions.c[c] for c in ("id", "workflowId", "status", "createdAt", "startedAt",
                                           "completedAt", "error")]
         where = executions.c.workflowId == workflow_id
-        async with self.read() as conn:
-            rows = (await conn.execute(
+
+        def op(conn: sa.Connection) -> tuple[list[dict[str, Any]], int]:
+            rows = conn.execute(
                 sa.select(*cols).where(where)
                 .order_by(executions.c.createdAt.desc(), executions.c.id.desc()).limit(limit)
-            )).mappings().all()
-            total = (await conn.execute(
-                sa.select(sa.func.count()).select_from(executions).where(where))).scalar_one()
-        return [dict(r) for r in rows], int(total)
+            ).mappings().all()
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(executions).where(where)).scalar_one()
+            return [dict(r) for r in rows], int(total)
+
+        return await self._run(op, write=False)
 
     # -- worker side ----------------------------------------------------------------------
 
@@ -336,122 +389,203 @@ class Store:
         pick = sa.select(runs.c.executionId).where(ready).order_by(runs.c.seq).limit(limit)
         if not self.is_sqlite:
             pick = pick.with_for_update(skip_locked=True)
-        async with self.write() as conn:
-            ids = list((await conn.execute(pick)).scalars())
+
+        def op(conn: sa.Connection) -> list[Claim]:
+            ids = list(conn.execute(pick).scalars())
             if not ids:
                 return []
-            await conn.execute(runs.update().where(runs.c.executionId.in_(ids)).values(
+            conn.execute(runs.update().where(runs.c.executionId.in_(ids)).values(
                 state=RUNNING, leaseOwner=owner, leaseExpiresAt=now + lease_s,
                 attempts=runs.c.attempts + 1,
-                resumedAt=sa.case((runs.c.attempts > 0, now_iso()), else_=runs.c.resumedAt),
-            ))
-            rows = (await conn.execute(
+                resumedAt=sa.case((runs.c.attempts > 0, now_iso()), else_=runs.c.resumedAt)))
+            rows = conn.execute(
                 sa.select(executions.c.id, executions.c.workflowId, executions.c.organizationId,
                           executions.c.status, executions.c.inputs, executions.c.nodeResults,
                           runs.c.definition, runs.c.requestedMode, runs.c.attempts)
                 .join(runs, runs.c.executionId == executions.c.id)
-                .where(executions.c.id.in_(ids)).order_by(runs.c.seq)
-            )).all()
-        return [Claim(*r) for r in rows]
+                .where(executions.c.id.in_(ids)).order_by(runs.c.seq)).all()
+            return [Claim(*r) for r in rows]
+
+        return await self._run(op, write=True)
+
+    async def has_queued(self) -> bool:
+        """Cheap read-only check the idle worker polls before taking the write lock to claim."""
+        now = time.time()
+        query = sa.select(runs.c.executionId).where(sa.or_(
+            runs.c.state == QUEUED, sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now)
+        )).limit(1)
+        return await self._run(lambda conn: conn.execute(query).first() is not None, write=False)
+
+    async def _update_runs(self, where: Any, **values: Any) -> None:
+        await self._run(lambda conn: conn.execute(runs.update().where(where).values(**values)),
+                        write=True)
 
     async def renew_leases(self, owner: str, lease_s: float) -> None:
-        async with self.write() as conn:
-            await conn.execute(runs.update().where(
-                runs.c.leaseOwner == owner, runs.c.state == RUNNING
-            ).values(leaseExpiresAt=time.time() + lease_s))
+        await self._update_runs(sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING),
+                                leaseExpiresAt=time.time() + lease_s)
 
     async def release(self, owner: str) -> None:
         """Give back every unfinished execution of `owner` (graceful shutdown) so that the next
         worker, or this service's next start, resumes it at once instead of after the lease."""
-        async with self.write() as conn:
-            await conn.execute(runs.update().where(
-                runs.c.leaseOwner == owner, runs.c.state == RUNNING).values(leaseExpiresAt=0.0))
+        await self._update_runs(sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING),
+                                leaseExpiresAt=0.0)
 
     async def release_instance(self, instance: str) -> None:
         """At start-up: give back what a previous run of this instance still held."""
-        async with self.write() as conn:
-            await conn.execute(runs.update().where(
-                runs.c.leaseOwner.startswith(instance + ":"), runs.c.state == RUNNING
-            ).values(leaseExpiresAt=0.0))
+        await self._update_runs(
+            sa.and_(runs.c.leaseOwner.startswith(instance + ":"), runs.c.state == RUNNING),
+            leaseExpiresAt=0.0)
+
+    async def mark_done(self, execution_id: str) -> None:
+        await self._update_runs(runs.c.executionId == execution_id, state=DONE,
+                                leaseExpiresAt=None)
 
     async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
         ids = list(execution_ids)
         if not ids:
             return set()
-        async with self.read() as conn:
-            rows = await conn.execute(sa.select(executions.c.id).where(
-                executions.c.id.in_(ids), executions.c.status == "cancelled"))
-            return set(rows.scalars())
+        query = sa.select(executions.c.id).where(
+            executions.c.id.in_(ids), executions.c.status == "cancelled")
+        return await self._run(lambda conn: set(conn.execute(query).scalars()), write=False)
 
     async def start(self, execution_id: str, *, total_nodes: int, mode: str,
                     mode_reason: str | None, flow_run_id: str | None = None) -> bool:
         """Mark the execution running; False when it is no longer pending/running (cancelled)."""
-        async with self.write() as conn:
-            result = await conn.execute(executions.update().where(
-                executions.c.id == execution_id, executions.c.status.in_(("pending", "running"))
-            ).values(status="running", startedAt=sa.func.coalesce(executions.c.startedAt, now_iso())))
-            await conn.execute(runs.update().where(runs.c.executionId == execution_id).values(
-                totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id))
-            return result.rowcount > 0
+        return await self._batched(_Op("start", execution_id, dict(
+            totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id)))
 
     async def checkpoint(
         self, execution_id: str, rows: list[LogRow], *, current_node_id: str | None,
         node_results: str | None, counts: dict[str, int],
     ) -> bool:
         """Commit settled nodes and started nodes atomically. False when the row left `running`
-        (cancelled): then only the final rows of settled nodes are written, no `running` rows."""
-        values: dict[str, Any] = {"status": executions.c.status}  # no-op keeps rowcount honest
-        if current_node_id is not None:
-            values["currentNodeId"] = current_node_id
-        if node_results is not None:
-            values["nodeResults"] = node_results
-        async with self.write() as conn:
-            result = await conn.execute(executions.update().where(
-                executions.c.id == execution_id, executions.c.status == "running"
-            ).values(**values))
-            live = result.rowcount > 0
-            keep = rows if live else [r for r in rows if r.status != "running"]
-            if keep:
-                now = now_iso()
-                await conn.execute(logs.insert(), [
-                    dict(id=new_log_id(), executionId=execution_id, nodeId=r.node_id,
-                         nodeType=r.node_type, nodeLabel=r.node_label, status=r.status,
-                         inputData=r.input_json, outputData=r.output_json, error=r.error,
-                         duration=r.duration_ms, timestamp=now) for r in keep])
-            if counts:
-                await conn.execute(runs.update().where(runs.c.executionId == execution_id)
-                                   .values(**counts))
-            return live
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows.
+        `counts` is empty or has completedNodes, failedNodes and skippedNodes."""
+        return await self._batched(_Op("checkpoint", execution_id, dict(
+            rows=rows, current=current_node_id, results=node_results, counts=counts)))
 
     async def finish(
         self, execution_id: str, *, status: str, error: str | None, node_results: str | None,
     ) -> bool:
         """Write the terminal status unless the row is no longer running (never overwrites
         `cancelled`); the service's run state becomes done either way."""
-        async with self.write() as conn:
-            values: dict[str, Any] = dict(status=status, error=error, completedAt=now_iso())
-            if node_results is not None:
-                values.update(nodeResults=node_results, finalOutput=node_results)
-            result = await conn.execute(executions.update().where(
-                executions.c.id == execution_id,
-                executions.c.status.in_(("pending", "running"))).values(**values))
-            await conn.execute(runs.update().where(runs.c.executionId == execution_id)
-                               .values(state=DONE, leaseExpiresAt=None))
-            return result.rowcount > 0
+        return await self._batched(_Op("finish", execution_id, dict(
+            status=status, error=error, results=node_results)))
 
-    async def mark_done(self, execution_id: str) -> None:
-        async with self.write() as conn:
-            await conn.execute(runs.update().where(runs.c.executionId == execution_id)
-                               .values(state=DONE, leaseExpiresAt=None))
+    async def _batched(self, op: "_Op") -> bool:
+        """Group commit: state changes of all running executions that arrive while a batch is
+        being written go into the next transaction together (one commit, executemany)."""
+        op.future = asyncio.get_running_loop().create_future()
+        self._queue.append(op)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await op.future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
+            try:
+                results = await self._run(lambda conn: _apply_batch(conn, batch, self.is_sqlite),
+                                          write=True)
+            except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                continue
+            for op, live in zip(batch, results, strict=True):
+                if not op.future.done():
+                    op.future.set_result(live)
 
 
-def _sqlite_engine(url: sa.URL) -> AsyncEngine:
-    path = url.database or ""
-    if path and path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=8, max_overflow=8)
+BATCH_MAX = 500
+_LIVE = {"start": ("pending", "running"), "checkpoint": ("running",),
+         "finish": ("pending", "running")}
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+@dataclass
+class _Op:
+    kind: str
+    execution_id: str
+    params: dict[str, Any]
+    future: "asyncio.Future[bool]" = field(default=None, repr=False)  # type: ignore[assignment]
+
+
+def _b(name: str) -> Any:
+    return sa.bindparam(name)
+
+
+_START_EXEC = executions.update().where(executions.c.id == _b("b_id")).values(
+    status="running", startedAt=sa.func.coalesce(executions.c.startedAt, _b("b_now")))
+_START_RUN = runs.update().where(runs.c.executionId == _b("b_id")).values(
+    totalNodes=_b("b_total"), mode=_b("b_mode"), modeReason=_b("b_reason"),
+    flowRunId=_b("b_flow"))
+_CHECKPOINT_EXEC = executions.update().where(executions.c.id == _b("b_id")).values(
+    currentNodeId=sa.func.coalesce(_b("b_current"), executions.c.currentNodeId),
+    nodeResults=sa.func.coalesce(_b("b_results"), executions.c.nodeResults))
+_COUNTS_RUN = runs.update().where(runs.c.executionId == _b("b_id")).values(
+    completedNodes=_b("b_done"), failedNodes=_b("b_failed"), skippedNodes=_b("b_skipped"))
+_FINISH_EXEC = executions.update().where(executions.c.id == _b("b_id")).values(
+    status=_b("b_status"), error=_b("b_error"), completedAt=_b("b_now"),
+    nodeResults=sa.func.coalesce(_b("b_results"), executions.c.nodeResults),
+    finalOutput=sa.func.coalesce(_b("b_results"), executions.c.finalOutput))
+_FINISH_RUN = runs.update().where(runs.c.executionId == _b("b_id")).values(
+    state=DONE, leaseExpiresAt=None)
+
+
+def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list[bool]:
+    """One transaction for a batch of start/checkpoint/finish operations (at most one per
+    execution: each execution awaits its previous operation). The statuses are read first
+    under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten."""
+    query = sa.select(executions.c.id, executions.c.status).where(
+        executions.c.id.in_({op.execution_id for op in batch}))
+    if not is_sqlite:
+        query = query.with_for_update()
+    status = dict(conn.execute(query).all())
+    now = now_iso()
+    params: dict[Any, list[dict[str, Any]]] = {stmt: [] for stmt in (
+        _START_EXEC, _START_RUN, _CHECKPOINT_EXEC, _COUNTS_RUN, _FINISH_EXEC, _FINISH_RUN)}
+    log_rows: list[dict[str, Any]] = []
+    results = []
+    for op in batch:
+        eid, p = op.execution_id, op.params
+        live = status.get(eid) in _LIVE[op.kind]
+        results.append(live)
+        if op.kind == "start":
+            if live:
+                params[_START_EXEC].append({"b_id": eid, "b_now": now})
+            params[_START_RUN].append({"b_id": eid, "b_total": p["totalNodes"], "b_mode": p["mode"],
+                                       "b_reason": p["modeReason"], "b_flow": p["flowRunId"]})
+        elif op.kind == "checkpoint":
+            if live and (p["current"] is not None or p["results"] is not None):
+                params[_CHECKPOINT_EXEC].append(
+                    {"b_id": eid, "b_current": p["current"], "b_results": p["results"]})
+            log_rows.extend(
+                dict(id=new_log_id(), executionId=eid, nodeId=r.node_id, nodeType=r.node_type,
+                     nodeLabel=r.node_label, status=r.status, inputData=r.input_json,
+                     outputData=r.output_json, error=r.error, duration=r.duration_ms,
+                     timestamp=now)
+                for r in p["rows"] if live or r.status != "running")
+            if p["counts"]:
+                counts = p["counts"]
+                params[_COUNTS_RUN].append({"b_id": eid, "b_done": counts["completedNodes"],
+                                            "b_failed": counts["failedNodes"],
+                                            "b_skipped": counts["skippedNodes"]})
+        else:
+            if live:
+                params[_FINISH_EXEC].append({"b_id": eid, "b_status": p["status"],
+                                             "b_error": p["error"], "b_now": now,
+                                             "b_results": p["results"]})
+            params[_FINISH_RUN].append({"b_id": eid})
+    for stmt, rows in params.items():
+        if rows:
+            conn.execute(stmt, rows)
+    if log_rows:
+        conn.execute(logs.insert(), log_rows)
+    return results
+
+
+def _sqlite_pragmas(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cursor = dbapi_conn.cursor()
@@ -461,24 +595,34 @@ def _sqlite_engine(url: sa.URL) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys = OFF")  # Decision 11
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         write = conn.get_execution_options().get("wos_write")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    return engine
+
+def _sqlite_engines(url: sa.URL) -> tuple[AsyncEngine, sa.Engine]:
+    path = url.database or ""
+    if path and path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=4, max_overflow=4)
+    sync_engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"), poolclass=sa.pool.QueuePool, pool_size=6,
+        max_overflow=4, connect_args={"timeout": 30, "check_same_thread": False})
+    _sqlite_pragmas(engine.sync_engine)
+    _sqlite_pragmas(sync_engine)
+    return engine, sync_engine
 
 
 async def open_store(url: str, *, create: bool = True) -> Store:
     """Connect, and (by default) create every missing table; existing tables are left as they are."""
     parsed = async_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed)
+        store = Store(*_sqlite_engines(parsed))
     else:
-        engine = create_async_engine(parsed, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    store = Store(engine)
+        store = Store(create_async_engine(parsed, pool_size=10, max_overflow=10,
+                                          pool_pre_ping=True))
     if create:
-        async with store.write() as conn:
-            await conn.run_sync(metadata.create_all, checkfirst=True)
+        await store.create_all()
     logger.info("store open: %s", parsed.render_as_string(hide_password=True))
     return store

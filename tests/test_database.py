@@ -83,12 +83,12 @@ async def test_checkpoint_and_finish_never_overwrite_cancel(store: Store) -> Non
     assert await store.start("e1", total_nodes=2, mode="inline", mode_reason=None)
     rows = [LogRow("a", "trigger", "A", "running")]
     assert await store.checkpoint("e1", rows, current_node_id="a", node_results="{}",
-                                  counts={"completedNodes": 0})
+                                  counts={"completedNodes": 0, "failedNodes": 0, "skippedNodes": 0})
     assert await store.cancel("e1") == ("running", True)
     late = [LogRow("a", "trigger", "A", "completed", output_json="{}", duration_ms=3),
             LogRow("b", "output", "B", "running")]
     assert not await store.checkpoint("e1", late, current_node_id="b",
-                                      node_results='{"a": {}}', counts={"completedNodes": 1})
+                                      node_results='{"a": {}}', counts={"completedNodes": 1, "failedNodes": 0, "skippedNodes": 0})
     assert not await store.finish("e1", status="completed", error=None, node_results="{}")
     row = await store.get_execution("e1")
     assert row is not None
