@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     PREFECT_API_URL: str | None = None
     PREFECT_HOME: str | None = None
     EXECUTION_MODE: Literal["prefect", "inline"] = "prefect"
+    PREFECT_TASK_NODES: Literal["all", "network"] = "all"
     MAX_CONCURRENT_EXECUTIONS: int = Field(default=50, ge=1)
     WORKER_PROCESSES: int = Field(default=1, ge=1)
     LOG_LEVEL: str = "INFO"
@@ -34,8 +35,26 @@ class Settings(BaseSettings):
     MAX_REQUEST_BYTES: int = Field(default=10 * 1024 * 1024, ge=1024)
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
     SHUTDOWN_GRACE_SECONDS: float = Field(default=8.0, ge=0)
+    SMTP_HOST: str | None = None
+    SMTP_PORT: int | None = Field(default=None, ge=1, le=65535)
+    SMTP_USER: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    SMTP_FROM: str | None = None
+    SMTP_SECURITY: Literal["auto", "starttls", "ssl", "none"] = "auto"
+    SMTP_CA_FILE: str | None = None
+    TWILIO_ACCOUNT_SID: str | None = None
+    TWILIO_AUTH_TOKEN: SecretStr | None = None
+    TWILIO_FROM_NUMBER: str | None = None
+    TWILIO_BASE_URL: str = "https://api.twilio.com"
+    UPLOAD_DIR: str = "./uploads"
+    ESIOS_API_KEY: SecretStr | None = None
+    ESIOS_BASE_URL: str = "https://api.esios.ree.es"
+    CLIMATIQ_API_KEY: SecretStr | None = None
+    CLIMATIQ_BASE_URL: str = "https://api.climatiq.io"
+    CLIMATIQ_DATA_VERSION: str = "^21"
+    IMAGE_DIR: str = "./data/images"
 
-    @field_validator("EXECUTION_MODE", mode="before")
+    @field_validator("EXECUTION_MODE", "SMTP_SECURITY", mode="before")
     @classmethod
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

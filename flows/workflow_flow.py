@@ -20,7 +20,7 @@ from prefect.utilities.annotations import quote
 from models import NodeDef
 from tasks.context import RunContext
 from tasks.registry import Envelope, get_spec
-from tasks.run_node import run_attempt, retry_policy
+from tasks.run_node import retry_policy, run_attempt, run_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,12 @@ async def node_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
 
 
 async def run_node_as_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
-    """The engine's `run_node` in prefect mode: one task run named `<type>:<node id>`."""
-    policy = retry_policy(get_spec(node.type), node)
+    """The engine's `run_node` in prefect mode: one task run named `<type>:<node id>`.
+    With PREFECT_TASK_NODES=network, nodes that do no I/O run inline in the flow instead."""
+    spec = get_spec(node.type)
+    if not spec.network and ctx.settings.PREFECT_TASK_NODES == "network":
+        return await run_with_retries(node, data, ctx)
+    policy = retry_policy(spec, node)
     delays = [policy.delay_s * 2**i for i in range(policy.retries)] or 0
     configured = node_task.with_options(
         task_run_name=f"{node.type}:{node.id}", retries=policy.retries,

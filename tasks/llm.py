@@ -5,7 +5,6 @@ import logging
 import re
 from typing import Any, Literal
 
-import openai
 from pydantic import AliasChoices, Field
 
 from errors import NodeConfigError, NodeExecutionError
@@ -62,6 +61,8 @@ async def llm(config: LlmConfig, data: Any, ctx: RunContext) -> Envelope:
     key = ctx.settings.OPENAI_API_KEY
     if key is None or not key.get_secret_value():
         raise NodeConfigError("OpenAI API key not configured")
+    import openai  # deferred: the SDK takes ~0.4 s to import and most workflows never use it
+
     try:
         completion = await ctx.resources.openai().chat.completions.create(
             model=ctx.settings.OPENAI_MODEL,
