@@ -14,12 +14,14 @@ from tests.test_api import Service, service  # noqa: F401  (fixture)
 
 @pytest.fixture
 def flaky() -> Iterator[MockServer]:
-    """`/flaky` fails with 500 while `state["fail"]` is true; `/slow` answers after 0.3 s."""
+    """`/flaky` fails with 500 while `state["fail"]` is true; `/slow` and `/slower` answer
+    after 0.3 s and 1.5 s."""
     state = {"fail": True}
     server = MockServer({
         ("GET", "/ok"): lambda _: (200, {"ok": True}),
         ("GET", "/flaky"): lambda _: (500, {"error": "down"}) if state["fail"] else (200, {"v": 1}),
         ("GET", "/slow"): lambda _: (200, 0.3),
+        ("GET", "/slower"): lambda _: (200, 1.5),
     })
     server.state = state  # type: ignore[attr-defined]
     yield server
@@ -148,15 +150,15 @@ async def logs_of(service: Service, eid: str) -> list[dict[str, Any]]:
 
 async def test_cancel_written_by_node_backend_stops_the_run(service: Service,
                                                             flaky: MockServer) -> None:
-    wf = chain(flaky.port, "/slow", "/slow", "/slow", "/slow")
+    wf = chain(flaky.port, "/slower", "/slower", "/slower", "/slower")
     eid = (await service.execute(workflow=wf, inputs={})).json()["executionId"]
-    while (await service.client.get(f"/api/executions/{eid}")).json()["status"] != "running":
+    while not any(log["nodeId"] == "h0" for log in await logs_of(service, eid)):
         await asyncio.sleep(0.01)
     await service.sql(("UPDATE workflow_executions SET status='cancelled', "
                        "completedAt='2030-01-01T00:00:00.000Z' WHERE id=?", (eid,)))
     final = await service.wait(eid)
     await asyncio.sleep(0.5)
     logs = await logs_of(service, eid)
-    assert final["status"] == "cancelled" and len(flaky.calls("GET", "/slow")) <= 2
+    assert final["status"] == "cancelled" and len(flaky.calls("GET", "/slower")) == 1
     assert [log["error"] for log in logs if log["status"] == "error"] == [
         "Execution cancelled by user"]
