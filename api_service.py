@@ -21,6 +21,7 @@ from errors import (
     WorkflowNotFound,
 )
 from flows.graph import parse_workflow
+from images_api import router as images_router
 from jsonutil import dump_json, now_iso
 from models import TERMINAL_STATUSES, ExecutionCreate, NodeDef, NodeExecute, RetryRequest
 from tasks import node_types
@@ -139,6 +140,7 @@ def get_store(request: Request) -> Store:
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 api = [Depends(require_key)]
+app.include_router(images_router, dependencies=api)
 
 
 @app.get("/")

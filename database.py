@@ -176,6 +176,8 @@ class Claim:
     definition: str
     requested_mode: str
     attempts: int
+    flow_run_id: str | None
+    """The Prefect flow run of the previous attempt, if any (to be marked Crashed)."""
 
 
 def async_url(url: str) -> sa.URL:
@@ -401,7 +403,8 @@ class Store:
             rows = conn.execute(
                 sa.select(executions.c.id, executions.c.workflowId, executions.c.organizationId,
                           executions.c.status, executions.c.inputs, executions.c.nodeResults,
-                          runs.c.definition, runs.c.requestedMode, runs.c.attempts)
+                          runs.c.definition, runs.c.requestedMode, runs.c.attempts,
+                          runs.c.flowRunId)
                 .join(runs, runs.c.executionId == executions.c.id)
                 .where(executions.c.id.in_(ids)).order_by(runs.c.seq)).all()
             return [Claim(*r) for r in rows]

@@ -103,7 +103,10 @@ class Runner:
 
         if mode != "prefect":
             return await self._guarded(eid, body(None))
-        from flows.workflow_flow import run_as_flow
+        from flows.workflow_flow import mark_crashed, run_as_flow
+
+        if claim.attempts > 1 and claim.flow_run_id:
+            await mark_crashed(claim.flow_run_id, eid)
 
         status: list[str] = []
 

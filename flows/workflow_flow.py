@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, runtime, task
+from prefect import flow, runtime, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Failed
 from prefect.utilities.annotations import quote
@@ -63,6 +63,24 @@ async def workflow_flow(execution_id: str, workflow_id: str | None) -> Any:
     return status
 
 
+async def mark_crashed(flow_run_id: str, execution_id: str) -> None:
+    """The flow run of a worker that died stays RUNNING in Prefect; close it as Crashed when the
+    execution resumes (best effort: Prefect is not the source of truth)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        async with get_client() as client:
+            previous = await client.read_flow_run(flow_run_id)
+            if previous.state is not None and previous.state.is_final():
+                return
+            await client.set_flow_run_state(
+                flow_run_id, Crashed(message=f"Worker lost; execution {execution_id} resumed"),
+                force=True)
+    except Exception as exc:  # noqa: BLE001 - informational only
+        logger.warning("could not mark flow run %s crashed: %s", flow_run_id, exc)
+
+
 async def run_as_flow(
     execution_id: str, workflow_id: str | None, label: str, attempt: int,
     body: Callable[[str | None], Awaitable[Any]], result_dir: Path,
@@ -72,9 +90,8 @@ async def run_as_flow(
     token = _BODY.set(body)
     try:
         name = f"{label} · {execution_id}" + (f" · resume {attempt - 1}" if attempt > 1 else "")
-        configured = workflow_flow.with_options(
-            flow_run_name=name, result_storage=result_dir,
-            tags=[f"execution:{execution_id}", f"attempt:{attempt}"])
-        await configured(execution_id, workflow_id, return_state=True)
+        configured = workflow_flow.with_options(flow_run_name=name, result_storage=result_dir)
+        with tags(f"execution:{execution_id}", f"attempt:{attempt}"):
+            await configured(execution_id, workflow_id, return_state=True)
     finally:
         _BODY.reset(token)

@@ -1,7 +1,19 @@
 """Node handlers. Importing this package registers every node type (one module per family)."""
 
-from tasks import basic, http_request, inputs, llm, logic, transform
+from tasks import (
+    basic,
+    external_apis,
+    http_request,
+    inputs,
+    llm,
+    logic,
+    messaging,
+    mysql_query,
+    records,
+    transform,
+    visualization,
+)
 from tasks.registry import get_spec, node_types
 
-__all__ = ["basic", "get_spec", "http_request", "inputs", "llm", "logic", "node_types",
-           "transform"]
+__all__ = ["basic", "external_apis", "get_spec", "http_request", "inputs", "llm", "logic",
+           "messaging", "mysql_query", "node_types", "records", "transform", "visualization"]

@@ -17,6 +17,8 @@ class Resources:
     store: Any = None
     """The service's `database.Store` (None in unit tests that need no database)."""
     _openai: Any = field(default=None, repr=False)
+    mysql_pools: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """aiomysql pools of the mysql node, one per DSN (tasks/mysql_query.py)."""
 
     def openai(self) -> Any:
         """The shared `openai.AsyncOpenAI` client (built on first use, no SDK-level retries)."""
@@ -35,6 +37,10 @@ class Resources:
         await self.http.aclose()
         if self._openai is not None:
             await self._openai.close()
+        for pool in self.mysql_pools.values():
+            pool.terminate()
+            await pool.wait_closed()
+        self.mysql_pools.clear()
 
 
 def open_resources(settings: Settings, store: Any = None) -> Resources:

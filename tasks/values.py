@@ -93,6 +93,33 @@ def render_template(text: str, record: Any) -> str:
     return _PLACEHOLDER.sub(sub, text)
 
 
+_FIELD = re.compile(r"\{\{([^{}\n]+)\}\}|\{([^{}\n]+)\}")
+
+
+def render_fields(text: str, record: Any) -> str:
+    """Replace `{{field}}` and the editor's single-brace `{field}` by the record's value (names
+    may contain spaces; surrounding blanks are ignored). Unknown names stay as they are, so JSON
+    or other braces in the text survive."""
+    if not isinstance(record, dict):
+        return text
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        for key in (name, name.strip()):
+            if key in record:
+                return js_str(record[key])
+        return match.group(0)
+
+    return _FIELD.sub(sub, text)
+
+
+def first_record(data: Any) -> Any:
+    """The record templates read: the first element of a list, else the input itself."""
+    if isinstance(data, list):
+        return data[0] if data else None
+    return data
+
+
 def records(data: Any) -> list[Any]:
     """Tabular view of an input: a list as is, an object as one record, None as no records."""
     if data is None:

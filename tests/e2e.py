@@ -75,6 +75,7 @@ class MockServer:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 class RunningService:
@@ -114,6 +115,16 @@ class RunningService:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"service did not start in {timeout} s; see {self.log.name}")
+
+    def prefect_runs(self, execution_id: str) -> list[dict[str, Any]]:
+        """The Prefect flow runs tagged with this execution, read from the embedded server."""
+        text = Path(self.log.name).read_text()
+        url = text.rsplit("Prefect API ready at ", 1)[1].split()[0]
+        r = httpx.post(f"{url}/flow_runs/filter", json={
+            "flow_runs": {"tags": {"all_": [f"execution:{execution_id}"]}}}, timeout=10)
+        r.raise_for_status()
+        runs: list[dict[str, Any]] = r.json()
+        return runs
 
     def add_workflow(self, wid: str, data: Any, name: str = "Fixture") -> None:
         conn = sqlite3.connect(self.db, timeout=10)

@@ -61,6 +61,7 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
     again = RunningService(tmp_path, mode, API_PORT=str(svc.port))
     try:
         final = again.wait(eid)
+        states = sorted(r["state"]["type"] for r in again.prefect_runs(eid)) if mode == "prefect" else []
     finally:
         again.stop()
     assert final["status"] == "completed"
@@ -71,6 +72,36 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
     slow_rows = [log["status"] for log in again.row(eid)["logs"] if log["nodeId"] == "slow"]
     assert slow_rows == ["running", "running", "completed"]
     assert final["nodeResults"]["last"]["outputData"] == {"step": 3}
+    if mode == "prefect":
+        assert states == ["COMPLETED", "CRASHED"]  # the dead worker's run is closed, not RUNNING
+
+
+def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(tmp_path: Path,
+                                                            mock: MockServer) -> None:
+    svc = RunningService(tmp_path, "prefect")
+    try:
+        svc.add_workflow("wf", three_steps(mock.port))
+        eid = svc.execute("wf", {})
+        wait_for_log(svc, eid, "slow", "running")
+        answer = svc.client.post(f"/api/executions/{eid}/cancel").json()
+        assert answer["success"] is True
+        final = svc.wait(eid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            runs = svc.prefect_runs(eid)
+            if runs and runs[0]["state"]["type"] == "CANCELLED":
+                break
+            time.sleep(0.2)
+        row = svc.row(eid)
+    finally:
+        svc.stop()
+    assert final["status"] == "cancelled" and final["completedAt"]
+    assert [run["state"]["type"] for run in runs] == ["CANCELLED"]
+    slow = [log for log in row["logs"] if log["nodeId"] == "slow"]
+    assert [log["status"] for log in slow] == ["running", "error"]
+    assert slow[1]["error"] == "Execution cancelled by user"
+    assert not any(log["nodeId"] == "last" for log in row["logs"])
+    assert len(mock.calls("GET", "/last")) == 0
 
 
 def test_sigterm_drains_in_flight_node_and_restart_finishes(tmp_path: Path,

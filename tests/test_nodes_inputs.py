@@ -37,8 +37,8 @@ async def test_excel_input_without_data_fails(call_node: CallNode, config: dict[
 
 
 def test_excel_input_config_keeps_unknown_keys() -> None:
-    config = get_spec("excelInput").config.model_validate({"filePath": "/tmp/x.csv"})
-    assert config.model_extra == {"filePath": "/tmp/x.csv"}
+    config = get_spec("excelInput").config.model_validate({"previewData": [], "useGCS": False})
+    assert config.model_extra == {"previewData": [], "useGCS": False}
 
 
 def test_excel_input_is_not_retried() -> None:

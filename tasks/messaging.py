@@ -1,0 +1,332 @@
+"""The sendEmail (SMTP through aiosmtplib) and sendSMS (Twilio REST API) nodes.
+
+Both pass their input through and template their texts from it (first record of a list) with
+`{{field}}` and the editor's `{field}`. Passwords and tokens never reach a log or an error text.
+"""
+
+import asyncio
+import html
+import logging
+import re
+import ssl
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from typing import Any
+
+import aiosmtplib
+import httpx
+from pydantic import AliasChoices, Field, SecretStr
+
+from config import Settings
+from errors import NodeConfigError, NodeExecutionError
+from tasks.context import RunContext
+from tasks.registry import Envelope, NodeConfig, envelope, node
+from tasks.values import first_record, render_fields
+
+logger = logging.getLogger(__name__)
+
+SMTP_TIMEOUT_S = 30.0
+TWILIO_TIMEOUT_S = 30.0
+SECURITY_MODES = ("auto", "starttls", "ssl", "none")
+PORT_SECURITY = {465: "ssl", 587: "starttls"}
+NO_SUBJECT = "(No subject)"
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+_SID = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def _scrub(text: str, *secrets: str | None) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+class SendEmailConfig(NodeConfig):
+    to: str | None = Field(default=None, validation_alias=AliasChoices("emailTo"))
+    subject: str | None = Field(default=None, validation_alias=AliasChoices("emailSubject"))
+    body: str | None = Field(default=None, validation_alias=AliasChoices("emailBody"))
+    host: str | None = Field(default=None, validation_alias=AliasChoices("emailSmtpHost"))
+    port: str | int | None = Field(default=None, validation_alias=AliasChoices("emailSmtpPort"))
+    user: str | None = Field(default=None, validation_alias=AliasChoices("emailSmtpUser"))
+    password: SecretStr | None = Field(default=None,
+                                       validation_alias=AliasChoices("emailSmtpPass"))
+    sender: str | None = Field(default=None, validation_alias=AliasChoices("emailFrom"))
+    security: str | None = Field(default=None, validation_alias=AliasChoices("emailSecurity"))
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where and how to send: the node's keys, else the SMTP_* settings."""
+
+    host: str
+    port: int
+    security: str
+    user: str | None
+    password: str | None = field(repr=False)
+    sender: str
+
+
+def _incomplete(detail: str) -> NodeConfigError:
+    return NodeConfigError(f"Email configuration incomplete: {detail}")
+
+
+def _smtp_port(value: str | int) -> int:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise NodeConfigError(f"emailSmtpPort must be a number (got {value!r})") from None
+    if not 0 < port < 65536:
+        raise NodeConfigError(f"emailSmtpPort must be between 1 and 65535 (got {port})")
+    return port
+
+
+def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
+    """Resolve host, port, security, credentials and sender. SMTP_PORT, SMTP_SECURITY,
+    SMTP_USER and SMTP_PASSWORD belong to SMTP_HOST: they are used only when the node sends
+    through that host, so a workflow naming another host never receives the service's password."""
+    own_host = (settings.SMTP_HOST or "").strip()
+    host = (config.host or "").strip() or own_host
+    if not host:
+        raise _incomplete("no SMTP host (set emailSmtpHost or SMTP_HOST)")
+    own = bool(own_host) and host.lower() == own_host.lower()
+    security = (config.security or (settings.SMTP_SECURITY if own else "auto")).strip().lower()
+    if security not in SECURITY_MODES:
+        raise NodeConfigError(f"emailSecurity must be one of {', '.join(SECURITY_MODES)} "
+                              f"(got {config.security!r})")
+    if config.port is not None and config.port != "":
+        port = _smtp_port(config.port)
+    elif own and settings.SMTP_PORT:
+        port = settings.SMTP_PORT
+    else:
+        port = {"ssl": 465, "none": 25}.get(security, 587)
+    if security == "auto":
+        security = PORT_SECURITY.get(port, "auto")
+    user, password = config.user, config.password.get_secret_value() if config.password else None
+    if not user and not password and own:
+        user = settings.SMTP_USER
+        password = settings.SMTP_PASSWORD.get_secret_value() if settings.SMTP_PASSWORD else None
+    if bool(user) != bool(password):
+        raise _incomplete("emailSmtpUser and emailSmtpPass go together (give both or neither)")
+    user_address = user if user and _ADDRESS.match(user) else None
+    candidates = ([settings.SMTP_FROM, user_address] if own
+                  else [user_address, settings.SMTP_FROM])
+    sender = config.sender or next((c for c in candidates if c), None)
+    if not sender:
+        raise _incomplete("no sender (set emailFrom or SMTP_FROM, or use an address as "
+                          "emailSmtpUser)")
+    return SmtpTarget(host, port, security, user or None, password or None, sender.strip())
+
+
+def _addresses(text: str, key: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of a comma/semicolon/newline separated list; NodeConfigError
+    naming `key` for anything that is not an address."""
+    pairs = []
+    for name, address in getaddresses([re.sub(r"[;\r\n]", ",", text)]):
+        if not name and not address:
+            continue
+        if not _ADDRESS.match(address):
+            raise NodeConfigError(f"{key}: {(name or address)!r} is not an email address")
+        pairs.append((name, address))
+    if not pairs and text.strip(" ,;\r\n"):
+        raise NodeConfigError(f"{key}: {text.strip()!r} is not an email address")
+    return pairs
+
+
+def build_message(sender: str, to: str, subject: str, body: str) -> tuple[EmailMessage, list[str]]:
+    """A multipart/alternative message (plain text + HTML with `<br>` line breaks) and the
+    envelope recipients."""
+    recipients = _addresses(to, "emailTo")
+    if not recipients:
+        raise _incomplete("no recipient (emailTo)")
+    senders = _addresses(sender, "emailFrom")
+    if len(senders) != 1:
+        raise NodeConfigError(f"emailFrom: {sender!r} must be exactly one email address")
+    body = body.replace("\r\n", "\n").replace("\r", "\n")
+    message = EmailMessage()
+    message["Subject"] = " ".join(subject.split()) or NO_SUBJECT
+    message["From"] = formataddr(senders[0])
+    message["To"] = ", ".join(formataddr(pair) for pair in recipients)
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = make_msgid(domain=senders[0][1].rsplit("@", 1)[-1])
+    message.set_content(body)
+    html_body = html.escape(body).replace("\n", "<br>\n")
+    message.add_alternative(f"<html><body>{html_body}</body></html>", subtype="html")
+    return message, [a for _, a in recipients]
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _smtp_failure(exc: BaseException, password: str | None) -> NodeExecutionError:
+    """`Failed to send email: …`; retried for connection trouble and 4xx (transient) replies."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+    if isinstance(cause, ssl.SSLError):
+        text, retryable = f"TLS failed: {cause}", False
+    elif isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        text, retryable = f"SMTP authentication failed ({exc.code} {exc.message})", False
+    elif isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        text = "all recipients refused: " + "; ".join(
+            f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients)
+        retryable = all(400 <= c < 500 for c in codes)
+    elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        text, retryable = f"SMTP error {exc.code}: {exc.message}", 400 <= exc.code < 500
+    elif isinstance(exc, aiosmtplib.SMTPNotSupported | aiosmtplib.SMTPHeloError):
+        text, retryable = str(exc), False
+    elif isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
+                    | aiosmtplib.SMTPTimeoutError | OSError):
+        text, retryable = f"{type(exc).__name__}: {exc}", True
+    else:
+        text, retryable = str(exc) or type(exc).__name__, False
+    return NodeExecutionError(f"Failed to send email: {_scrub(text, password)}",
+                              retryable=retryable)
+
+
+async def _deliver(target: SmtpTarget, message: EmailMessage, recipients: list[str],
+                   ca_file: str | None) -> dict[str, Any]:
+    """Connect (implicit TLS, STARTTLS, opportunistic STARTTLS or plain), log in when there are
+    credentials (never in clear text unless emailSecurity is none) and send."""
+    try:
+        context = await asyncio.to_thread(_tls_context, ca_file)
+    except OSError as exc:
+        raise NodeExecutionError(f"Failed to send email: SMTP_CA_FILE cannot be read "
+                                 f"({exc.strerror or exc})") from None
+    start_tls = {"starttls": True, "none": False}.get(target.security)
+    smtp = aiosmtplib.SMTP(hostname=target.host, port=target.port, timeout=SMTP_TIMEOUT_S,
+                           use_tls=target.security == "ssl", start_tls=start_tls,
+                           tls_context=context)
+    try:
+        await smtp.connect()
+        try:
+            encrypted = smtp.get_transport_info("sslcontext") is not None
+            if target.user and target.password:
+                if not encrypted and target.security != "none":
+                    raise NodeExecutionError(
+                        f"Failed to send email: {target.host}:{target.port} offers no TLS, so "
+                        "the SMTP password is not sent (set emailSecurity to none to allow "
+                        "a plain-text login)")
+                await smtp.login(target.user, target.password)
+            refused, _ = await smtp.send_message(message, sender=_envelope_sender(target),
+                                                 recipients=recipients)
+        finally:
+            await _quit(smtp)
+    except NodeExecutionError:
+        raise
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _smtp_failure(exc, target.password) from None
+    return {r: f"{response.code} {response.message}" for r, response in refused.items()}
+
+
+def _envelope_sender(target: SmtpTarget) -> str:
+    pairs = getaddresses([target.sender])
+    return pairs[0][1] if pairs else target.sender
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        smtp.close()
+
+
+@node("sendEmail", config=SendEmailConfig, retries=2, timeout_s=120, network=True)
+async def send_email(config: SendEmailConfig, data: Any, ctx: RunContext) -> Envelope:
+    """Templated to/subject/body from the first input record; output = the input."""
+    record = first_record(data)
+    to = render_fields(config.to or "", record).strip()
+    if not to:
+        raise _incomplete("no recipient (emailTo)")
+    target = smtp_target(config, ctx.settings)
+    message, recipients = build_message(
+        target.sender, to, render_fields(config.subject or "", record),
+        render_fields(config.body or "", record))
+    refused = await _deliver(target, message, recipients, ctx.settings.SMTP_CA_FILE)
+    sent = [r for r in recipients if r not in refused]
+    logger.info("sendEmail: sent through %s:%s (%s) to %d recipient(s)", target.host,
+                target.port, target.security, len(sent),
+                extra={"execution_id": ctx.execution_id, "node_id": ctx.node_id,
+                       "action": "send_email"})
+    text = f"Email sent to {', '.join(sent)}"
+    if refused:
+        text += "; refused: " + ", ".join(refused)
+    return envelope(text, data, messageId=message["Message-ID"], recipients=sent,
+                    refusedRecipients=refused)
+
+
+class SendSmsConfig(NodeConfig):
+    to: str | None = Field(default=None, validation_alias=AliasChoices("smsTo"))
+    body: str | None = Field(default=None, validation_alias=AliasChoices("smsBody"))
+    account_sid: str | None = Field(default=None,
+                                    validation_alias=AliasChoices("twilioAccountSid"))
+    auth_token: SecretStr | None = Field(default=None,
+                                         validation_alias=AliasChoices("twilioAuthToken"))
+    from_number: str | None = Field(default=None,
+                                    validation_alias=AliasChoices("twilioFromNumber"))
+
+
+def _twilio_error(response: httpx.Response) -> str:
+    """Twilio's error JSON `{code, message, more_info, status}` as one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not body.get("message"):
+        return f"Twilio answered HTTP {response.status_code}: {response.text[:300]}"
+    text = f"Twilio error {body.get('code', '?')}: {body['message']}"
+    if body.get("detail"):
+        text += f" ({body['detail']})"
+    text += f" [HTTP {response.status_code}]"
+    return text + (f" {body['more_info']}" if body.get("more_info") else "")
+
+
+@node("sendSMS", config=SendSmsConfig, retries=2, timeout_s=60, network=True)
+async def send_sms(config: SendSmsConfig, data: Any, ctx: RunContext) -> Envelope:
+    """POST <TWILIO_BASE_URL>/2010-04-01/Accounts/<sid>/Messages.json (basic auth sid:token,
+    form To/From/Body); output = the input, extras `messageSid` and `status`."""
+    settings = ctx.settings
+    record = first_record(data)
+    to = render_fields(config.to or "", record).strip()
+    body = render_fields(config.body or "", record)
+    sid = (config.account_sid or settings.TWILIO_ACCOUNT_SID or "").strip()
+    secret = config.auth_token or settings.TWILIO_AUTH_TOKEN
+    token = secret.get_secret_value() if secret else ""
+    sender = (config.from_number or settings.TWILIO_FROM_NUMBER or "").strip()
+    missing = [name for name, value in [
+        ("smsTo", to), ("smsBody", body.strip()),
+        ("twilioAccountSid (or TWILIO_ACCOUNT_SID)", sid),
+        ("twilioAuthToken (or TWILIO_AUTH_TOKEN)", token),
+        ("twilioFromNumber (or TWILIO_FROM_NUMBER)", sender)] if not value]
+    if missing:
+        raise NodeConfigError("SMS configuration incomplete. Please provide Twilio credentials "
+                              "and phone numbers; missing: " + ", ".join(missing))
+    if not _SID.match(sid):
+        raise NodeConfigError("twilioAccountSid must contain only letters and digits (AC…)")
+    url = f"{settings.TWILIO_BASE_URL.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
+    try:
+        response = await ctx.http.post(url, data={"To": to, "From": sender, "Body": body},
+                                       auth=(sid, token), timeout=TWILIO_TIMEOUT_S)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise NodeExecutionError(f"Failed to send SMS: Twilio unreachable "
+                                 f"({type(exc).__name__})", retryable=True) from None
+    except httpx.HTTPError as exc:
+        # The request may have reached Twilio: not repeated, so no SMS is sent twice.
+        raise NodeExecutionError(f"Failed to send SMS: {type(exc).__name__} while waiting for "
+                                 "Twilio (the message may have been sent)") from None
+    if not response.is_success:
+        code = response.status_code
+        raise NodeExecutionError(f"Failed to send SMS: {_scrub(_twilio_error(response), token)}",
+                                 retryable=code >= 500 or code == 429)
+    try:
+        result = response.json()
+    except ValueError:
+        result = {}
+    result = result if isinstance(result, dict) else {}
+    return envelope(f"SMS sent to {to}", data, messageSid=result.get("sid"),
+                    status=result.get("status"))

@@ -1,0 +1,351 @@
+"""The mysql node: one statement on a MySQL/MariaDB server through a pooled aiomysql connection.
+
+Read-only by default (`mysqlReadOnly`): the statement must be SELECT/SHOW/DESCRIBE/DESC/EXPLAIN
+(or WITH … SELECT) and also runs inside `START TRANSACTION READ ONLY`, so the server refuses a
+write the keyword check missed. Values come back JSON-safe; the password never leaves this module.
+"""
+
+import asyncio
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import json
+import logging
+import re
+from typing import Any
+
+import aiomysql
+import pymysql
+from pydantic import AliasChoices, Field, SecretStr
+
+from errors import NodeConfigError, NodeExecutionError
+from tasks.context import RunContext
+from tasks.registry import Envelope, NodeConfig, envelope, node
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+DEFAULT_QUERY_TIMEOUT_S = 60.0
+MAX_QUERY_TIMEOUT_S = 3600.0
+KILL_TIMEOUT_S = 5.0
+POOL_MAX_SIZE = 10
+POOL_RECYCLE_S = 600
+READ_KEYWORDS = ("SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "WITH")
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+class MysqlConfig(NodeConfig):
+    host: str = Field(default="localhost", validation_alias=AliasChoices("mysqlHost"))
+    port: str | int = Field(default="3306", validation_alias=AliasChoices("mysqlPort"))
+    database: str | None = Field(default=None, validation_alias=AliasChoices("mysqlDatabase"))
+    username: str | None = Field(default=None, validation_alias=AliasChoices("mysqlUsername"))
+    password: SecretStr | None = Field(default=None,
+                                       validation_alias=AliasChoices("mysqlPassword"))
+    query: str | None = Field(default=None, validation_alias=AliasChoices("mysqlQuery"))
+    params: Any = Field(default=None, validation_alias=AliasChoices("mysqlParams"))
+    read_only: bool = Field(default=True, validation_alias=AliasChoices("mysqlReadOnly"))
+    query_timeout: float | str | None = Field(
+        default=None, validation_alias=AliasChoices("mysqlQueryTimeout"))
+
+
+def _scan(sql: str) -> tuple[list[str], bool]:
+    """Split `sql` into statements with comments removed and string literals blanked.
+
+    Returns (non-empty statements, whether an executable comment `/*! … */` was seen). Quotes
+    follow MySQL's defaults: backslash escapes and doubled quotes in '…' and "…", `` `…` ``.
+    """
+    out: list[str] = []
+    executable = False
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"`":
+            j = i + 1
+            while j < n:
+                if sql[j] == "\\" and ch != "`":
+                    j += 2
+                    continue
+                if sql[j] == ch:
+                    if j + 1 < n and sql[j + 1] == ch:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            out.append(" ? ")
+            i = j + 1
+        elif ch == "#" or (sql.startswith("--", i) and (i + 2 == n or sql[i + 2] in " \t\r\n")):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+            out.append(" ")
+        elif sql.startswith("/*", i):
+            executable = executable or sql.startswith(("/*!", "/*M!"), i)
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            out.append(" ")
+        else:
+            out.append(ch)
+            i += 1
+    statements = [s.strip() for s in "".join(out).split(";")]
+    return [s for s in statements if s], executable
+
+
+def check_statement(sql: str, read_only: bool) -> str:
+    """The statement's first keyword (upper case); NodeConfigError if the guard refuses it."""
+    statements, executable = _scan(sql)
+    if not statements:
+        raise NodeConfigError("No query configured for MySQL node (mysqlQuery)")
+    if len(statements) > 1:
+        raise NodeConfigError(
+            f"mysqlQuery must contain a single statement (found {len(statements)})")
+    first = _WORD.search(statements[0].lstrip("( \t\r\n"))
+    keyword = first.group(0).upper() if first else ""
+    if not read_only:
+        return keyword
+    if executable:
+        raise NodeConfigError("mysqlQuery: executable comments (/*! … */) are refused while "
+                              "mysqlReadOnly is on")
+    words = {w.upper() for w in _WORD.findall(statements[0])}
+    if keyword not in READ_KEYWORDS or words & {"OUTFILE", "DUMPFILE"}:
+        raise NodeConfigError(
+            f"mysqlQuery: {keyword or 'this'} statement refused: with mysqlReadOnly on (the "
+            "default) only SELECT, SHOW, DESCRIBE, DESC and EXPLAIN run; set mysqlReadOnly "
+            "to false to allow other statements")
+    return keyword
+
+
+def _params(value: Any) -> list[Any] | dict[str, Any] | None:
+    """`mysqlParams` as a list (`%s` placeholders) or an object (`%(name)s`); JSON text allowed."""
+    if value is None or value == "" or value == [] or value == {}:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise NodeConfigError("mysqlParams must be a JSON list or object") from None
+    if isinstance(value, list | dict):
+        return value or None
+    raise NodeConfigError("mysqlParams must be a list (for %s placeholders) or an object "
+                          "(for %(name)s placeholders)")
+
+
+def _port(value: str | int) -> int:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise NodeConfigError(f"mysqlPort must be a number (got {value!r})") from None
+    if not 0 < port < 65536:
+        raise NodeConfigError(f"mysqlPort must be between 1 and 65535 (got {port})")
+    return port
+
+
+def _query_timeout(value: float | str | None) -> float:
+    if value is None or value == "":
+        return DEFAULT_QUERY_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise NodeConfigError(f"mysqlQueryTimeout must be a number of seconds "
+                              f"(got {value!r})") from None
+    if not 0 < seconds <= MAX_QUERY_TIMEOUT_S:
+        raise NodeConfigError(f"mysqlQueryTimeout must be > 0 and <= {MAX_QUERY_TIMEOUT_S:g} s")
+    return seconds
+
+
+def _time_text(value: dt.timedelta) -> str:
+    """A TIME column (PyMySQL gives a timedelta) as MySQL writes it: `[-]HH:MM:SS[.ffffff]`."""
+    micros = abs(value) // dt.timedelta(microseconds=1)
+    seconds, micro = divmod(micros, 1_000_000)
+    hours, rest = divmod(seconds, 3600)
+    text = f"{'-' if value < dt.timedelta(0) else ''}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return text + (f".{micro:06d}" if micro else "")
+
+
+def _printable(text: str) -> bool:
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def json_safe(value: Any) -> Any:
+    """One column value as JSON: Decimal → int/float, dates → ISO text, bytes → UTF-8 text
+    when it is printable text, else base64."""
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return None
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _time_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        try:
+            text = raw.decode("utf-8")
+            if _printable(text):
+                return text
+        except UnicodeDecodeError:
+            pass
+        return base64.b64encode(raw).decode("ascii")
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if len(secret) >= 4 else text
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) >= 2:
+        return f"{exc.args[1]} (error {exc.args[0]})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _error_code(exc: BaseException) -> int | None:
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+async def _pool(ctx: RunContext, kwargs: dict[str, Any], password: str) -> Any:
+    """The shared pool for this DSN (kept on `ctx.resources.mysql_pools`), created on first use.
+    The key holds a hash of the password, never the password itself."""
+    loop = asyncio.get_running_loop()
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    key = (id(loop), kwargs["host"], kwargs["port"], kwargs["user"], kwargs["db"], digest)
+    pools = ctx.resources.mysql_pools
+    pool = pools.get(key)
+    if pool is not None and not pool.closed:
+        return pool
+    pool = await aiomysql.create_pool(
+        minsize=1, maxsize=POOL_MAX_SIZE, pool_recycle=POOL_RECYCLE_S, password=password,
+        connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, charset="utf8mb4", **kwargs)
+    existing = pools.get(key)
+    if existing is not None and not existing.closed:  # another node won the race
+        pool.close()
+        await pool.wait_closed()
+        return existing
+    pools[key] = pool
+    logger.info("mysql pool opened for %s@%s:%s/%s", kwargs["user"], kwargs["host"],
+                kwargs["port"], kwargs["db"] or "", extra={"action": "mysql_pool"})
+    return pool
+
+
+async def _kill(kwargs: dict[str, Any], password: str, thread_id: int) -> None:
+    """Best effort: stop a timed-out statement on the server (its connection is dropped)."""
+    try:
+        async with asyncio.timeout(KILL_TIMEOUT_S):
+            killer = await aiomysql.connect(password=password, connect_timeout=KILL_TIMEOUT_S,
+                                            **kwargs)
+            try:
+                await killer.kill(thread_id)
+            finally:
+                killer.close()
+    except (TimeoutError, OSError, pymysql.err.MySQLError) as exc:
+        logger.warning("could not kill timed-out MySQL thread %s: %s", thread_id,
+                       type(exc).__name__, extra={"action": "mysql_kill"})
+
+
+def _bind(cursor: Any, query: str, params: list[Any] | dict[str, Any] | None) -> str:
+    """The query with `mysqlParams` escaped into its placeholders by the connection (PyMySQL's
+    client-side binding); without parameters the query is sent as written."""
+    if params is None:
+        return query
+    if isinstance(params, dict):
+        values: Any = {k: _param(v) for k, v in params.items()}
+    else:
+        values = [_param(v) for v in params]
+    try:
+        return str(cursor.mogrify(query, values))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise NodeConfigError(f"mysqlParams do not match the placeholders of mysqlQuery "
+                              f"({type(exc).__name__}: {exc}); use %s or %(name)s, and %% for "
+                              "a literal %") from None
+
+
+def _param(value: Any) -> Any:
+    """Objects and lists are not SQL values: they are sent as their JSON text."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+async def _run(conn: Any, query: str, params: list[Any] | dict[str, Any] | None,
+               read_only: bool) -> tuple[list[dict[str, Any]] | None, int, int | None]:
+    """Execute on `conn`: (rows, or None when there is no result set; rowcount; lastrowid)."""
+    async with conn.cursor(aiomysql.DictCursor) as cursor:
+        sql = _bind(cursor, query, params)
+        if read_only:
+            await cursor.execute("START TRANSACTION READ ONLY")
+        await cursor.execute(sql)
+        rows = await cursor.fetchall() if cursor.description else None
+        if read_only:
+            await cursor.execute("ROLLBACK")
+        return rows, cursor.rowcount, cursor.lastrowid
+
+
+async def _query(ctx: RunContext, config: MysqlConfig, kwargs: dict[str, Any], password: str,
+                 timeout: float) -> tuple[list[dict[str, Any]] | None, int, int | None]:
+    """Acquire a pooled connection and run the statement under the query timeout; a connection
+    that did not finish cleanly is closed instead of going back to the pool."""
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            pool = await _pool(ctx, kwargs, password)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S + timeout):
+            conn = await pool.acquire()
+    except TimeoutError:
+        raise NodeExecutionError(
+            f"MySQL query failed: no connection to {kwargs['host']}:{kwargs['port']} in time "
+            f"(connect timeout {CONNECT_TIMEOUT_S:g} s)", retryable=True) from None
+    except (pymysql.err.MySQLError, OSError) as exc:
+        raise _failure(exc, password, connecting=True, read_only=config.read_only) from None
+    clean = False
+    try:
+        async with asyncio.timeout(timeout):
+            result = await _run(conn, config.query or "", _params(config.params),
+                                config.read_only)
+        clean = True
+        return result
+    except TimeoutError:
+        conn.close()
+        await _kill(kwargs, password, conn.thread_id())
+        raise NodeExecutionError(
+            f"MySQL query failed: no answer within {timeout:g} s (mysqlQueryTimeout)") from None
+    except (pymysql.err.MySQLError, OSError) as exc:
+        raise _failure(exc, password, connecting=False, read_only=config.read_only) from None
+    finally:
+        if not clean:
+            conn.close()
+        await pool.release(conn)
+
+
+def _failure(exc: BaseException, password: str, *, connecting: bool,
+             read_only: bool) -> NodeExecutionError:
+    """`MySQL query failed: …` without the password. Retried only when the server could not be
+    reached, or when a read-only statement lost its connection (a write is never repeated)."""
+    code = _error_code(exc)
+    if connecting:
+        retryable = code in {2003, 2013} or (code is None and isinstance(exc, OSError))
+    else:
+        retryable = read_only and code in {2006, 2013}
+    return NodeExecutionError(f"MySQL query failed: {_scrub(_describe(exc), password)}",
+                              retryable=retryable)
+
+
+@node("mysql", config=MysqlConfig, retries=1, timeout_s=None, network=True)
+async def mysql(config: MysqlConfig, data: Any, ctx: RunContext) -> Envelope:
+    """Rows as a list of objects (extra `rowCount`); a statement without a result set (only with
+    mysqlReadOnly false) outputs [] with extras `affectedRows` and `insertId`."""
+    if not config.query or not config.query.strip():
+        raise NodeConfigError("No query configured for MySQL node (mysqlQuery)")
+    check_statement(config.query, config.read_only)
+    _params(config.params)
+    timeout = _query_timeout(config.query_timeout)
+    password = config.password.get_secret_value() if config.password else ""
+    kwargs = {"host": config.host.strip(), "port": _port(config.port),
+              "user": config.username or None, "db": config.database or None}
+    rows, rowcount, last_id = await _query(ctx, config, kwargs, password, timeout)
+    if rows is None:
+        return envelope(f"MySQL statement affected {rowcount} rows", [], rowCount=rowcount,
+                        affectedRows=rowcount, insertId=last_id or None)
+    output = [{str(k): json_safe(v) for k, v in row.items()} for row in rows]
+    return envelope(f"MySQL query returned {len(output)} rows", output, rowCount=len(output))
