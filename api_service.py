@@ -17,7 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from config import Settings, get_settings
 from database import Store, new_execution_id, open_store
 from errors import (
-    Conflict, ExecutionNotFound, GraphValidationError, UnsupportedNodeTypes, WorkflowError,
+    Conflict,
+    ExecutionNotFound,
+    GraphValidationError,
+    UnsupportedNodeTypes,
+    WorkflowError,
     WorkflowNotFound,
 )
 from flows.graph import parse_workflow
@@ -127,9 +131,13 @@ async def require_key(
     keys = get_settings().api_keys
     if not keys:
         return
-    bearer = authorization[7:].strip() if (authorization or "").lower().startswith("bearer ") else None
+    bearer = (
+        authorization[7:].strip() if (authorization or "").lower().startswith("bearer ") else None
+    )
     if bearer not in keys and x_api_key not in keys:
-        raise StarletteHTTPException(401, "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)")
+        raise StarletteHTTPException(
+            401, "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)"
+        )
 
 
 def get_store(request: Request) -> Store:
@@ -145,8 +153,12 @@ app.include_router(images_router, dependencies=api)
 
 @app.get("/")
 async def health() -> dict[str, Any]:
-    return {"service": "Workflow Orchestration Service", "status": "running",
-            "version": VERSION, "timestamp": now_iso()}
+    return {
+        "service": "Workflow Orchestration Service",
+        "status": "running",
+        "version": VERSION,
+        "timestamp": now_iso(),
+    }
 
 
 def _definition(raw: Any) -> str:
@@ -161,15 +173,27 @@ def _definition(raw: Any) -> str:
 
 
 async def queue(
-    store: Store, *, workflow_id: str, name: str | None, definition: str, body: ExecutionCreate,
-    mode: str, idempotency_key: str | None = None, retry_of: str | None = None,
+    store: Store,
+    *,
+    workflow_id: str,
+    name: str | None,
+    definition: str,
+    body: ExecutionCreate,
+    mode: str,
+    idempotency_key: str | None = None,
+    retry_of: str | None = None,
     node_results: str | None = None,
 ) -> dict[str, Any]:
     """Insert the pending row (the worker process picks it up) and answer like PY-API."""
     execution_id = new_execution_id()
-    response = {"success": True, "executionId": execution_id, "status": "pending",
-                "message": "Workflow execution started in background",
-                "workflowId": workflow_id, "workflowName": name}
+    response = {
+        "success": True,
+        "executionId": execution_id,
+        "status": "pending",
+        "message": "Workflow execution started in background",
+        "workflowId": workflow_id,
+        "workflowName": name,
+    }
     key = None
     if idempotency_key:
         digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
@@ -177,10 +201,17 @@ async def queue(
     for attempt in range(2):
         try:
             earlier = await store.create_execution(
-                execution_id=execution_id, workflow_id=workflow_id, workflow_name=name,
-                organization_id=body.organizationId, inputs=body.inputs or {},
-                definition=definition, mode=mode, retry_of=retry_of, node_results=node_results,
-                idempotency_key=key)
+                execution_id=execution_id,
+                workflow_id=workflow_id,
+                workflow_name=name,
+                organization_id=body.organizationId,
+                inputs=body.inputs or {},
+                definition=definition,
+                mode=mode,
+                retry_of=retry_of,
+                node_results=node_results,
+                idempotency_key=key,
+            )
             break
         except IntegrityError:  # a concurrent submit with the same key won the race
             if attempt or key is None:
@@ -189,17 +220,23 @@ async def queue(
         return response
     earlier_id, earlier_hash = earlier
     if key is not None and earlier_hash != key[1]:
-        raise Conflict(f"Idempotency-Key {idempotency_key!r} was already used with a different "
-                       "request body")
+        raise Conflict(
+            f"Idempotency-Key {idempotency_key!r} was already used with a different request body"
+        )
     row = await store.get_execution(earlier_id)
-    return {**response, "executionId": earlier_id,
-            "status": row["status"] if row else "pending",
-            "message": "Execution already submitted with this Idempotency-Key"}
+    return {
+        **response,
+        "executionId": earlier_id,
+        "status": row["status"] if row else "pending",
+        "message": "Execution already submitted with this Idempotency-Key",
+    }
 
 
 @app.post("/api/workflows/execute", dependencies=api)
 async def execute_workflow(
-    body: ExecutionCreate, store: StoreDep, settings: SettingsDep,
+    body: ExecutionCreate,
+    store: StoreDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     name: str | None = None
@@ -215,35 +252,60 @@ async def execute_workflow(
     else:
         raise GraphValidationError("workflowId is required (or send an inline 'workflow')")
     mode = body.mode if body.mode in ("prefect", "inline") else settings.EXECUTION_MODE
-    return await queue(store, workflow_id=workflow_id, name=name, definition=_definition(raw),
-                       body=body, mode=mode, idempotency_key=idempotency_key)
+    return await queue(
+        store,
+        workflow_id=workflow_id,
+        name=name,
+        definition=_definition(raw),
+        body=body,
+        mode=mode,
+        idempotency_key=idempotency_key,
+    )
 
 
 @app.post("/api/executions/{execution_id}/retry", dependencies=api)
-async def retry_execution(execution_id: str, store: StoreDep,
-                          body: RetryRequest | None = None) -> dict[str, Any]:
+async def retry_execution(
+    execution_id: str, store: StoreDep, body: RetryRequest | None = None
+) -> dict[str, Any]:
     """A new execution of a failed/cancelled one, with the same definition and inputs, reusing
     the results of the nodes that completed (unless `fromScratch`)."""
     row = await store.get_execution(execution_id)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     if row["status"] not in ("failed", "cancelled"):
-        raise Conflict(f"Only failed or cancelled executions can be retried; execution "
-                       f"{execution_id} is {row['status']}")
+        raise Conflict(
+            f"Only failed or cancelled executions can be retried; execution "
+            f"{execution_id} is {row['status']}"
+        )
     if row.get("definition") is None:
-        raise Conflict(f"Execution {execution_id} was not run by this service and cannot be retried")
+        raise Conflict(
+            f"Execution {execution_id} was not run by this service and cannot be retried"
+        )
     reused = None
     results = _parsed(row["nodeResults"])
     if not (body and body.fromScratch) and isinstance(results, dict):
-        kept = {nid: {**r, "reusedFrom": execution_id} for nid, r in results.items()
-                if isinstance(r, dict) and r.get("success") is True and not r.get("skipped")}
+        kept = {
+            nid: {**r, "reusedFrom": execution_id}
+            for nid, r in results.items()
+            if isinstance(r, dict) and r.get("success") is True and not r.get("skipped")
+        }
         reused = dump_json(kept) if kept else None
     inputs = _parsed(row["inputs"])
-    request = ExecutionCreate(workflowId=row["workflowId"], organizationId=row["organizationId"],
-                              inputs=inputs if isinstance(inputs, dict) else {})
-    response = await queue(store, workflow_id=row["workflowId"], name=row.get("workflowName"),
-                           definition=row["definition"], body=request,
-                           mode=row["requestedMode"], retry_of=execution_id, node_results=reused)
+    request = ExecutionCreate(
+        workflowId=row["workflowId"],
+        organizationId=row["organizationId"],
+        inputs=inputs if isinstance(inputs, dict) else {},
+    )
+    response = await queue(
+        store,
+        workflow_id=row["workflowId"],
+        name=row.get("workflowName"),
+        definition=row["definition"],
+        body=request,
+        mode=row["requestedMode"],
+        retry_of=execution_id,
+        node_results=reused,
+    )
     return {**response, "message": "Retry started in background", "retryOf": execution_id}
 
 
@@ -268,8 +330,13 @@ async def _progress(store: Store, row: dict[str, Any]) -> dict[str, int]:
         total = max(counts.get("running", 0), done + failed) + skipped
     finished = done + failed + skipped
     percentage = 100 if (settled and total == 0) else (finished * 100 // total if total else 0)
-    return {"totalNodes": total, "completedNodes": done, "failedNodes": failed,
-            "skippedNodes": skipped, "percentage": min(percentage, 100)}
+    return {
+        "totalNodes": total,
+        "completedNodes": done,
+        "failedNodes": failed,
+        "skippedNodes": skipped,
+        "percentage": min(percentage, 100),
+    }
 
 
 @app.get("/api/executions/{execution_id}", dependencies=api)
@@ -278,17 +345,27 @@ async def get_execution(execution_id: str, store: StoreDep) -> dict[str, Any]:
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     return {
-        "executionId": row["id"], "workflowId": row["workflowId"],
-        "workflowName": row.get("workflowName"), "organizationId": row["organizationId"],
-        "status": row["status"], "createdAt": row["createdAt"], "startedAt": row["startedAt"],
-        "completedAt": row["completedAt"], "currentNodeId": row["currentNodeId"],
-        "error": row["error"], "progress": await _progress(store, row),
+        "executionId": row["id"],
+        "workflowId": row["workflowId"],
+        "workflowName": row.get("workflowName"),
+        "organizationId": row["organizationId"],
+        "status": row["status"],
+        "createdAt": row["createdAt"],
+        "startedAt": row["startedAt"],
+        "completedAt": row["completedAt"],
+        "currentNodeId": row["currentNodeId"],
+        "error": row["error"],
+        "progress": await _progress(store, row),
         "logs": await store.get_logs(execution_id, last=10),
         "inputs": _parsed(row["inputs"]),
-        "nodeResults": _parsed(row["nodeResults"]), "finalOutput": _parsed(row["finalOutput"]),
-        "mode": row.get("mode"), "modeReason": row.get("modeReason"),
-        "attempts": row.get("attempts"), "resumedAt": row.get("resumedAt"),
-        "retryOf": row.get("retryOf"), "flowRunId": row.get("flowRunId"),
+        "nodeResults": _parsed(row["nodeResults"]),
+        "finalOutput": _parsed(row["finalOutput"]),
+        "mode": row.get("mode"),
+        "modeReason": row.get("modeReason"),
+        "attempts": row.get("attempts"),
+        "resumedAt": row.get("resumedAt"),
+        "retryOf": row.get("retryOf"),
+        "flowRunId": row.get("flowRunId"),
     }
 
 
@@ -306,11 +383,18 @@ async def cancel_execution(execution_id: str, store: StoreDep) -> dict[str, Any]
     if previous is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     if not cancelled:
-        return {"success": False, "executionId": execution_id,
-                "message": f"Cannot cancel execution with status '{previous}'",
-                "previousStatus": previous}
-    return {"success": True, "executionId": execution_id,
-            "message": "Execution cancelled successfully", "previousStatus": previous}
+        return {
+            "success": False,
+            "executionId": execution_id,
+            "message": f"Cannot cancel execution with status '{previous}'",
+            "previousStatus": previous,
+        }
+    return {
+        "success": True,
+        "executionId": execution_id,
+        "message": "Execution cancelled successfully",
+        "previousStatus": previous,
+    }
 
 
 @app.post("/api/nodes/execute", dependencies=api)
@@ -319,24 +403,47 @@ async def execute_node(body: NodeExecute, request: Request) -> dict[str, Any]:
     resources: Resources = request.app.state.resources
     try:
         node = NodeDef.model_validate({**body.node, "id": body.nodeId, "type": body.nodeType})
-        ctx = RunContext("single_node", body.workflowId, None, {}, node.id, node.type,
-                         node.display_label, resources)
+        ctx = RunContext(
+            "single_node",
+            body.workflowId,
+            None,
+            {},
+            node.id,
+            node.type,
+            node.display_label,
+            resources,
+        )
         output = await run_with_retries(node, body.inputData, ctx)
     except Exception as exc:  # noqa: BLE001 - answered as success:false, like the original
-        return {"success": False, "nodeId": body.nodeId, "nodeType": body.nodeType,
-                "error": str(exc), "message": "Node execution failed"}
-    return {"success": True, "nodeId": body.nodeId, "nodeType": body.nodeType,
-            "output": json.loads(dump_json(output)), "message": "Node executed successfully"}
+        return {
+            "success": False,
+            "nodeId": body.nodeId,
+            "nodeType": body.nodeType,
+            "error": str(exc),
+            "message": "Node execution failed",
+        }
+    return {
+        "success": True,
+        "nodeId": body.nodeId,
+        "nodeType": body.nodeType,
+        "output": json.loads(dump_json(output)),
+        "message": "Node executed successfully",
+    }
 
 
 @app.get("/api/workflows/{workflow_id}/executions", dependencies=api)
 async def list_workflow_executions(
-    workflow_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    workflow_id: str,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     workflow = await store.get_workflow(workflow_id)
     if workflow is None:
         raise WorkflowNotFound(f"Workflow {workflow_id} not found")
     rows, total = await store.list_executions(workflow_id, limit)
-    return {"workflowId": workflow_id, "workflowName": workflow["name"], "executions": rows,
-            "total": total}
-
+    return {
+        "workflowId": workflow_id,
+        "workflowName": workflow["name"],
+        "executions": rows,
+        "total": total,
+    }

@@ -6,6 +6,7 @@ waits for the lock instead of failing on a read-to-write upgrade); none is held 
 """
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -42,61 +43,138 @@ def _pk() -> sa.Column[str]:
 # The Node backend's tables (node_schema.sql). Decision 11: no foreign keys from
 # workflow_executions to workflows/organizations, so inline workflows can be stored.
 organizations = _table(
-    "organizations", _pk(), sa.Column("name", T, nullable=False), sa.Column("createdAt", T),
-    sa.Column("subscriptionPlan", T, server_default="free"), sa.Column("stripeCustomerId", T),
-    sa.Column("stripeSubscriptionId", T), sa.Column("subscriptionStatus", T, server_default="active"),
-    *(sa.Column(c, T) for c in (
-        "subscriptionCurrentPeriodEnd", "industry", "employees", "website", "linkedinUrl",
-        "headquarters", "foundingYear", "overview", "slackBotToken", "slackTeamId",
-        "slackTeamName", "slackConnectedAt", "logo")),
+    "organizations",
+    _pk(),
+    sa.Column("name", T, nullable=False),
+    sa.Column("createdAt", T),
+    sa.Column("subscriptionPlan", T, server_default="free"),
+    sa.Column("stripeCustomerId", T),
+    sa.Column("stripeSubscriptionId", T),
+    sa.Column("subscriptionStatus", T, server_default="active"),
+    *(
+        sa.Column(c, T)
+        for c in (
+            "subscriptionCurrentPeriodEnd",
+            "industry",
+            "employees",
+            "website",
+            "linkedinUrl",
+            "headquarters",
+            "foundingYear",
+            "overview",
+            "slackBotToken",
+            "slackTeamId",
+            "slackTeamName",
+            "slackConnectedAt",
+            "logo",
+        )
+    ),
     sa.Column("aiAuditMode", sa.Integer, server_default="0"),
 )
 entities = _table(
-    "entities", _pk(), sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE")),
-    sa.Column("name", T), sa.Column("description", T), sa.Column("author", T),
-    sa.Column("lastEdited", T), sa.Column("entityType", T, server_default="generic"),
+    "entities",
+    _pk(),
+    sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE")),
+    sa.Column("name", T),
+    sa.Column("description", T),
+    sa.Column("author", T),
+    sa.Column("lastEdited", T),
+    sa.Column("entityType", T, server_default="generic"),
 )
 properties = _table(
-    "properties", _pk(), sa.Column("entityId", T, sa.ForeignKey("entities.id", ondelete="CASCADE")),
-    *(sa.Column(c, T) for c in ("name", "type", "defaultValue", "relatedEntityId", "unit", "formula")),
+    "properties",
+    _pk(),
+    sa.Column("entityId", T, sa.ForeignKey("entities.id", ondelete="CASCADE")),
+    *(
+        sa.Column(c, T)
+        for c in ("name", "type", "defaultValue", "relatedEntityId", "unit", "formula")
+    ),
 )
 records = _table(
-    "records", _pk(), sa.Column("entityId", T, sa.ForeignKey("entities.id", ondelete="CASCADE")),
-    sa.Column("createdAt", T), sa.Column("tags", T, server_default="[]"),
+    "records",
+    _pk(),
+    sa.Column("entityId", T, sa.ForeignKey("entities.id", ondelete="CASCADE")),
+    sa.Column("createdAt", T),
+    sa.Column("tags", T, server_default="[]"),
 )
 record_values = _table(
-    "record_values", _pk(), sa.Column("recordId", T, sa.ForeignKey("records.id", ondelete="CASCADE")),
+    "record_values",
+    _pk(),
+    sa.Column("recordId", T, sa.ForeignKey("records.id", ondelete="CASCADE")),
     sa.Column("propertyId", T, sa.ForeignKey("properties.id", ondelete="CASCADE")),
     sa.Column("value", T),
 )
 workflows = _table(
-    "workflows", _pk(), sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE")),
-    sa.Column("name", T, nullable=False), sa.Column("data", T, nullable=False),
-    *(sa.Column(c, T) for c in ("tags", "createdAt", "updatedAt", "createdBy", "createdByName",
-                                "lastEditedBy", "lastEditedByName", "publishedVersionId")),
-    sa.Column("activeVersionNumber", sa.Integer), sa.Column("isPublic", sa.Integer, server_default="0"),
+    "workflows",
+    _pk(),
+    sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE")),
+    sa.Column("name", T, nullable=False),
+    sa.Column("data", T, nullable=False),
+    *(
+        sa.Column(c, T)
+        for c in (
+            "tags",
+            "createdAt",
+            "updatedAt",
+            "createdBy",
+            "createdByName",
+            "lastEditedBy",
+            "lastEditedByName",
+            "publishedVersionId",
+        )
+    ),
+    sa.Column("activeVersionNumber", sa.Integer),
+    sa.Column("isPublic", sa.Integer, server_default="0"),
 )
 executions = _table(
-    "workflow_executions", _pk(), sa.Column("workflowId", T, nullable=False),
-    sa.Column("organizationId", T), sa.Column("status", T, server_default="pending"),
+    "workflow_executions",
+    _pk(),
+    sa.Column("workflowId", T, nullable=False),
+    sa.Column("organizationId", T),
+    sa.Column("status", T, server_default="pending"),
     sa.Column("triggerType", T, server_default="manual"),
-    *(sa.Column(c, T) for c in ("inputs", "currentNodeId", "nodeResults", "finalOutput", "error",
-                                "createdAt", "startedAt", "completedAt", "triggeredByName")),
+    *(
+        sa.Column(c, T)
+        for c in (
+            "inputs",
+            "currentNodeId",
+            "nodeResults",
+            "finalOutput",
+            "error",
+            "createdAt",
+            "startedAt",
+            "completedAt",
+            "triggeredByName",
+        )
+    ),
     sa.Column("versionNumber", sa.Integer),
 )
 logs = _table(
-    "execution_logs", _pk(),
-    sa.Column("executionId", T, sa.ForeignKey("workflow_executions.id", ondelete="CASCADE"), nullable=False),
-    *(sa.Column(c, T) for c in ("nodeId", "nodeType", "nodeLabel", "status", "inputData",
-                                "outputData", "error")),
-    sa.Column("duration", sa.Integer), sa.Column("timestamp", T),
+    "execution_logs",
+    _pk(),
+    sa.Column(
+        "executionId",
+        T,
+        sa.ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    *(
+        sa.Column(c, T)
+        for c in ("nodeId", "nodeType", "nodeLabel", "status", "inputData", "outputData", "error")
+    ),
+    sa.Column("duration", sa.Integer),
+    sa.Column("timestamp", T),
 )
 workflow_versions = _table(
-    "workflow_versions", _pk(),
+    "workflow_versions",
+    _pk(),
     sa.Column("workflowId", T, sa.ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("version", sa.Integer, nullable=False),
-    *(sa.Column(c, T) for c in ("name",)), sa.Column("data", T, nullable=False),
+    *(sa.Column(c, T) for c in ("name",)),
+    sa.Column("data", T, nullable=False),
     *(sa.Column(c, T) for c in ("description", "createdBy", "createdByName", "createdAt")),
     sa.Column("isProduction", sa.Integer, server_default="0"),
     sa.Index("idx_wf_versions_workflow", "workflowId", "version"),
@@ -147,7 +225,7 @@ def new_execution_id() -> str:
 
 
 def new_log_id() -> str:
-    """16 hex chars that sort in creation order within a process (tie-break for equal timestamps)."""
+    """16 hex chars sorting in creation order within a process (tie-break for equal timestamps)."""
     return f"{(time.time_ns() >> 12) & 0xFFFFFFFFFFFF:012x}{next(_log_ids) & 0xFFFF:04x}"
 
 
@@ -188,7 +266,9 @@ def async_url(url: str) -> sa.URL:
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg")
-    raise ValueError(f"Unsupported DATABASE_URL scheme {parsed.drivername!r} (use sqlite or postgresql)")
+    raise ValueError(
+        f"Unsupported DATABASE_URL scheme {parsed.drivername!r} (use sqlite or postgresql)"
+    )
 
 
 class Store:
@@ -255,8 +335,9 @@ class Store:
     # -- API side -------------------------------------------------------------------------
 
     async def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
-        query = sa.select(workflows.c.id, workflows.c.name, workflows.c.data,
-                          workflows.c.organizationId).where(workflows.c.id == workflow_id)
+        query = sa.select(
+            workflows.c.id, workflows.c.name, workflows.c.data, workflows.c.organizationId
+        ).where(workflows.c.id == workflow_id)
 
         def op(conn: sa.Connection) -> dict[str, Any] | None:
             row = conn.execute(query).mappings().first()
@@ -265,9 +346,17 @@ class Store:
         return await self._run(op, write=False)
 
     async def create_execution(
-        self, *, execution_id: str, workflow_id: str, workflow_name: str | None,
-        organization_id: str | None, inputs: dict[str, Any], definition: str, mode: str,
-        retry_of: str | None = None, node_results: str | None = None,
+        self,
+        *,
+        execution_id: str,
+        workflow_id: str,
+        workflow_name: str | None,
+        organization_id: str | None,
+        inputs: dict[str, Any],
+        definition: str,
+        mode: str,
+        retry_of: str | None = None,
+        node_results: str | None = None,
         idempotency_key: tuple[str, str, float] | None = None,
     ) -> tuple[str, str] | None:
         """Insert the pending execution row and queue it, in one transaction.
@@ -285,22 +374,48 @@ class Store:
                 key, request_hash, ttl_s = idempotency_key
                 match = idempotency.c.key == key, idempotency.c.organizationId == org
                 earlier = conn.execute(
-                    sa.select(idempotency.c.executionId, idempotency.c.requestHash,
-                              idempotency.c.expiresAt).where(*match)).first()
+                    sa.select(
+                        idempotency.c.executionId,
+                        idempotency.c.requestHash,
+                        idempotency.c.expiresAt,
+                    ).where(*match)
+                ).first()
                 if earlier is not None and earlier.expiresAt > time.time():
                     return earlier.executionId, earlier.requestHash
                 if earlier is not None:
                     conn.execute(idempotency.delete().where(*match))
-                conn.execute(idempotency.insert().values(
-                    key=key, organizationId=org, requestHash=request_hash,
-                    executionId=execution_id, expiresAt=time.time() + ttl_s))
-            conn.execute(executions.insert().values(
-                id=execution_id, workflowId=workflow_id, organizationId=organization_id,
-                status="pending", inputs=inputs_json, createdAt=now, nodeResults=node_results))
-            conn.execute(runs.insert().values(
-                executionId=execution_id, seq=time.time_ns(), workflowName=workflow_name,
-                definition=definition, requestedMode=mode, state=QUEUED, createdAt=now,
-                retryOf=retry_of))
+                conn.execute(
+                    idempotency.insert().values(
+                        key=key,
+                        organizationId=org,
+                        requestHash=request_hash,
+                        executionId=execution_id,
+                        expiresAt=time.time() + ttl_s,
+                    )
+                )
+            conn.execute(
+                executions.insert().values(
+                    id=execution_id,
+                    workflowId=workflow_id,
+                    organizationId=organization_id,
+                    status="pending",
+                    inputs=inputs_json,
+                    createdAt=now,
+                    nodeResults=node_results,
+                )
+            )
+            conn.execute(
+                runs.insert().values(
+                    executionId=execution_id,
+                    seq=time.time_ns(),
+                    workflowName=workflow_name,
+                    definition=definition,
+                    requestedMode=mode,
+                    state=QUEUED,
+                    createdAt=now,
+                    retryOf=retry_of,
+                )
+            )
             return None
 
         return await self._run(op, write=True)
@@ -308,10 +423,28 @@ class Store:
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         """The execution row joined with the service's own state (None where not ours)."""
         query = (
-            sa.select(executions, *[runs.c[c] for c in (
-                "workflowName", "definition", "requestedMode", "mode", "modeReason", "attempts",
-                "resumedAt", "retryOf", "flowRunId", "totalNodes", "completedNodes",
-                "failedNodes", "skippedNodes", "state")])
+            sa.select(
+                executions,
+                *[
+                    runs.c[c]
+                    for c in (
+                        "workflowName",
+                        "definition",
+                        "requestedMode",
+                        "mode",
+                        "modeReason",
+                        "attempts",
+                        "resumedAt",
+                        "retryOf",
+                        "flowRunId",
+                        "totalNodes",
+                        "completedNodes",
+                        "failedNodes",
+                        "skippedNodes",
+                        "state",
+                    )
+                ],
+            )
             .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
             .where(executions.c.id == execution_id)
         )
@@ -341,42 +474,72 @@ class Store:
         """Distinct nodes per final log status, for rows the service did not create."""
         query = (
             sa.select(logs.c.status, sa.func.count(sa.distinct(logs.c.nodeId)))
-            .where(logs.c.executionId == execution_id).group_by(logs.c.status)
+            .where(logs.c.executionId == execution_id)
+            .group_by(logs.c.status)
         )
         return await self._run(
-            lambda conn: {s or "": n for s, n in conn.execute(query).all()}, write=False)
+            lambda conn: {s or "": n for s, n in conn.execute(query).all()}, write=False
+        )
 
     async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
         """Cancel a pending/running execution. Returns (previous status or None, cancelled?)."""
 
         def op(conn: sa.Connection) -> tuple[str | None, bool]:
-            row = conn.execute(sa.select(executions.c.status)
-                               .where(executions.c.id == execution_id)).first()
+            row = conn.execute(
+                sa.select(executions.c.status).where(executions.c.id == execution_id)
+            ).first()
             if row is None:
                 return None, False
             status = row.status or ""
             if status not in ("pending", "running"):
                 return status, False
-            conn.execute(executions.update().where(executions.c.id == execution_id).values(
-                status="cancelled", error="Execution cancelled by user", completedAt=now_iso()))
-            conn.execute(runs.update().where(
-                runs.c.executionId == execution_id, runs.c.state == QUEUED).values(state=DONE))
+            conn.execute(
+                executions.update()
+                .where(executions.c.id == execution_id)
+                .values(
+                    status="cancelled", error="Execution cancelled by user", completedAt=now_iso()
+                )
+            )
+            conn.execute(
+                runs.update()
+                .where(runs.c.executionId == execution_id, runs.c.state == QUEUED)
+                .values(state=DONE)
+            )
             return status, True
 
         return await self._run(op, write=True)
 
-    async def list_executions(self, workflow_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
-        cols = [executions.c[c] for c in ("id", "workflowId", "status", "createdAt", "startedAt",
-                                          "completedAt", "error")]
+    async def list_executions(
+        self, workflow_id: str, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        cols = [
+            executions.c[c]
+            for c in (
+                "id",
+                "workflowId",
+                "status",
+                "createdAt",
+                "startedAt",
+                "completedAt",
+                "error",
+            )
+        ]
         where = executions.c.workflowId == workflow_id
 
         def op(conn: sa.Connection) -> tuple[list[dict[str, Any]], int]:
-            rows = conn.execute(
-                sa.select(*cols).where(where)
-                .order_by(executions.c.createdAt.desc(), executions.c.id.desc()).limit(limit)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(*cols)
+                    .where(where)
+                    .order_by(executions.c.createdAt.desc(), executions.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
             total = conn.execute(
-                sa.select(sa.func.count()).select_from(executions).where(where)).scalar_one()
+                sa.select(sa.func.count()).select_from(executions).where(where)
+            ).scalar_one()
             return [dict(r) for r in rows], int(total)
 
         return await self._run(op, write=False)
@@ -384,10 +547,11 @@ class Store:
     # -- worker side ----------------------------------------------------------------------
 
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
-        """Take up to `limit` queued executions in submission order, plus any whose lease expired."""
+        """Take up to `limit` queued executions in submission order, and any whose lease expired."""
         now = time.time()
-        ready = sa.or_(runs.c.state == QUEUED,
-                       sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now))
+        ready = sa.or_(
+            runs.c.state == QUEUED, sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now)
+        )
         pick = sa.select(runs.c.executionId).where(ready).order_by(runs.c.seq).limit(limit)
         if not self.is_sqlite:
             pick = pick.with_for_update(skip_locked=True)
@@ -396,17 +560,34 @@ class Store:
             ids = list(conn.execute(pick).scalars())
             if not ids:
                 return []
-            conn.execute(runs.update().where(runs.c.executionId.in_(ids)).values(
-                state=RUNNING, leaseOwner=owner, leaseExpiresAt=now + lease_s,
-                attempts=runs.c.attempts + 1,
-                resumedAt=sa.case((runs.c.attempts > 0, now_iso()), else_=runs.c.resumedAt)))
+            conn.execute(
+                runs.update()
+                .where(runs.c.executionId.in_(ids))
+                .values(
+                    state=RUNNING,
+                    leaseOwner=owner,
+                    leaseExpiresAt=now + lease_s,
+                    attempts=runs.c.attempts + 1,
+                    resumedAt=sa.case((runs.c.attempts > 0, now_iso()), else_=runs.c.resumedAt),
+                )
+            )
             rows = conn.execute(
-                sa.select(executions.c.id, executions.c.workflowId, executions.c.organizationId,
-                          executions.c.status, executions.c.inputs, executions.c.nodeResults,
-                          runs.c.definition, runs.c.requestedMode, runs.c.attempts,
-                          runs.c.flowRunId)
+                sa.select(
+                    executions.c.id,
+                    executions.c.workflowId,
+                    executions.c.organizationId,
+                    executions.c.status,
+                    executions.c.inputs,
+                    executions.c.nodeResults,
+                    runs.c.definition,
+                    runs.c.requestedMode,
+                    runs.c.attempts,
+                    runs.c.flowRunId,
+                )
                 .join(runs, runs.c.executionId == executions.c.id)
-                .where(executions.c.id.in_(ids)).order_by(runs.c.seq)).all()
+                .where(executions.c.id.in_(ids))
+                .order_by(runs.c.seq)
+            ).all()
             return [Claim(*r) for r in rows]
 
         return await self._run(op, write=True)
@@ -414,66 +595,108 @@ class Store:
     async def has_queued(self) -> bool:
         """Cheap read-only check the idle worker polls before taking the write lock to claim."""
         now = time.time()
-        query = sa.select(runs.c.executionId).where(sa.or_(
-            runs.c.state == QUEUED, sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now)
-        )).limit(1)
+        query = (
+            sa.select(runs.c.executionId)
+            .where(
+                sa.or_(
+                    runs.c.state == QUEUED,
+                    sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now),
+                )
+            )
+            .limit(1)
+        )
         return await self._run(lambda conn: conn.execute(query).first() is not None, write=False)
 
     async def _update_runs(self, where: Any, **values: Any) -> None:
-        await self._run(lambda conn: conn.execute(runs.update().where(where).values(**values)),
-                        write=True)
+        await self._run(
+            lambda conn: conn.execute(runs.update().where(where).values(**values)), write=True
+        )
 
     async def renew_leases(self, owner: str, lease_s: float) -> None:
-        await self._update_runs(sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING),
-                                leaseExpiresAt=time.time() + lease_s)
+        await self._update_runs(
+            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING),
+            leaseExpiresAt=time.time() + lease_s,
+        )
 
     async def release(self, owner: str) -> None:
         """Give back every unfinished execution of `owner` (graceful shutdown) so that the next
         worker, or this service's next start, resumes it at once instead of after the lease."""
-        await self._update_runs(sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING),
-                                leaseExpiresAt=0.0)
+        await self._update_runs(
+            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING), leaseExpiresAt=0.0
+        )
 
     async def release_instance(self, instance: str) -> None:
         """At start-up: give back what a previous run of this instance still held."""
         await self._update_runs(
             sa.and_(runs.c.leaseOwner.startswith(instance + ":"), runs.c.state == RUNNING),
-            leaseExpiresAt=0.0)
+            leaseExpiresAt=0.0,
+        )
 
     async def mark_done(self, execution_id: str) -> None:
-        await self._update_runs(runs.c.executionId == execution_id, state=DONE,
-                                leaseExpiresAt=None)
+        await self._update_runs(runs.c.executionId == execution_id, state=DONE, leaseExpiresAt=None)
 
     async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
         ids = list(execution_ids)
         if not ids:
             return set()
         query = sa.select(executions.c.id).where(
-            executions.c.id.in_(ids), executions.c.status == "cancelled")
+            executions.c.id.in_(ids), executions.c.status == "cancelled"
+        )
         return await self._run(lambda conn: set(conn.execute(query).scalars()), write=False)
 
-    async def start(self, execution_id: str, *, total_nodes: int, mode: str,
-                    mode_reason: str | None, flow_run_id: str | None = None) -> bool:
+    async def start(
+        self,
+        execution_id: str,
+        *,
+        total_nodes: int,
+        mode: str,
+        mode_reason: str | None,
+        flow_run_id: str | None = None,
+    ) -> bool:
         """Mark the execution running; False when it is no longer pending/running (cancelled)."""
-        return await self._batched(_Op("start", execution_id, dict(
-            totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id)))
+        return await self._batched(
+            _Op(
+                "start",
+                execution_id,
+                dict(
+                    totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id
+                ),
+            )
+        )
 
     async def checkpoint(
-        self, execution_id: str, rows: list[LogRow], *, current_node_id: str | None,
-        node_results: str | None, counts: dict[str, int],
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
     ) -> bool:
         """Commit settled nodes and started nodes atomically. False when the row left `running`
         (cancelled): then only the final rows of settled nodes are written, no `running` rows.
         `counts` is empty or has completedNodes, failedNodes and skippedNodes."""
-        return await self._batched(_Op("checkpoint", execution_id, dict(
-            rows=rows, current=current_node_id, results=node_results, counts=counts)))
+        return await self._batched(
+            _Op(
+                "checkpoint",
+                execution_id,
+                dict(rows=rows, current=current_node_id, results=node_results, counts=counts),
+            )
+        )
 
     async def finish(
-        self, execution_id: str, *, status: str, error: str | None, node_results: str | None,
+        self,
+        execution_id: str,
+        *,
+        status: str,
+        error: str | None,
+        node_results: str | None,
     ) -> bool:
         """Write the terminal status unless the row is no longer running (never overwrites
         `cancelled`); the service's run state becomes done either way."""
-        return await self._batched(_Op("finish", execution_id, dict(
-            status=status, error=error, results=node_results)))
+        return await self._batched(
+            _Op("finish", execution_id, dict(status=status, error=error, results=node_results))
+        )
 
     async def _batched(self, op: "_Op") -> bool:
         """Group commit: state changes of all running executions that arrive while a batch is
@@ -488,8 +711,10 @@ class Store:
         while self._queue:
             batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
             try:
-                results = await self._run(lambda conn: _apply_batch(conn, batch, self.is_sqlite),
-                                          write=True)
+                results = await self._run(
+                    functools.partial(_apply_batch, batch=batch, is_sqlite=self.is_sqlite),
+                    write=True,
+                )
             except Exception as exc:  # noqa: BLE001 - every waiter gets the error
                 for op in batch:
                     if not op.future.done():
@@ -501,8 +726,11 @@ class Store:
 
 
 BATCH_MAX = 500
-_LIVE = {"start": ("pending", "running"), "checkpoint": ("running",),
-         "finish": ("pending", "running")}
+_LIVE = {
+    "start": ("pending", "running"),
+    "checkpoint": ("running",),
+    "finish": ("pending", "running"),
+}
 
 
 @dataclass
@@ -517,22 +745,48 @@ def _b(name: str) -> Any:
     return sa.bindparam(name)
 
 
-_START_EXEC = executions.update().where(executions.c.id == _b("b_id")).values(
-    status="running", startedAt=sa.func.coalesce(executions.c.startedAt, _b("b_now")))
-_START_RUN = runs.update().where(runs.c.executionId == _b("b_id")).values(
-    totalNodes=_b("b_total"), mode=_b("b_mode"), modeReason=_b("b_reason"),
-    flowRunId=_b("b_flow"))
-_CHECKPOINT_EXEC = executions.update().where(executions.c.id == _b("b_id")).values(
-    currentNodeId=sa.func.coalesce(_b("b_current"), executions.c.currentNodeId),
-    nodeResults=sa.func.coalesce(_b("b_results"), executions.c.nodeResults))
-_COUNTS_RUN = runs.update().where(runs.c.executionId == _b("b_id")).values(
-    completedNodes=_b("b_done"), failedNodes=_b("b_failed"), skippedNodes=_b("b_skipped"))
-_FINISH_EXEC = executions.update().where(executions.c.id == _b("b_id")).values(
-    status=_b("b_status"), error=_b("b_error"), completedAt=_b("b_now"),
-    nodeResults=sa.func.coalesce(_b("b_results"), executions.c.nodeResults),
-    finalOutput=sa.func.coalesce(_b("b_results"), executions.c.finalOutput))
-_FINISH_RUN = runs.update().where(runs.c.executionId == _b("b_id")).values(
-    state=DONE, leaseExpiresAt=None)
+_START_EXEC = (
+    executions.update()
+    .where(executions.c.id == _b("b_id"))
+    .values(status="running", startedAt=sa.func.coalesce(executions.c.startedAt, _b("b_now")))
+)
+_START_RUN = (
+    runs.update()
+    .where(runs.c.executionId == _b("b_id"))
+    .values(
+        totalNodes=_b("b_total"),
+        mode=_b("b_mode"),
+        modeReason=_b("b_reason"),
+        flowRunId=_b("b_flow"),
+    )
+)
+_CHECKPOINT_EXEC = (
+    executions.update()
+    .where(executions.c.id == _b("b_id"))
+    .values(
+        currentNodeId=sa.func.coalesce(_b("b_current"), executions.c.currentNodeId),
+        nodeResults=sa.func.coalesce(_b("b_results"), executions.c.nodeResults),
+    )
+)
+_COUNTS_RUN = (
+    runs.update()
+    .where(runs.c.executionId == _b("b_id"))
+    .values(completedNodes=_b("b_done"), failedNodes=_b("b_failed"), skippedNodes=_b("b_skipped"))
+)
+_FINISH_EXEC = (
+    executions.update()
+    .where(executions.c.id == _b("b_id"))
+    .values(
+        status=_b("b_status"),
+        error=_b("b_error"),
+        completedAt=_b("b_now"),
+        nodeResults=sa.func.coalesce(_b("b_results"), executions.c.nodeResults),
+        finalOutput=sa.func.coalesce(_b("b_results"), executions.c.finalOutput),
+    )
+)
+_FINISH_RUN = (
+    runs.update().where(runs.c.executionId == _b("b_id")).values(state=DONE, leaseExpiresAt=None)
+)
 
 
 def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list[bool]:
@@ -540,13 +794,23 @@ def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list
     execution: each execution awaits its previous operation). The statuses are read first
     under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten."""
     query = sa.select(executions.c.id, executions.c.status).where(
-        executions.c.id.in_({op.execution_id for op in batch}))
+        executions.c.id.in_({op.execution_id for op in batch})
+    )
     if not is_sqlite:
         query = query.with_for_update()
     status = dict(conn.execute(query).all())
     now = now_iso()
-    params: dict[Any, list[dict[str, Any]]] = {stmt: [] for stmt in (
-        _START_EXEC, _START_RUN, _CHECKPOINT_EXEC, _COUNTS_RUN, _FINISH_EXEC, _FINISH_RUN)}
+    params: dict[Any, list[dict[str, Any]]] = {
+        stmt: []
+        for stmt in (
+            _START_EXEC,
+            _START_RUN,
+            _CHECKPOINT_EXEC,
+            _COUNTS_RUN,
+            _FINISH_EXEC,
+            _FINISH_RUN,
+        )
+    }
     log_rows: list[dict[str, Any]] = []
     results = []
     for op in batch:
@@ -556,28 +820,58 @@ def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list
         if op.kind == "start":
             if live:
                 params[_START_EXEC].append({"b_id": eid, "b_now": now})
-            params[_START_RUN].append({"b_id": eid, "b_total": p["totalNodes"], "b_mode": p["mode"],
-                                       "b_reason": p["modeReason"], "b_flow": p["flowRunId"]})
+            params[_START_RUN].append(
+                {
+                    "b_id": eid,
+                    "b_total": p["totalNodes"],
+                    "b_mode": p["mode"],
+                    "b_reason": p["modeReason"],
+                    "b_flow": p["flowRunId"],
+                }
+            )
         elif op.kind == "checkpoint":
             if live and (p["current"] is not None or p["results"] is not None):
                 params[_CHECKPOINT_EXEC].append(
-                    {"b_id": eid, "b_current": p["current"], "b_results": p["results"]})
+                    {"b_id": eid, "b_current": p["current"], "b_results": p["results"]}
+                )
             log_rows.extend(
-                dict(id=new_log_id(), executionId=eid, nodeId=r.node_id, nodeType=r.node_type,
-                     nodeLabel=r.node_label, status=r.status, inputData=r.input_json,
-                     outputData=r.output_json, error=r.error, duration=r.duration_ms,
-                     timestamp=now)
-                for r in p["rows"] if live or r.status != "running")
+                dict(
+                    id=new_log_id(),
+                    executionId=eid,
+                    nodeId=r.node_id,
+                    nodeType=r.node_type,
+                    nodeLabel=r.node_label,
+                    status=r.status,
+                    inputData=r.input_json,
+                    outputData=r.output_json,
+                    error=r.error,
+                    duration=r.duration_ms,
+                    timestamp=now,
+                )
+                for r in p["rows"]
+                if live or r.status != "running"
+            )
             if p["counts"]:
                 counts = p["counts"]
-                params[_COUNTS_RUN].append({"b_id": eid, "b_done": counts["completedNodes"],
-                                            "b_failed": counts["failedNodes"],
-                                            "b_skipped": counts["skippedNodes"]})
+                params[_COUNTS_RUN].append(
+                    {
+                        "b_id": eid,
+                        "b_done": counts["completedNodes"],
+                        "b_failed": counts["failedNodes"],
+                        "b_skipped": counts["skippedNodes"],
+                    }
+                )
         else:
             if live:
-                params[_FINISH_EXEC].append({"b_id": eid, "b_status": p["status"],
-                                             "b_error": p["error"], "b_now": now,
-                                             "b_results": p["results"]})
+                params[_FINISH_EXEC].append(
+                    {
+                        "b_id": eid,
+                        "b_status": p["status"],
+                        "b_error": p["error"],
+                        "b_now": now,
+                        "b_results": p["results"],
+                    }
+                )
             params[_FINISH_RUN].append({"b_id": eid})
     for stmt, rows in params.items():
         if rows:
@@ -610,21 +904,26 @@ def _sqlite_engines(url: sa.URL) -> tuple[AsyncEngine, sa.Engine]:
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=4, max_overflow=4)
     sync_engine = sa.create_engine(
-        url.set(drivername="sqlite+pysqlite"), poolclass=sa.pool.QueuePool, pool_size=6,
-        max_overflow=4, connect_args={"timeout": 30, "check_same_thread": False})
+        url.set(drivername="sqlite+pysqlite"),
+        poolclass=sa.pool.QueuePool,
+        pool_size=6,
+        max_overflow=4,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
     _sqlite_pragmas(engine.sync_engine)
     _sqlite_pragmas(sync_engine)
     return engine, sync_engine
 
 
 async def open_store(url: str, *, create: bool = True) -> Store:
-    """Connect, and (by default) create every missing table; existing tables are left as they are."""
+    """Connect and (by default) create every missing table; existing tables are left as they are."""
     parsed = async_url(url)
     if parsed.get_backend_name() == "sqlite":
         store = Store(*_sqlite_engines(parsed))
     else:
-        store = Store(create_async_engine(parsed, pool_size=10, max_overflow=10,
-                                          pool_pre_ping=True))
+        store = Store(
+            create_async_engine(parsed, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        )
     if create:
         await store.create_all()
     logger.info("store open: %s", parsed.render_as_string(hide_password=True))

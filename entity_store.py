@@ -20,15 +20,38 @@ DEFAULT_TABLE = "saved_records"
 GENERIC_COLUMNS = ("id", "data", "workflowId", "executionId", "createdAt", "updatedAt")
 RESERVED_PREFIXES = ("wos_", "sqlite_", "pg_")
 # Tables the Node backend creates (server/db.js) beyond those in `database.metadata`.
-NODE_BACKEND_TABLES = frozenset({
-    "users", "user_organizations", "dashboards", "widgets", "simulations", "scenarios",
-    "list_items", "pending_approvals", "node_feedback", "pending_invitations",
-    "report_templates", "template_sections", "reports", "report_sections", "report_contexts",
-    "report_comments", "ai_assistant_files", "knowledge_documents", "knowledge_document_chunks",
-    "knowledge_folders", "dashboard_workflow_connections", "notifications",
-    "notification_reads", "alert_configs", "copilot_chats", "audit_logs", "ot_alerts",
-    "workflow_schedules",
-})
+NODE_BACKEND_TABLES = frozenset(
+    {
+        "users",
+        "user_organizations",
+        "dashboards",
+        "widgets",
+        "simulations",
+        "scenarios",
+        "list_items",
+        "pending_approvals",
+        "node_feedback",
+        "pending_invitations",
+        "report_templates",
+        "template_sections",
+        "reports",
+        "report_sections",
+        "report_contexts",
+        "report_comments",
+        "ai_assistant_files",
+        "knowledge_documents",
+        "knowledge_document_chunks",
+        "knowledge_folders",
+        "dashboard_workflow_connections",
+        "notifications",
+        "notification_reads",
+        "alert_configs",
+        "copilot_chats",
+        "audit_logs",
+        "ot_alerts",
+        "workflow_schedules",
+    }
+)
 _CHUNK = 500
 
 
@@ -74,14 +97,22 @@ async def fetch_entity_records(
     property no longer exists is keyed by its property id. Raises EntityNotFound.
     """
     query = (
-        sa.select(records.c.id, records.c.createdAt, record_values.c.propertyId,
-                  record_values.c.value, properties.c.name)
-        .select_from(records
-                     .outerjoin(record_values, record_values.c.recordId == records.c.id)
-                     .outerjoin(properties, properties.c.id == record_values.c.propertyId))
+        sa.select(
+            records.c.id,
+            records.c.createdAt,
+            record_values.c.propertyId,
+            record_values.c.value,
+            properties.c.name,
+        )
+        .select_from(
+            records.outerjoin(record_values, record_values.c.recordId == records.c.id).outerjoin(
+                properties, properties.c.id == record_values.c.propertyId
+            )
+        )
         .where(records.c.entityId == entity_id)
-        .order_by(_order(store, records.c.createdAt).asc().nulls_first(),
-                  _order(store, records.c.id))
+        .order_by(
+            _order(store, records.c.createdAt).asc().nulls_first(), _order(store, records.c.id)
+        )
     )
     try:
         async with store.read() as conn:
@@ -89,7 +120,8 @@ async def fetch_entity_records(
             rows = (await conn.execute(query)).all()
     except sa.exc.SQLAlchemyError as exc:
         raise EntityStoreError(
-            f"Could not read records of entity {entity_id!r}: {_reason(exc)}") from exc
+            f"Could not read records of entity {entity_id!r}: {_reason(exc)}"
+        ) from exc
     by_id: dict[str, dict[str, Any]] = {}
     for rid, created_at, prop_id, value, prop_name in rows:
         record = by_id.get(rid)
@@ -102,8 +134,7 @@ async def fetch_entity_records(
 
 
 async def _entity_name(conn: AsyncConnection, entity_id: str) -> str | None:
-    row = (await conn.execute(
-        sa.select(entities.c.name).where(entities.c.id == entity_id))).first()
+    row = (await conn.execute(sa.select(entities.c.name).where(entities.c.id == entity_id))).first()
     if row is None:
         raise EntityNotFound(f"Entity {entity_id!r} not found")
     name: str | None = row.name
@@ -111,7 +142,10 @@ async def _entity_name(conn: AsyncConnection, entity_id: str) -> str | None:
 
 
 async def save_entity_records(
-    store: Store, entity_id: str, new_records: Sequence[NewRecord], types: dict[str, str],
+    store: Store,
+    entity_id: str,
+    new_records: Sequence[NewRecord],
+    types: dict[str, str],
 ) -> EntitySave:
     """Create a property for each key of `types` (name → type) the entity lacks (names match
     case-insensitively), then one `records` row per record and one `record_values` row per
@@ -119,9 +153,13 @@ async def save_entity_records(
     try:
         async with store.write() as conn:
             name = await _entity_name(conn, entity_id)
-            existing = (await conn.execute(
-                sa.select(properties.c.id, properties.c.name)
-                .where(properties.c.entityId == entity_id).order_by(properties.c.id))).all()
+            existing = (
+                await conn.execute(
+                    sa.select(properties.c.id, properties.c.name)
+                    .where(properties.c.entityId == entity_id)
+                    .order_by(properties.c.id)
+                )
+            ).all()
             prop_ids: dict[str, str] = {}
             for pid, pname in existing:
                 prop_ids.setdefault((pname or "").lower(), pid)
@@ -131,40 +169,59 @@ async def save_entity_records(
                     prop_ids[key.lower()] = _new_id()
                     created.append((key, type_))
             if created:
-                await conn.execute(properties.insert(), [
-                    {"id": prop_ids[k.lower()], "entityId": entity_id, "name": k, "type": t}
-                    for k, t in created])
+                await conn.execute(
+                    properties.insert(),
+                    [
+                        {"id": prop_ids[k.lower()], "entityId": entity_id, "name": k, "type": t}
+                        for k, t in created
+                    ],
+                )
             ids = [new_log_id() for _ in new_records]  # time-ordered: fetch order = save order
             if new_records:
-                await conn.execute(records.insert(), [
-                    {"id": rid, "entityId": entity_id, "createdAt": r.created_at, "tags": "[]"}
-                    for rid, r in zip(ids, new_records, strict=True)])
-            values = [{"id": _new_id(), "recordId": rid, "propertyId": prop_ids[k.lower()],
-                       "value": v}
-                      for rid, r in zip(ids, new_records, strict=True) for k, v in r.values.items()]
+                await conn.execute(
+                    records.insert(),
+                    [
+                        {"id": rid, "entityId": entity_id, "createdAt": r.created_at, "tags": "[]"}
+                        for rid, r in zip(ids, new_records, strict=True)
+                    ],
+                )
+            values = [
+                {"id": _new_id(), "recordId": rid, "propertyId": prop_ids[k.lower()], "value": v}
+                for rid, r in zip(ids, new_records, strict=True)
+                for k, v in r.values.items()
+            ]
             if values:
                 await conn.execute(record_values.insert(), values)
     except sa.exc.SQLAlchemyError as exc:
         raise EntityStoreError(
-            f"Could not save records to entity {entity_id!r}: {_reason(exc)}") from exc
+            f"Could not save records to entity {entity_id!r}: {_reason(exc)}"
+        ) from exc
     return EntitySave(name, ids, created)
 
 
 def refusal(table_name: str) -> str | None:
     """Why `table_name` may not be used as a generic saveRecords table (None = allowed)."""
     if not IDENTIFIER.match(table_name):
-        return ("must start with a letter or _ and contain only letters, digits and _ "
-                "(at most 63 characters)")
+        return (
+            "must start with a letter or _ and contain only letters, digits and _ "
+            "(at most 63 characters)"
+        )
     lowered = table_name.lower()
-    if (lowered in {t.lower() for t in metadata.tables} or lowered in NODE_BACKEND_TABLES
-            or lowered.startswith(RESERVED_PREFIXES)):
+    if (
+        lowered in {t.lower() for t in metadata.tables}
+        or lowered in NODE_BACKEND_TABLES
+        or lowered.startswith(RESERVED_PREFIXES)
+    ):
         return "names a table of the Node backend or of this service"
     return None
 
 
 def _generic_table(name: str) -> sa.Table:
-    return sa.Table(name, sa.MetaData(), *(sa.Column(c, sa.Text, primary_key=c == "id")
-                                           for c in GENERIC_COLUMNS))
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        *(sa.Column(c, sa.Text, primary_key=c == "id") for c in GENERIC_COLUMNS),
+    )
 
 
 async def _ensure_generic_table(conn: AsyncConnection, table: sa.Table) -> None:
@@ -180,12 +237,19 @@ async def _ensure_generic_table(conn: AsyncConnection, table: sa.Table) -> None:
     elif not set(GENERIC_COLUMNS) <= columns:
         raise EntityStoreError(
             f"Table {table.name!r} exists but is not a saveRecords table (it lacks "
-            f"{', '.join(sorted(set(GENERIC_COLUMNS) - columns))})")
+            f"{', '.join(sorted(set(GENERIC_COLUMNS) - columns))})"
+        )
 
 
 async def save_generic_records(
-    store: Store, table_name: str, rows: Sequence[tuple[str, str]], *, upsert: bool,
-    workflow_id: str | None, execution_id: str | None, now: str,
+    store: Store,
+    table_name: str,
+    rows: Sequence[tuple[str, str]],
+    *,
+    upsert: bool,
+    workflow_id: str | None,
+    execution_id: str | None,
+    now: str,
 ) -> int:
     """Write `(id, data JSON)` rows into `table_name` (created if missing), in one transaction.
 
@@ -201,26 +265,46 @@ async def save_generic_records(
             if upsert:
                 keys = list(last)
                 for start in range(0, len(keys), _CHUNK):
-                    existing |= set((await conn.execute(sa.select(table.c.id).where(
-                        table.c.id.in_(keys[start:start + _CHUNK])))).scalars())
+                    existing |= set(
+                        (
+                            await conn.execute(
+                                sa.select(table.c.id).where(
+                                    table.c.id.in_(keys[start : start + _CHUNK])
+                                )
+                            )
+                        ).scalars()
+                    )
                 if existing:
                     await conn.execute(
-                        table.update().where(table.c.id == sa.bindparam("b_id"))
+                        table.update()
+                        .where(table.c.id == sa.bindparam("b_id"))
                         .values(data=sa.bindparam("b_data"), updatedAt=now),
-                        [{"b_id": i, "b_data": last[i]} for i in existing])
+                        [{"b_id": i, "b_data": last[i]} for i in existing],
+                    )
             pending = last.items() if upsert else rows
-            inserts = [{"id": i, "data": d, "workflowId": workflow_id,
-                        "executionId": execution_id, "createdAt": now, "updatedAt": now}
-                       for i, d in pending if i not in existing]
+            inserts = [
+                {
+                    "id": i,
+                    "data": d,
+                    "workflowId": workflow_id,
+                    "executionId": execution_id,
+                    "createdAt": now,
+                    "updatedAt": now,
+                }
+                for i, d in pending
+                if i not in existing
+            ]
             if inserts:
                 await conn.execute(table.insert(), inserts)
     except sa.exc.IntegrityError as exc:
         raise EntityStoreError(
             f"A record id already exists in table {table_name!r} (saveMode insert; use "
-            f"saveMode upsert to update existing records)") from exc
+            f"saveMode upsert to update existing records)"
+        ) from exc
     except sa.exc.SQLAlchemyError as exc:
         raise EntityStoreError(
-            f"Could not save records to table {table_name!r}: {_reason(exc)}") from exc
+            f"Could not save records to table {table_name!r}: {_reason(exc)}"
+        ) from exc
     return len(existing)
 
 
@@ -228,4 +312,3 @@ def _reason(exc: sa.exc.SQLAlchemyError) -> str:
     """The driver's message without SQLAlchemy's statement and parameter dump."""
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).splitlines()[0]
-

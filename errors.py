@@ -1,16 +1,16 @@
 """The service's exceptions; callers catch the base class.
 
-    WorkflowError
-    ├── WorkflowNotFound          → 404
-    ├── ExecutionNotFound         → 404
-    ├── GraphValidationError      → 422
-    │   ├── UnsupportedNodeTypes  → 422 at submit, no execution row
-    │   └── CycleDetected         → the execution fails, no node runs
-    ├── Conflict                  → 409
-    └── NodeError                 → a node ends in `error`
-        ├── NodeConfigError       (never retried)
-        ├── NodeTimeout           (retried for network-bound types)
-        └── NodeExecutionError    (retried when `retryable`)
+WorkflowError
+├── WorkflowNotFound          → 404
+├── ExecutionNotFound         → 404
+├── GraphValidationError      → 422
+│   ├── UnsupportedNodeTypes  → 422 at submit, no execution row
+│   └── CycleDetected         → the execution fails, no node runs
+├── Conflict                  → 409
+└── NodeError                 → a node ends in `error`
+    ├── NodeConfigError       (never retried)
+    ├── NodeTimeout           (retried for network-bound types)
+    └── NodeExecutionError    (retried when `retryable`)
 """
 
 

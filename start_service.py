@@ -28,14 +28,16 @@ logger = logging.getLogger("start_service")
 
 
 def configure_logging(level: str) -> None:
-    logging.config.dictConfig({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "root": {"handlers": ["console"], "level": level.upper()},
-        "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
-    })
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+            "root": {"handlers": ["console"], "level": level.upper()},
+            "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+        }
+    )
 
 
 def _die_with_parent() -> None:
@@ -95,10 +97,16 @@ def one_cert_pem(folder: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "prefect-http-placeholder")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=36500))
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=36500))
+        .sign(key, hashes.SHA256())
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
@@ -113,8 +121,11 @@ class Supervisor:
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
         env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
         self.procs[name] = subprocess.Popen(
-            [sys.executable, *args], cwd=PROJECT_DIR, env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            [sys.executable, *args],
+            cwd=PROJECT_DIR,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         logger.info("started %s (pid %d)", name, self.procs[name].pid)
 
     def start_prefect(self) -> str | None:
@@ -122,8 +133,11 @@ class Supervisor:
         home = self.settings.prefect_home
         home.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        self.spawn("prefect-server", ["-m", "flows.prefect_server", "--host", "127.0.0.1",
-                                      "--port", str(port)], prefect_env(self.settings, None))
+        self.spawn(
+            "prefect-server",
+            ["-m", "flows.prefect_server", "--host", "127.0.0.1", "--port", str(port)],
+            prefect_env(self.settings, None),
+        )
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not self.stopping:
@@ -174,11 +188,28 @@ class Supervisor:
         worker_env = {**prefect_env(settings, api_url), "WOS_INSTANCE": instance_id(settings)}
         for i in range(settings.WORKER_PROCESSES):
             self.spawn(f"worker-{i + 1}", ["-m", "flows.worker"], worker_env)
-        self.spawn("api", ["-m", "uvicorn", "api_service:app", "--host", settings.API_HOST,
-                           "--port", str(settings.API_PORT), "--no-access-log",
-                           "--log-level", settings.LOG_LEVEL.lower()], {})
-        logger.info("service starting on http://%s:%d (mode %s)", settings.API_HOST,
-                    settings.API_PORT, settings.EXECUTION_MODE)
+        self.spawn(
+            "api",
+            [
+                "-m",
+                "uvicorn",
+                "api_service:app",
+                "--host",
+                settings.API_HOST,
+                "--port",
+                str(settings.API_PORT),
+                "--no-access-log",
+                "--log-level",
+                settings.LOG_LEVEL.lower(),
+            ],
+            {},
+        )
+        logger.info(
+            "service starting on http://%s:%d (mode %s)",
+            settings.API_HOST,
+            settings.API_PORT,
+            settings.EXECUTION_MODE,
+        )
         while not self.stopping:
             for name, proc in list(self.procs.items()):
                 code = proc.poll()
@@ -188,8 +219,11 @@ class Supervisor:
                     logger.error("%s exited with %s; restarting it", name, code)
                     self.spawn(name, ["-m", "flows.worker"], worker_env)
                 elif name == "prefect-server":
-                    logger.error("the Prefect server exited with %s; executions run inline "
-                                 "until the service is restarted", code)
+                    logger.error(
+                        "the Prefect server exited with %s; executions run inline "
+                        "until the service is restarted",
+                        code,
+                    )
                     del self.procs[name]
                 else:
                     logger.error("%s exited with %s; stopping the service", name, code)
@@ -232,4 +266,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

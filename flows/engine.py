@@ -30,8 +30,13 @@ LOG_PAYLOAD_MAX_BYTES = 256 * 1024
 
 class Recorder(Protocol):
     async def checkpoint(
-        self, execution_id: str, rows: list[LogRow], *, current_node_id: str | None,
-        node_results: str | None, counts: dict[str, int],
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
     ) -> bool: ...
 
 
@@ -82,8 +87,14 @@ def error_result(message: str, attempts: int | None = None) -> Envelope:
 class _Run:
     """Mutable state of one walk; `execute` below is the entry point."""
 
-    def __init__(self, job: Job, recorder: Recorder, run_node: RunNode,
-                 cancel: asyncio.Event, drain: asyncio.Event) -> None:
+    def __init__(
+        self,
+        job: Job,
+        recorder: Recorder,
+        run_node: RunNode,
+        cancel: asyncio.Event,
+        drain: asyncio.Event,
+    ) -> None:
         self.job, self.recorder, self.run_node = job, recorder, run_node
         self.cancel, self.drain = cancel, drain
         plan = job.plan
@@ -123,7 +134,8 @@ class _Run:
                 self.active[edge.toNodeId].append((edge, payload))
                 # fan-in merges follow the connections array, not the order parents finished in
                 self.active[edge.toNodeId].sort(
-                    key=lambda ep: plan.incoming[ep[0].toNodeId].index(ep[0]))
+                    key=lambda ep: plan.incoming[ep[0].toNodeId].index(ep[0])
+                )
             self.remaining[edge.toNodeId] -= 1
             if self.remaining[edge.toNodeId] == 0:
                 self.ready.append(edge.toNodeId)
@@ -134,7 +146,9 @@ class _Run:
             return True
         rows, self.rows = self.rows, []
         live = await self.recorder.checkpoint(
-            self.job.execution_id, rows, current_node_id=self.current,
+            self.job.execution_id,
+            rows,
+            current_node_id=self.current,
             node_results=self.node_results_json() if self.dirty else None,
             counts=self.counts() if self.dirty else {},
         )
@@ -151,7 +165,8 @@ class _Run:
                 self.settle(nid, job.previous[nid])
                 continue
             run, data, reason = assemble_input(
-                node, self.active[nid], bool(job.plan.incoming[nid]), job.inputs)
+                node, self.active[nid], bool(job.plan.incoming[nid]), job.inputs
+            )
             if not run:
                 marker = {"success": True, "skipped": True, "message": reason}
                 encoded = dump_json(marker)
@@ -164,8 +179,16 @@ class _Run:
     def start(self, nid: str, data: Any, input_json: str | None) -> None:
         job = self.job
         node = job.plan.nodes[nid]
-        ctx = RunContext(job.execution_id, job.workflow_id, job.organization_id, job.inputs,
-                         nid, node.type, node.display_label, job.resources)
+        ctx = RunContext(
+            job.execution_id,
+            job.workflow_id,
+            job.organization_id,
+            job.inputs,
+            nid,
+            node.type,
+            node.display_label,
+            job.resources,
+        )
         task = asyncio.ensure_future(self.run_node(node, data, ctx))
         self.in_flight[task] = (nid, input_json, time.monotonic())
 
@@ -182,14 +205,27 @@ class _Run:
             logger.exception("node %s crashed outside its handler", nid)
             result = error_result(f"{type(exc).__name__}: {exc}")
         if is_failed(result):
-            self.rows.append(self._row(nid, "error", input_json=input_json,
-                                       error=str(result.get("error")), duration_ms=duration))
+            self.rows.append(
+                self._row(
+                    nid,
+                    "error",
+                    input_json=input_json,
+                    error=str(result.get("error")),
+                    duration_ms=duration,
+                )
+            )
             self.settle(nid, result)
         else:
             encoded = dump_json(result)
-            self.rows.append(self._row(nid, "completed", input_json=input_json,
-                                       output_json=_log_json(result, encoded),
-                                       duration_ms=duration))
+            self.rows.append(
+                self._row(
+                    nid,
+                    "completed",
+                    input_json=input_json,
+                    output_json=_log_json(result, encoded),
+                    duration_ms=duration,
+                )
+            )
             self.settle(nid, result, encoded)
 
     async def abort_in_flight(self) -> None:
@@ -199,8 +235,15 @@ class _Run:
             await asyncio.wait(list(self.in_flight))
         for task in list(self.in_flight):
             nid, input_json, started = self.in_flight.pop(task)
-            self.rows.append(self._row(nid, "error", input_json=input_json, error=CANCELLED_TEXT,
-                                       duration_ms=int((time.monotonic() - started) * 1000)))
+            self.rows.append(
+                self._row(
+                    nid,
+                    "error",
+                    input_json=input_json,
+                    error=CANCELLED_TEXT,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                )
+            )
             self.results[nid] = error_result(CANCELLED_TEXT)
             self.encoded[nid] = dump_json(self.results[nid])
         self.dirty = True
@@ -253,8 +296,13 @@ class _Run:
             cancel_wait.cancel()
 
 
-async def execute(job: Job, recorder: Recorder, run_node: RunNode,
-                  cancel: asyncio.Event | None = None, drain: asyncio.Event | None = None) -> Outcome:
+async def execute(
+    job: Job,
+    recorder: Recorder,
+    run_node: RunNode,
+    cancel: asyncio.Event | None = None,
+    drain: asyncio.Event | None = None,
+) -> Outcome:
     """Walk the plan to the end and return the outcome: completed/failed, or cancelled when
     `cancel` is set, or interrupted when `drain` is set (no new node starts; resumable)."""
     run = _Run(job, recorder, run_node, cancel or asyncio.Event(), drain or asyncio.Event())
@@ -267,7 +315,8 @@ async def execute(job: Job, recorder: Recorder, run_node: RunNode,
     error = None
     if failed:
         causes = "; ".join(
-            f"{nid} ({job.plan.nodes[nid].display_label}): {str(run.results[nid].get('error'))[:300]}"
-            for nid in failed)
+            f"{nid} ({job.plan.nodes[nid].display_label}): {str(run.results[nid]['error'])[:300]}"
+            for nid in failed
+        )
         error = f"Nodes failed: {', '.join(failed)} — {causes}"
     return Outcome("failed" if failed else "completed", error, run.node_results_json(), run.results)

@@ -30,7 +30,9 @@ def parse_workflow(data: Any) -> WorkflowDef:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise GraphValidationError(f"Invalid workflow definition at {where}: {err['msg']}") from None
+        raise GraphValidationError(
+            f"Invalid workflow definition at {where}: {err['msg']}"
+        ) from None
     seen: set[str] = set()
     for node in workflow.nodes:
         if node.id in seen:
@@ -57,9 +59,7 @@ def build_plan(workflow: WorkflowDef) -> Plan:
     by_id = {n.id: n for n in workflow.nodes}
     edges = [e for e in workflow.connections if e.fromNodeId in by_id and e.toNodeId in by_id]
     connected = {e.fromNodeId for e in edges} | {e.toNodeId for e in edges}
-    nodes = {
-        n.id: n for n in workflow.nodes if n.type != "comment" or n.id in connected
-    }
+    nodes = {n.id: n for n in workflow.nodes if n.type != "comment" or n.id in connected}
     incoming: dict[str, list[EdgeDef]] = {nid: [] for nid in nodes}
     outgoing: dict[str, list[EdgeDef]] = {nid: [] for nid in nodes}
     for edge in edges:
@@ -78,8 +78,7 @@ def build_plan(workflow: WorkflowDef) -> Plan:
     if len(order) != len(nodes):
         stuck = [nid for nid in nodes if indegree[nid] > 0]
         raise CycleDetected(
-            "Circular dependency detected in workflow: nodes " + ", ".join(stuck)
-            + " form a cycle"
+            "Circular dependency detected in workflow: nodes " + ", ".join(stuck) + " form a cycle"
         )
     return Plan(nodes, order, incoming, outgoing)
 
@@ -145,7 +144,11 @@ def assemble_input(
             return True, ({} if data is None else data), ""
         return True, None, ""
     if not active:
-        return False, None, "Skipped: no active incoming connection (branch not taken or upstream failed)"
+        return (
+            False,
+            None,
+            "Skipped: no active incoming connection (branch not taken or upstream failed)",
+        )
     if node.type == "join":
         a = [p for e, p in active if (e.inputPort or "A") != "B"]
         b = [p for e, p in active if e.inputPort == "B"]

@@ -44,9 +44,9 @@ _SERVER_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
-    # Task-run recorder and event persister stay on (task runs visible in Prefect). Prefect's default
-    # recorder batch of 1 fell 30+ s behind under 50 flows; batches keep it ~1 s behind. The recorder
-    # int()s its flush interval, so keep it a whole number >= 1.
+    # Task-run recorder and event persister stay on (task runs visible in Prefect). Prefect's
+    # default recorder batch of 1 fell 30+ s behind under 50 flows; batches keep it ~1 s behind.
+    # The recorder int()s its flush interval, so keep it a whole number >= 1.
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
@@ -64,7 +64,7 @@ def apply_env_defaults() -> None:
 
 
 def patch_sqlite_immediate_transactions() -> bool:
-    """Make every Prefect SQLite transaction `BEGIN IMMEDIATE`; return whether the patch is active."""
+    """Make every Prefect SQLite transaction `BEGIN IMMEDIATE`; return whether the patch is on."""
     if os.environ.get("WOS_PREFECT_SQLITE_IMMEDIATE", "1").strip().lower() in _FALSE:
         return False
     from prefect.server.database.configurations import AioSqliteConfiguration

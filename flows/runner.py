@@ -74,22 +74,38 @@ class Runner:
             await self.store.finish(eid, status="failed", error=str(exc), node_results="{}")
             return "failed"
         previous = _decode(claim.node_results, {})
-        job = Job(eid, claim.workflow_id, claim.organization_id, _decode(claim.inputs, {}), plan,
-                  self.resources, {k: v for k, v in previous.items() if k in plan.nodes})
+        job = Job(
+            eid,
+            claim.workflow_id,
+            claim.organization_id,
+            _decode(claim.inputs, {}),
+            plan,
+            self.resources,
+            {k: v for k, v in previous.items() if k in plan.nodes},
+        )
         mode, reason = claim.requested_mode, None
         if mode == "prefect":
             ok, why = await self.probe.available()
             if not ok:
                 mode, reason = "inline", f"Prefect API unreachable ({why}); ran inline"
-                logger.warning("execution %s: %s", eid, reason,
-                               extra={"execution_id": eid, "action": "fallback"})
+                logger.warning(
+                    "execution %s: %s",
+                    eid,
+                    reason,
+                    extra={"execution_id": eid, "action": "fallback"},
+                )
         started = False
 
         async def body(flow_run_id: str | None) -> str:
             nonlocal started
             started = True
-            if not await self.store.start(eid, total_nodes=len(plan.nodes), mode=mode,
-                                          mode_reason=reason, flow_run_id=flow_run_id):
+            if not await self.store.start(
+                eid,
+                total_nodes=len(plan.nodes),
+                mode=mode,
+                mode_reason=reason,
+                flow_run_id=flow_run_id,
+            ):
                 await self.store.mark_done(eid)
                 return "cancelled"
             run_node = run_with_retries
@@ -116,19 +132,33 @@ class Runner:
 
         result_dir = self.settings.prefect_home / "results"
         try:
-            await run_as_flow(eid, claim.workflow_id, claim.workflow_id or "workflow",
-                              claim.attempts, recording_body, result_dir)
+            await run_as_flow(
+                eid,
+                claim.workflow_id,
+                claim.workflow_id or "workflow",
+                claim.attempts,
+                recording_body,
+                result_dir,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Prefect itself failed around our body
             if not started:
                 mode = "inline"
                 reason = f"Prefect flow could not start ({type(exc).__name__}: {exc}); ran inline"
-                logger.warning("execution %s: %s", eid, reason,
-                               extra={"execution_id": eid, "action": "fallback"})
+                logger.warning(
+                    "execution %s: %s",
+                    eid,
+                    reason,
+                    extra={"execution_id": eid, "action": "fallback"},
+                )
                 return await self._guarded(eid, body(None))
-            logger.warning("execution %s: Prefect failed around the run: %s", eid, exc,
-                           extra={"execution_id": eid})
+            logger.warning(
+                "execution %s: Prefect failed around the run: %s",
+                eid,
+                exc,
+                extra={"execution_id": eid},
+            )
         return status[-1] if status else "interrupted"
 
     async def _settle(self, eid: str, outcome: Outcome) -> None:
@@ -137,8 +167,9 @@ class Runner:
         if outcome.status == "cancelled":
             await self.store.mark_done(eid)
             return
-        await self.store.finish(eid, status=outcome.status, error=outcome.error,
-                                node_results=outcome.node_results)
+        await self.store.finish(
+            eid, status=outcome.status, error=outcome.error, node_results=outcome.node_results
+        )
 
     async def _guarded(self, eid: str, body: Any) -> str:
         """Any unexpected error fails the execution with its message (rule 12)."""
@@ -148,6 +179,7 @@ class Runner:
             raise
         except Exception as exc:  # noqa: BLE001 - the run's last line of defence
             logger.exception("execution %s crashed", eid, extra={"execution_id": eid})
-            await self.store.finish(eid, status="failed", error=f"{type(exc).__name__}: {exc}",
-                                    node_results=None)
+            await self.store.finish(
+                eid, status="failed", error=f"{type(exc).__name__}: {exc}", node_results=None
+            )
             return "failed"

@@ -35,10 +35,13 @@ class Worker:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Claim and run executions until `stop` is set, then drain (see `shutdown`)."""
-        helpers = [asyncio.create_task(self._renew_leases()),
-                   asyncio.create_task(self._watch_cancels())]
-        logger.info("worker %s started (limit %d)", self.owner,
-                    self.settings.MAX_CONCURRENT_EXECUTIONS)
+        helpers = [
+            asyncio.create_task(self._renew_leases()),
+            asyncio.create_task(self._watch_cancels()),
+        ]
+        logger.info(
+            "worker %s started (limit %d)", self.owner, self.settings.MAX_CONCURRENT_EXECUTIONS
+        )
         try:
             while not stop.is_set():
                 free = self.settings.MAX_CONCURRENT_EXECUTIONS - len(self.tasks)
@@ -49,7 +52,10 @@ class Worker:
                     await asyncio.sleep(0)
                     continue
                 self.wake.clear()
-                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+                waits = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self.wake.wait()),
+                ]
                 await asyncio.wait(waits, timeout=IDLE_POLL_S, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
@@ -71,8 +77,12 @@ class Worker:
         if eid in self.tasks:
             return
         if claim.attempts > 1:
-            logger.info("resuming execution %s (attempt %d)", eid, claim.attempts,
-                        extra={"execution_id": eid, "action": "resume"})
+            logger.info(
+                "resuming execution %s (attempt %d)",
+                eid,
+                claim.attempts,
+                extra={"execution_id": eid, "action": "resume"},
+            )
         if claim.status == "cancelled":
             self.tasks[eid] = asyncio.create_task(self._done(eid))
         else:
@@ -112,8 +122,11 @@ class Worker:
         self.runner.drain.set()
         running = list(self.tasks.values())
         if running:
-            logger.info("draining %d execution(s) for up to %.0f s", len(running),
-                        self.settings.SHUTDOWN_GRACE_SECONDS)
+            logger.info(
+                "draining %d execution(s) for up to %.0f s",
+                len(running),
+                self.settings.SHUTDOWN_GRACE_SECONDS,
+            )
             _, pending = await asyncio.wait(running, timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
             for task in pending:
                 task.cancel()

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 # The worker puts the job body here before calling the flow: flow parameters must be JSON.
 _BODY: contextvars.ContextVar[Callable[[str | None], Awaitable[Any]]] = contextvars.ContextVar(
-    "wos_flow_body")
+    "wos_flow_body"
+)
 
 
 def _retryable(_task: Any, _run: Any, state: Any) -> bool:
@@ -47,8 +48,10 @@ async def run_node_as_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelop
     policy = retry_policy(spec, node)
     delays = [policy.delay_s * 2**i for i in range(policy.retries)] or 0
     configured = node_task.with_options(
-        task_run_name=f"{node.type}:{node.id}", retries=policy.retries,
-        retry_delay_seconds=delays, retry_jitter_factor=0.5 if policy.retries else None,
+        task_run_name=f"{node.type}:{node.id}",
+        retries=policy.retries,
+        retry_delay_seconds=delays,
+        retry_jitter_factor=0.5 if policy.retries else None,
     )
     return await configured(quote(node), quote(data), quote(ctx))
 
@@ -75,15 +78,21 @@ async def mark_crashed(flow_run_id: str, execution_id: str) -> None:
             if previous.state is not None and previous.state.is_final():
                 return
             await client.set_flow_run_state(
-                flow_run_id, Crashed(message=f"Worker lost; execution {execution_id} resumed"),
-                force=True)
+                flow_run_id,
+                Crashed(message=f"Worker lost; execution {execution_id} resumed"),
+                force=True,
+            )
     except Exception as exc:  # noqa: BLE001 - informational only
         logger.warning("could not mark flow run %s crashed: %s", flow_run_id, exc)
 
 
 async def run_as_flow(
-    execution_id: str, workflow_id: str | None, label: str, attempt: int,
-    body: Callable[[str | None], Awaitable[Any]], result_dir: Path,
+    execution_id: str,
+    workflow_id: str | None,
+    label: str,
+    attempt: int,
+    body: Callable[[str | None], Awaitable[Any]],
+    result_dir: Path,
 ) -> None:
     """Run `body(flow_run_id)` as the flow run `<label> · <execution id>`, tagged with the
     execution id and attempt so a resumed execution's runs are found together in Prefect."""

@@ -15,5 +15,18 @@ from tasks import (
 )
 from tasks.registry import get_spec, node_types
 
-__all__ = ["basic", "external_apis", "get_spec", "http_request", "inputs", "llm", "logic",
-           "messaging", "mysql_query", "node_types", "records", "transform", "visualization"]
+__all__ = [
+    "basic",
+    "external_apis",
+    "get_spec",
+    "http_request",
+    "inputs",
+    "llm",
+    "logic",
+    "messaging",
+    "mysql_query",
+    "node_types",
+    "records",
+    "transform",
+    "visualization",
+]

@@ -20,10 +20,14 @@ async def trigger(config: EmptyConfig, data: Any, ctx: RunContext) -> Envelope:
 
 
 class ManualInputConfig(NodeConfig):
-    name: str = Field(default="input", validation_alias=AliasChoices(
-        "manualInputVarName", "inputVarName", "variableName"))
-    value: Any = Field(default="", validation_alias=AliasChoices(
-        "manualInputVarValue", "inputVarValue", "variableValue"))
+    name: str = Field(
+        default="input",
+        validation_alias=AliasChoices("manualInputVarName", "inputVarName", "variableName"),
+    )
+    value: Any = Field(
+        default="",
+        validation_alias=AliasChoices("manualInputVarValue", "inputVarValue", "variableValue"),
+    )
 
 
 @node("manualInput", config=ManualInputConfig)
@@ -50,8 +54,13 @@ class WebhookConfig(NodeConfig):
 async def webhook(config: WebhookConfig, data: Any, ctx: RunContext) -> Envelope:
     """The engine feeds roots `inputs._webhookData` ?? `config.webhookData` ?? `{}`."""
     payload = {} if data is None else data
-    return envelope("Webhook data received", payload, data=payload,
-                    webhookId=config.webhookId or ctx.node_id, receivedAt=now_iso())
+    return envelope(
+        "Webhook data received",
+        payload,
+        data=payload,
+        webhookId=config.webhookId or ctx.node_id,
+        receivedAt=now_iso(),
+    )
 
 
 @node("comment", config=EmptyConfig)

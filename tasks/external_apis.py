@@ -41,30 +41,37 @@ def _body_message(response: httpx.Response) -> str:
             return ""
         return " ".join(text.split())[:200]
     if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("message", "error", "errors", "detail")
-                 if body.get(k) not in (None, "", [], {})]
+        parts = [
+            str(body[k])
+            for k in ("message", "error", "errors", "detail")
+            if body.get(k) not in (None, "", [], {})
+        ]
         code = body.get("error_code")
         text = "; ".join(dict.fromkeys(parts))
         return f"{text} [{code}]" if code else text
     return str(body)[:200]
 
 
-async def _get(ctx: RunContext, service: str, url: str, secret: str,
-               **kwargs: Any) -> httpx.Response:
+async def _get(
+    ctx: RunContext, service: str, url: str, secret: str, **kwargs: Any
+) -> httpx.Response:
     """One GET through the shared client; transport failures are retryable node errors."""
     try:
         return await ctx.http.get(url, timeout=REQUEST_TIMEOUT_S, **kwargs)
     except httpx.TimeoutException as exc:
-        raise NodeExecutionError(f"{service} request timed out: {type(exc).__name__}",
-                                 retryable=True) from None
+        raise NodeExecutionError(
+            f"{service} request timed out: {type(exc).__name__}", retryable=True
+        ) from None
     except httpx.HTTPError as exc:
         raise NodeExecutionError(
             _redact(f"{service} request failed: {type(exc).__name__}: {exc}", secret),
-            retryable=True) from None
+            retryable=True,
+        ) from None
 
 
-def _check(response: httpx.Response, service: str, setting: str, secret: str,
-           not_found: str) -> None:
+def _check(
+    response: httpx.Response, service: str, setting: str, secret: str, not_found: str
+) -> None:
     """Raise a clear node error for a non-2xx answer (429 and 5xx are retryable)."""
     code = response.status_code
     if 200 <= code < 300:
@@ -92,7 +99,8 @@ def _json(response: httpx.Response, service: str) -> Any:
     except ValueError:
         raise NodeExecutionError(
             f"{service} answered HTTP {response.status_code} with a body that is not JSON "
-            f"({response.headers.get('content-type', 'no content type')})") from None
+            f"({response.headers.get('content-type', 'no content type')})"
+        ) from None
 
 
 def _today_in_spain() -> str:
@@ -103,8 +111,9 @@ def _today_in_spain() -> str:
 
 
 class EsiosConfig(NodeConfig):
-    indicator: str = Field(default="1001",
-                           validation_alias=AliasChoices("esiosArchiveId", "indicator"))
+    indicator: str = Field(
+        default="1001", validation_alias=AliasChoices("esiosArchiveId", "indicator")
+    )
     day: str | None = Field(default=None, validation_alias=AliasChoices("esiosDate"))
 
     @field_validator("indicator", "day", mode="before")
@@ -119,7 +128,8 @@ async def esios(config: EsiosConfig, data: Any, ctx: RunContext) -> Envelope:
     `esiosDate` is YYYY-MM-DD, default today in Spain (Europe/Madrid)."""
     if not _INDICATOR.fullmatch(config.indicator):
         raise NodeConfigError(
-            f"esiosArchiveId must be a numeric ESIOS indicator id (got {config.indicator!r})")
+            f"esiosArchiveId must be a numeric ESIOS indicator id (got {config.indicator!r})"
+        )
     day = config.day or _today_in_spain()
     try:
         if not _DATE.fullmatch(day):
@@ -130,34 +140,45 @@ async def esios(config: EsiosConfig, data: Any, ctx: RunContext) -> Envelope:
     key = _key(ctx.settings.ESIOS_API_KEY, "ESIOS_API_KEY", "ESIOS")
     url = f"{ctx.settings.ESIOS_BASE_URL.rstrip('/')}/indicators/{config.indicator}"
     response = await _get(
-        ctx, "ESIOS", url, key,
+        ctx,
+        "ESIOS",
+        url,
+        key,
         params={"start_date": f"{day}T00:00", "end_date": f"{day}T23:59"},
         headers={"Accept": ESIOS_ACCEPT, "Content-Type": "application/json", "x-api-key": key},
     )
-    _check(response, "ESIOS", "ESIOS_API_KEY", key,
-           f"ESIOS indicator {config.indicator} not found")
+    _check(response, "ESIOS", "ESIOS_API_KEY", key, f"ESIOS indicator {config.indicator} not found")
     body = _json(response, "ESIOS")
     indicator = body.get("indicator") if isinstance(body, dict) else None
     indicator = indicator if isinstance(indicator, dict) else {}
     values = indicator.get("values")
     count = len(values) if isinstance(values, list) else 0
     name = indicator.get("short_name") or indicator.get("name") or config.indicator
-    return envelope(f"ESIOS indicator {config.indicator} ({name}) on {day}: {count} values",
-                    body, indicatorId=config.indicator, date=day, valueCount=count)
+    return envelope(
+        f"ESIOS indicator {config.indicator} ({name}) on {day}: {count} values",
+        body,
+        indicatorId=config.indicator,
+        date=day,
+        valueCount=count,
+    )
 
 
 class ClimatiqConfig(NodeConfig):
-    query: str = Field(default="Passenger Car",
-                       validation_alias=AliasChoices("climatiqQuery", "searchQuery"))
+    query: str = Field(
+        default="Passenger Car", validation_alias=AliasChoices("climatiqQuery", "searchQuery")
+    )
     selected: Any = Field(default=None, validation_alias=AliasChoices("climatiqSelectedFactor"))
-    factor_id: str | None = Field(default=None,
-                                  validation_alias=AliasChoices("climatiqEmissionFactor"))
+    factor_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("climatiqEmissionFactor")
+    )
     legacy_factor: Any = Field(default=None, validation_alias=AliasChoices("climatiqFactor"))
     legacy_unit: str | None = Field(default=None, validation_alias=AliasChoices("climatiqUnit"))
     legacy_description: str | None = Field(
-        default=None, validation_alias=AliasChoices("climatiqDescription"))
+        default=None, validation_alias=AliasChoices("climatiqDescription")
+    )
     data_version: str | None = Field(
-        default=None, validation_alias=AliasChoices("climatiqDataVersion"))
+        default=None, validation_alias=AliasChoices("climatiqDataVersion")
+    )
 
     @field_validator("query", "factor_id", "data_version", mode="before")
     @classmethod
@@ -189,13 +210,17 @@ def _stored_factor(config: ClimatiqConfig) -> dict[str, Any] | None:
             "description": selected.get("description") or selected.get("name"),
             "query": config.query,
         }
-        extra = {k: v for k, v in selected.items()
-                 if k not in record and not isinstance(v, dict | list)}
+        extra = {
+            k: v for k, v in selected.items() if k not in record and not isinstance(v, dict | list)
+        }
         return {**record, **extra}
     if config.legacy_factor not in (None, ""):
-        return {"factor": _number(config.legacy_factor, "climatiqFactor"),
-                "unit": config.legacy_unit, "description": config.legacy_description,
-                "query": config.query}
+        return {
+            "factor": _number(config.legacy_factor, "climatiqFactor"),
+            "unit": config.legacy_unit,
+            "description": config.legacy_description,
+            "query": config.query,
+        }
     return None
 
 
@@ -205,20 +230,33 @@ async def climatiq(config: ClimatiqConfig, data: Any, ctx: RunContext) -> Envelo
     stored = _stored_factor(config)
     if stored is not None:
         label = stored.get("name") or stored.get("description") or stored.get("id") or "factor"
-        return envelope(f"Climatiq: stored factor {label} = {stored['factor']} "
-                        f"{stored.get('unit') or ''}".rstrip(), [stored], mode="stored")
+        return envelope(
+            f"Climatiq: stored factor {label} = {stored['factor']} "
+            f"{stored.get('unit') or ''}".rstrip(),
+            [stored],
+            mode="stored",
+        )
     if not config.factor_id and not config.query:
         raise NodeConfigError("No Climatiq search configured (climatiqQuery)")
     key = _key(ctx.settings.CLIMATIQ_API_KEY, "CLIMATIQ_API_KEY", "Climatiq")
     version = config.data_version or ctx.settings.CLIMATIQ_DATA_VERSION
-    params = ({"id": config.factor_id} if config.factor_id else {"query": config.query})
+    params = {"id": config.factor_id} if config.factor_id else {"query": config.query}
     url = f"{ctx.settings.CLIMATIQ_BASE_URL.rstrip('/')}/data/v1/search"
-    response = await _get(ctx, "Climatiq", url, key,
-                          params={**params, "data_version": version},
-                          headers={"Authorization": f"Bearer {key}",
-                                   "Accept": "application/json"})
-    _check(response, "Climatiq", "CLIMATIQ_API_KEY", key,
-           "Climatiq search endpoint not found; check CLIMATIQ_BASE_URL")
+    response = await _get(
+        ctx,
+        "Climatiq",
+        url,
+        key,
+        params={**params, "data_version": version},
+        headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+    )
+    _check(
+        response,
+        "Climatiq",
+        "CLIMATIQ_API_KEY",
+        key,
+        "Climatiq search endpoint not found; check CLIMATIQ_BASE_URL",
+    )
     body = _json(response, "Climatiq")
     results = body.get("results") if isinstance(body, dict) else None
     if not isinstance(results, list):
@@ -226,7 +264,13 @@ async def climatiq(config: ClimatiqConfig, data: Any, ctx: RunContext) -> Envelo
     what = f"id {config.factor_id!r}" if config.factor_id else repr(config.query)
     total = body.get("total_results", len(results))
     return envelope(
-        f"Climatiq: {len(results)} of {total} emission factors for {what}", results,
-        mode="search", query=config.query if not config.factor_id else None,
-        factorId=config.factor_id, dataVersion=version, totalResults=total,
-        currentPage=body.get("current_page"), lastPage=body.get("last_page"))
+        f"Climatiq: {len(results)} of {total} emission factors for {what}",
+        results,
+        mode="search",
+        query=config.query if not config.factor_id else None,
+        factorId=config.factor_id,
+        dataVersion=version,
+        totalResults=total,
+        currentPage=body.get("current_page"),
+        lastPage=body.get("last_page"),
+    )

@@ -35,22 +35,26 @@ async def http(config: HttpConfig, data: Any, ctx: RunContext) -> Envelope:
         raise NodeConfigError(f"httpUrl must start with http:// or https:// (got {config.url!r})")
     method = config.method.strip().upper()
     if method not in METHODS:
-        raise NodeConfigError(f"Unsupported httpMethod {config.method!r}; use one of "
-                              + ", ".join(sorted(METHODS)))
+        raise NodeConfigError(
+            f"Unsupported httpMethod {config.method!r}; use one of " + ", ".join(sorted(METHODS))
+        )
     body = ({} if data is None else data) if method in WITH_BODY else None
     try:
-        response = await ctx.http.request(method, config.url, json=body,
-                                          timeout=REQUEST_TIMEOUT_S)
+        response = await ctx.http.request(method, config.url, json=body, timeout=REQUEST_TIMEOUT_S)
     except httpx.TimeoutException as exc:
-        raise NodeExecutionError(f"HTTP {method} {config.url} timed out: {type(exc).__name__}",
-                                 retryable=True) from exc
+        raise NodeExecutionError(
+            f"HTTP {method} {config.url} timed out: {type(exc).__name__}", retryable=True
+        ) from exc
     except httpx.HTTPError as exc:
-        raise NodeExecutionError(f"HTTP {method} {config.url} failed: {type(exc).__name__}: {exc}",
-                                 retryable=True) from exc
+        raise NodeExecutionError(
+            f"HTTP {method} {config.url} failed: {type(exc).__name__}: {exc}", retryable=True
+        ) from exc
     code = response.status_code
     if not 200 <= code < 300:
         raise NodeExecutionError(
             f"HTTP {method} {config.url} failed with status {code}: {response.text[:300]}",
-            retryable=code >= 500 or code == 429)
-    return envelope(f"HTTP {method} {config.url} - Status {code}", _parse(response),
-                    statusCode=code)
+            retryable=code >= 500 or code == 429,
+        )
+    return envelope(
+        f"HTTP {method} {config.url} - Status {code}", _parse(response), statusCode=code
+    )

@@ -26,8 +26,10 @@ _PLAIN_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?")
 _MAX_EXACT_DIGITS = 15
 _XLSX_TYPES = {"xlsx": "xlsx", "xlsm": "xlsx"}
 _CSV_TYPES = {"csv": None, "tsv": "\t", "txt": None}
-_GCS_UNSUPPORTED = ("gcsPath: files stored in Google Cloud Storage are not available to this "
-                    "service; give filePath or fileContent instead")
+_GCS_UNSUPPORTED = (
+    "gcsPath: files stored in Google Cloud Storage are not available to this "
+    "service; give filePath or fileContent instead"
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ def _decode_base64(value: str) -> bytes:
     return content
 
 
-def file_source(ctx: RunContext, file_path: str | None, file_content: str | None,
-                file_name: str | None) -> FileSource | None:
+def file_source(
+    ctx: RunContext, file_path: str | None, file_content: str | None, file_name: str | None
+) -> FileSource | None:
     """`filePath` wins over `fileContent`; None when neither is configured."""
     if file_path:
         path = _upload_path(ctx, file_path)
@@ -129,8 +132,10 @@ def csv_value(text: str) -> Any:
     """A plain decimal ("42", "-1.5", "2.0" → 2; no leading zeros, exponents or more than 15
     digits) becomes a number; everything else stays text."""
     stripped = text.strip()
-    if (_PLAIN_NUMBER.fullmatch(stripped)
-            and sum(c.isdigit() for c in stripped) <= _MAX_EXACT_DIGITS):
+    if (
+        _PLAIN_NUMBER.fullmatch(stripped)
+        and sum(c.isdigit() for c in stripped) <= _MAX_EXACT_DIGITS
+    ):
         return _number(float(stripped)) if "." in stripped else int(stripped)
     return text
 
@@ -150,8 +155,10 @@ def _header_names(row: Sequence[Any], start: int = 0, seen: set[str] | None = No
     return names
 
 
-def rows_to_records(rows: Iterable[Sequence[Any]], convert: Callable[[Any], Any] | None = None,
-                    ) -> tuple[list[str], list[dict[str, Any]]]:
+def rows_to_records(
+    rows: Iterable[Sequence[Any]],
+    convert: Callable[[Any], Any] | None = None,
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Headers from the first non-blank row; one dict per later non-blank row (missing cells "",
     extra non-empty cells get new `Column<n>` headers); `convert` types the data cells."""
     headers: list[str] | None = None
@@ -169,7 +176,7 @@ def rows_to_records(rows: Iterable[Sequence[Any]], convert: Callable[[Any], Any]
             headers += _header_names([""] * (len(row) - len(headers)), len(headers), seen)
         cells = row if convert is None else [convert(v) for v in row]
         record = dict(zip(headers, cells, strict=False))
-        for name in headers[len(cells):]:
+        for name in headers[len(cells) :]:
             record[name] = ""
         out.append(record)
     return headers or [], out
@@ -182,12 +189,15 @@ def _xlsx_rows(source: FileSource, sheet_name: str | None) -> Iterator[list[Any]
         try:
             workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
         except Exception as exc:  # noqa: BLE001 - any parse failure means "not an xlsx file"
-            raise NodeConfigError(f"{source.field} is not a readable .xlsx file "
-                                  f"({type(exc).__name__})") from None
+            raise NodeConfigError(
+                f"{source.field} is not a readable .xlsx file ({type(exc).__name__})"
+            ) from None
         try:
             if sheet_name and sheet_name not in workbook.sheetnames:
-                raise NodeConfigError(f"sheetName {sheet_name!r} not found; the workbook has "
-                                      f"{', '.join(map(repr, workbook.sheetnames))}")
+                raise NodeConfigError(
+                    f"sheetName {sheet_name!r} not found; the workbook has "
+                    f"{', '.join(map(repr, workbook.sheetnames))}"
+                )
             sheet = workbook[sheet_name] if sheet_name else workbook.worksheets[0]
             for row in sheet.iter_rows():
                 yield [_xlsx_value(cell) for cell in row]
@@ -219,7 +229,8 @@ def _table_type(config: ExcelInputConfig, source: FileSource) -> tuple[str, str 
         return "csv", _CSV_TYPES[wanted]
     if wanted == "xls":
         raise NodeConfigError(
-            f"{field}: legacy .xls files are not supported; save as .xlsx or .csv")
+            f"{field}: legacy .xls files are not supported; save as .xlsx or .csv"
+        )
     if config.fileType:
         raise NodeConfigError(f"Invalid fileType {config.fileType!r}: use xlsx or csv")
     return ("xlsx", None) if source.head(4) == b"PK\x03\x04" else ("csv", None)
@@ -230,7 +241,7 @@ def _delimiter(value: str | None) -> str | None:
         return None
     value = {"\\t": "\t", "tab": "\t"}.get(value.lower(), value)
     if len(value) != 1:
-        raise NodeConfigError(f"Invalid delimiter {value!r}: use one character (or \"tab\")")
+        raise NodeConfigError(f'Invalid delimiter {value!r}: use one character (or "tab")')
     return value
 
 
@@ -253,8 +264,7 @@ def parse_table(
             continue
         except csv.Error as exc:
             raise NodeConfigError(f"{source.field} is not a readable CSV file ({exc})") from None
-    raise NodeConfigError(f"{source.field} is not text in encoding {encodings[-1]!r}; "
-                          f"set encoding")
+    raise NodeConfigError(f"{source.field} is not text in encoding {encodings[-1]!r}; set encoding")
 
 
 @node("excelInput", config=ExcelInputConfig)
@@ -268,16 +278,27 @@ async def excel_input(config: ExcelInputConfig, data: Any, ctx: RunContext) -> E
         extras: dict[str, Any] = {"headers": headers}
         if config.sheetName:
             extras["sheetName"] = config.sheetName
-        return envelope(f"Loaded {len(rows)} rows from {name}", rows, rowCount=len(rows),
-                        source=source.kind, fileName=source.name, **extras)
+        return envelope(
+            f"Loaded {len(rows)} rows from {name}",
+            rows,
+            rowCount=len(rows),
+            source=source.kind,
+            fileName=source.name,
+            **extras,
+        )
     if config.parsedData is None:
         if config.gcsPath:
             raise NodeConfigError(_GCS_UNSUPPORTED)
         raise NodeConfigError("No data configured for Excel/CSV node. Please upload a file.")
     rows = config.parsedData
     name = config.fileName or "inline data"
-    return envelope(f"Loaded {len(rows)} rows from {name}", rows, rowCount=len(rows),
-                    source="inline", fileName=config.fileName)
+    return envelope(
+        f"Loaded {len(rows)} rows from {name}",
+        rows,
+        rowCount=len(rows),
+        source="inline",
+        fileName=config.fileName,
+    )
 
 
 class PdfInputConfig(NodeConfig):
@@ -285,8 +306,9 @@ class PdfInputConfig(NodeConfig):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    pdfText: str | None = Field(default=None,
-                                validation_alias=AliasChoices("pdfText", "parsedText"))
+    pdfText: str | None = Field(
+        default=None, validation_alias=AliasChoices("pdfText", "parsedText")
+    )
     fileName: str | None = None
     pages: Any = None
     metadata: Any = None
@@ -334,8 +356,9 @@ def read_pdf(source: FileSource) -> tuple[str, int, dict[str, str]]:
         except NodeConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - pypdf raises many types for broken files
-            raise NodeConfigError(f"{source.field} is not a readable PDF file "
-                                  f"({type(exc).__name__}: {exc})") from None
+            raise NodeConfigError(
+                f"{source.field} is not a readable PDF file ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 @node("pdfInput", config=PdfInputConfig)
@@ -345,15 +368,20 @@ async def pdf_input(config: PdfInputConfig, data: Any, ctx: RunContext) -> Envel
     if source is not None:
         text, pages, metadata = await asyncio.to_thread(read_pdf, source)
         name = source.name if source.kind == "file" else config.fileName
-        return envelope(f"Extracted {len(text)} characters from {pages} page(s) of "
-                        f"{name or 'base64 content'}",
-                        {"text": text, "fileName": name, "pages": pages},
-                        source=source.kind, metadata=metadata)
+        return envelope(
+            f"Extracted {len(text)} characters from {pages} page(s) of {name or 'base64 content'}",
+            {"text": text, "fileName": name, "pages": pages},
+            source=source.kind,
+            metadata=metadata,
+        )
     if not config.pdfText:
         if config.gcsPath:
             raise NodeConfigError(_GCS_UNSUPPORTED)
         raise NodeConfigError("No PDF data configured. Please upload a PDF file.")
     extras = {} if config.metadata is None else {"metadata": config.metadata}
-    return envelope(f"Loaded {len(config.pdfText)} characters of PDF text",
-                    {"text": config.pdfText, "fileName": config.fileName, "pages": config.pages},
-                    source="inline", **extras)
+    return envelope(
+        f"Loaded {len(config.pdfText)} characters of PDF text",
+        {"text": config.pdfText, "fileName": config.fileName, "pages": config.pages},
+        source="inline",
+        **extras,
+    )

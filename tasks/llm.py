@@ -29,12 +29,15 @@ def build_message(config: LlmConfig, data: Any) -> str:
     if config.outputType == "number":
         message += "\n\nIMPORTANT: Respond with only a number, with no units, words or explanation."
     elif config.outputType == "date":
-        message += ("\n\nIMPORTANT: Respond with only a date in the format YYYY-MM-DD, "
-                    "with no other text.")
+        message += (
+            "\n\nIMPORTANT: Respond with only a date in the format YYYY-MM-DD, with no other text."
+        )
     elif config.outputType == "enum":
         options = ", ".join(f'"{o}"' for o in config.enumOptions)
-        message += f"\n\nIMPORTANT: Respond with exactly one of these options: {options}. " \
-                   "Respond with the option only."
+        message += (
+            f"\n\nIMPORTANT: Respond with exactly one of these options: {options}. "
+            "Respond with the option only."
+        )
     return message
 
 
@@ -66,12 +69,15 @@ async def llm(config: LlmConfig, data: Any, ctx: RunContext) -> Envelope:
     try:
         completion = await ctx.resources.openai().chat.completions.create(
             model=ctx.settings.OPENAI_MODEL,
-            messages=[{"role": "user", "content": build_message(config, data)}])
+            messages=[{"role": "user", "content": build_message(config, data)}],
+        )
     except (openai.APIConnectionError, openai.RateLimitError) as exc:
         raise NodeExecutionError(f"LLM request failed: {exc}", retryable=True) from exc
     except openai.APIStatusError as exc:
-        raise NodeExecutionError(f"LLM request failed with status {exc.status_code}: {exc.message}",
-                                 retryable=exc.status_code >= 500) from exc
+        raise NodeExecutionError(
+            f"LLM request failed with status {exc.status_code}: {exc.message}",
+            retryable=exc.status_code >= 500,
+        ) from exc
     raw = (completion.choices[0].message.content or "") if completion.choices else ""
     answer = post_process(config, raw)
     output = {"response": answer, "outputType": config.outputType, "inputData": data}

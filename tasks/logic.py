@@ -45,10 +45,18 @@ OPERATORS: dict[str, Check] = {
     "isEmpty": _empty,
     "isNotEmpty": lambda v, t: not _empty(v, t),
 }
-_SNAKE = {"not_equals": "notEquals", "greater_than": "greaterThan", "less_than": "lessThan",
-          "greater_or_equal": "greaterOrEqual", "less_or_equal": "lessOrEqual",
-          "not_contains": "notContains", "starts_with": "startsWith", "ends_with": "endsWith",
-          "is_empty": "isEmpty", "is_not_empty": "isNotEmpty"}
+_SNAKE = {
+    "not_equals": "notEquals",
+    "greater_than": "greaterThan",
+    "less_than": "lessThan",
+    "greater_or_equal": "greaterOrEqual",
+    "less_or_equal": "lessOrEqual",
+    "not_contains": "notContains",
+    "starts_with": "startsWith",
+    "ends_with": "endsWith",
+    "is_empty": "isEmpty",
+    "is_not_empty": "isNotEmpty",
+}
 
 
 class Rule(BaseModel):
@@ -68,8 +76,11 @@ class ConditionConfig(NodeConfig):
     logicalOperator: Literal["AND", "OR"] = "AND"
 
     def rules(self) -> list[Rule]:
-        first = Rule(field=self.conditionField, operator=self.conditionOperator or "equals",
-                     value=self.conditionValue)
+        first = Rule(
+            field=self.conditionField,
+            operator=self.conditionOperator or "equals",
+            value=self.conditionValue,
+        )
         return [first, *(r for r in self.additionalConditions if r.field)]
 
 
@@ -90,9 +101,13 @@ async def condition(config: ConditionConfig, data: Any, ctx: RunContext) -> Enve
     if config.processingMode == "perRow":
         true_rows = [r for r in rows if _matches(r, config)]
         false_rows = [r for r in rows if not _matches(r, config)]
-        return envelope(f"{len(true_rows)} of {len(rows)} records matched", true_rows,
-                        conditionResult=bool(true_rows), trueRecords=true_rows,
-                        falseRecords=false_rows)
+        return envelope(
+            f"{len(true_rows)} of {len(rows)} records matched",
+            true_rows,
+            conditionResult=bool(true_rows),
+            trueRecords=true_rows,
+            falseRecords=false_rows,
+        )
     result = bool(rows) and _matches(rows[0], config)
     return envelope(f"Condition evaluated to {js_str(result)}", data, conditionResult=result)
 
@@ -133,23 +148,34 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
     merged: list[dict[str, Any]] = []
     matched_b: set[int] = set()
     for row in (r for r in a if isinstance(r, dict)):
-        index = next((i for i, r in enumerate(b_rows)
-                      if key in r and key in row and _strict_equal(r[key], row[key])), None)
+        index = next(
+            (
+                i
+                for i, r in enumerate(b_rows)
+                if key in r and key in row and _strict_equal(r[key], row[key])
+            ),
+            None,
+        )
         if index is None:
             if outer:
                 merged.append(dict(row))
             continue
         matched_b.add(index)
-        extra = {rename.get(c, f"B_{c}" if c in a_cols else c): v
-                 for c, v in b_rows[index].items() if c != key}
+        extra = {
+            rename.get(c, f"B_{c}" if c in a_cols else c): v
+            for c, v in b_rows[index].items()
+            if c != key
+        }
         merged.append({**row, **extra})
     if outer:
         a_keys = [r[key] for r in a if isinstance(r, dict) and key in r]
         for i, row in enumerate(b_rows):
             if i not in matched_b and not any(
-                    key in row and _strict_equal(k, row[key]) for k in a_keys):
-                merged.append({key: row.get(key), **{rename.get(c, c): v for c, v in row.items()
-                                                     if c != key}})
+                key in row and _strict_equal(k, row[key]) for k in a_keys
+            ):
+                merged.append(
+                    {key: row.get(key), **{rename.get(c, c): v for c, v in row.items() if c != key}}
+                )
     columns = a_cols + [c for c in rename.values() if c not in a_cols]
     if key not in columns:
         columns.insert(0, key)
@@ -181,6 +207,7 @@ async def split_columns(config: SplitColumnsConfig, data: Any, ctx: RunContext) 
     if not config.columnsOutputA and not config.columnsOutputB:
         out_a, out_b = data, [{} for _ in data]
     else:
+
         def pick(row: Any, cols: list[str]) -> dict[str, Any]:
             return {c: row[c] for c in cols if isinstance(row, dict) and c in row}
 

@@ -49,8 +49,7 @@ class SendEmailConfig(NodeConfig):
     host: str | None = Field(default=None, validation_alias=AliasChoices("emailSmtpHost"))
     port: str | int | None = Field(default=None, validation_alias=AliasChoices("emailSmtpPort"))
     user: str | None = Field(default=None, validation_alias=AliasChoices("emailSmtpUser"))
-    password: SecretStr | None = Field(default=None,
-                                       validation_alias=AliasChoices("emailSmtpPass"))
+    password: SecretStr | None = Field(default=None, validation_alias=AliasChoices("emailSmtpPass"))
     sender: str | None = Field(default=None, validation_alias=AliasChoices("emailFrom"))
     security: str | None = Field(default=None, validation_alias=AliasChoices("emailSecurity"))
 
@@ -92,8 +91,9 @@ def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
     own = bool(own_host) and host.lower() == own_host.lower()
     security = (config.security or (settings.SMTP_SECURITY if own else "auto")).strip().lower()
     if security not in SECURITY_MODES:
-        raise NodeConfigError(f"emailSecurity must be one of {', '.join(SECURITY_MODES)} "
-                              f"(got {config.security!r})")
+        raise NodeConfigError(
+            f"emailSecurity must be one of {', '.join(SECURITY_MODES)} (got {config.security!r})"
+        )
     if config.port is not None and config.port != "":
         port = _smtp_port(config.port)
     elif own and settings.SMTP_PORT:
@@ -109,12 +109,12 @@ def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
     if bool(user) != bool(password):
         raise _incomplete("emailSmtpUser and emailSmtpPass go together (give both or neither)")
     user_address = user if user and _ADDRESS.match(user) else None
-    candidates = ([settings.SMTP_FROM, user_address] if own
-                  else [user_address, settings.SMTP_FROM])
+    candidates = [settings.SMTP_FROM, user_address] if own else [user_address, settings.SMTP_FROM]
     sender = config.sender or next((c for c in candidates if c), None)
     if not sender:
-        raise _incomplete("no sender (set emailFrom or SMTP_FROM, or use an address as "
-                          "emailSmtpUser)")
+        raise _incomplete(
+            "no sender (set emailFrom or SMTP_FROM, or use an address as emailSmtpUser)"
+        )
     return SmtpTarget(host, port, security, user or None, password or None, sender.strip())
 
 
@@ -172,34 +172,48 @@ def _smtp_failure(exc: BaseException, password: str | None) -> NodeExecutionErro
     elif isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         text = "all recipients refused: " + "; ".join(
-            f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients)
+            f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients
+        )
         retryable = all(400 <= c < 500 for c in codes)
     elif isinstance(exc, aiosmtplib.SMTPResponseException):
         text, retryable = f"SMTP error {exc.code}: {exc.message}", 400 <= exc.code < 500
     elif isinstance(exc, aiosmtplib.SMTPNotSupported | aiosmtplib.SMTPHeloError):
         text, retryable = str(exc), False
-    elif isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
-                    | aiosmtplib.SMTPTimeoutError | OSError):
+    elif isinstance(
+        exc,
+        aiosmtplib.SMTPConnectError
+        | aiosmtplib.SMTPServerDisconnected
+        | aiosmtplib.SMTPTimeoutError
+        | OSError,
+    ):
         text, retryable = f"{type(exc).__name__}: {exc}", True
     else:
         text, retryable = str(exc) or type(exc).__name__, False
-    return NodeExecutionError(f"Failed to send email: {_scrub(text, password)}",
-                              retryable=retryable)
+    return NodeExecutionError(
+        f"Failed to send email: {_scrub(text, password)}", retryable=retryable
+    )
 
 
-async def _deliver(target: SmtpTarget, message: EmailMessage, recipients: list[str],
-                   ca_file: str | None) -> dict[str, Any]:
+async def _deliver(
+    target: SmtpTarget, message: EmailMessage, recipients: list[str], ca_file: str | None
+) -> dict[str, Any]:
     """Connect (implicit TLS, STARTTLS, opportunistic STARTTLS or plain), log in when there are
     credentials (never in clear text unless emailSecurity is none) and send."""
     try:
         context = await asyncio.to_thread(_tls_context, ca_file)
     except OSError as exc:
-        raise NodeExecutionError(f"Failed to send email: SMTP_CA_FILE cannot be read "
-                                 f"({exc.strerror or exc})") from None
+        raise NodeExecutionError(
+            f"Failed to send email: SMTP_CA_FILE cannot be read ({exc.strerror or exc})"
+        ) from None
     start_tls = {"starttls": True, "none": False}.get(target.security)
-    smtp = aiosmtplib.SMTP(hostname=target.host, port=target.port, timeout=SMTP_TIMEOUT_S,
-                           use_tls=target.security == "ssl", start_tls=start_tls,
-                           tls_context=context)
+    smtp = aiosmtplib.SMTP(
+        hostname=target.host,
+        port=target.port,
+        timeout=SMTP_TIMEOUT_S,
+        use_tls=target.security == "ssl",
+        start_tls=start_tls,
+        tls_context=context,
+    )
     try:
         await smtp.connect()
         try:
@@ -209,10 +223,12 @@ async def _deliver(target: SmtpTarget, message: EmailMessage, recipients: list[s
                     raise NodeExecutionError(
                         f"Failed to send email: {target.host}:{target.port} offers no TLS, so "
                         "the SMTP password is not sent (set emailSecurity to none to allow "
-                        "a plain-text login)")
+                        "a plain-text login)"
+                    )
                 await smtp.login(target.user, target.password)
-            refused, _ = await smtp.send_message(message, sender=_envelope_sender(target),
-                                                 recipients=recipients)
+            refused, _ = await smtp.send_message(
+                message, sender=_envelope_sender(target), recipients=recipients
+            )
         finally:
             await _quit(smtp)
     except NodeExecutionError:
@@ -245,30 +261,37 @@ async def send_email(config: SendEmailConfig, data: Any, ctx: RunContext) -> Env
         raise _incomplete("no recipient (emailTo)")
     target = smtp_target(config, ctx.settings)
     message, recipients = build_message(
-        target.sender, to, render_fields(config.subject or "", record),
-        render_fields(config.body or "", record))
+        target.sender,
+        to,
+        render_fields(config.subject or "", record),
+        render_fields(config.body or "", record),
+    )
     refused = await _deliver(target, message, recipients, ctx.settings.SMTP_CA_FILE)
     sent = [r for r in recipients if r not in refused]
-    logger.info("sendEmail: sent through %s:%s (%s) to %d recipient(s)", target.host,
-                target.port, target.security, len(sent),
-                extra={"execution_id": ctx.execution_id, "node_id": ctx.node_id,
-                       "action": "send_email"})
+    logger.info(
+        "sendEmail: sent through %s:%s (%s) to %d recipient(s)",
+        target.host,
+        target.port,
+        target.security,
+        len(sent),
+        extra={"execution_id": ctx.execution_id, "node_id": ctx.node_id, "action": "send_email"},
+    )
     text = f"Email sent to {', '.join(sent)}"
     if refused:
         text += "; refused: " + ", ".join(refused)
-    return envelope(text, data, messageId=message["Message-ID"], recipients=sent,
-                    refusedRecipients=refused)
+    return envelope(
+        text, data, messageId=message["Message-ID"], recipients=sent, refusedRecipients=refused
+    )
 
 
 class SendSmsConfig(NodeConfig):
     to: str | None = Field(default=None, validation_alias=AliasChoices("smsTo"))
     body: str | None = Field(default=None, validation_alias=AliasChoices("smsBody"))
-    account_sid: str | None = Field(default=None,
-                                    validation_alias=AliasChoices("twilioAccountSid"))
-    auth_token: SecretStr | None = Field(default=None,
-                                         validation_alias=AliasChoices("twilioAuthToken"))
-    from_number: str | None = Field(default=None,
-                                    validation_alias=AliasChoices("twilioFromNumber"))
+    account_sid: str | None = Field(default=None, validation_alias=AliasChoices("twilioAccountSid"))
+    auth_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("twilioAuthToken")
+    )
+    from_number: str | None = Field(default=None, validation_alias=AliasChoices("twilioFromNumber"))
 
 
 def _twilio_error(response: httpx.Response) -> str:
@@ -298,35 +321,53 @@ async def send_sms(config: SendSmsConfig, data: Any, ctx: RunContext) -> Envelop
     secret = config.auth_token or settings.TWILIO_AUTH_TOKEN
     token = secret.get_secret_value() if secret else ""
     sender = (config.from_number or settings.TWILIO_FROM_NUMBER or "").strip()
-    missing = [name for name, value in [
-        ("smsTo", to), ("smsBody", body.strip()),
-        ("twilioAccountSid (or TWILIO_ACCOUNT_SID)", sid),
-        ("twilioAuthToken (or TWILIO_AUTH_TOKEN)", token),
-        ("twilioFromNumber (or TWILIO_FROM_NUMBER)", sender)] if not value]
+    missing = [
+        name
+        for name, value in [
+            ("smsTo", to),
+            ("smsBody", body.strip()),
+            ("twilioAccountSid (or TWILIO_ACCOUNT_SID)", sid),
+            ("twilioAuthToken (or TWILIO_AUTH_TOKEN)", token),
+            ("twilioFromNumber (or TWILIO_FROM_NUMBER)", sender),
+        ]
+        if not value
+    ]
     if missing:
-        raise NodeConfigError("SMS configuration incomplete. Please provide Twilio credentials "
-                              "and phone numbers; missing: " + ", ".join(missing))
+        raise NodeConfigError(
+            "SMS configuration incomplete. Please provide Twilio credentials "
+            "and phone numbers; missing: " + ", ".join(missing)
+        )
     if not _SID.match(sid):
         raise NodeConfigError("twilioAccountSid must contain only letters and digits (AC…)")
     url = f"{settings.TWILIO_BASE_URL.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
     try:
-        response = await ctx.http.post(url, data={"To": to, "From": sender, "Body": body},
-                                       auth=(sid, token), timeout=TWILIO_TIMEOUT_S)
+        response = await ctx.http.post(
+            url,
+            data={"To": to, "From": sender, "Body": body},
+            auth=(sid, token),
+            timeout=TWILIO_TIMEOUT_S,
+        )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise NodeExecutionError(f"Failed to send SMS: Twilio unreachable "
-                                 f"({type(exc).__name__})", retryable=True) from None
+        raise NodeExecutionError(
+            f"Failed to send SMS: Twilio unreachable ({type(exc).__name__})", retryable=True
+        ) from None
     except httpx.HTTPError as exc:
         # The request may have reached Twilio: not repeated, so no SMS is sent twice.
-        raise NodeExecutionError(f"Failed to send SMS: {type(exc).__name__} while waiting for "
-                                 "Twilio (the message may have been sent)") from None
+        raise NodeExecutionError(
+            f"Failed to send SMS: {type(exc).__name__} while waiting for "
+            "Twilio (the message may have been sent)"
+        ) from None
     if not response.is_success:
         code = response.status_code
-        raise NodeExecutionError(f"Failed to send SMS: {_scrub(_twilio_error(response), token)}",
-                                 retryable=code >= 500 or code == 429)
+        raise NodeExecutionError(
+            f"Failed to send SMS: {_scrub(_twilio_error(response), token)}",
+            retryable=code >= 500 or code == 429,
+        )
     try:
         result = response.json()
     except ValueError:
         result = {}
     result = result if isinstance(result, dict) else {}
-    return envelope(f"SMS sent to {to}", data, messageSid=result.get("sid"),
-                    status=result.get("status"))
+    return envelope(
+        f"SMS sent to {to}", data, messageSid=result.get("sid"), status=result.get("status")
+    )

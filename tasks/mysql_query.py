@@ -40,13 +40,13 @@ class MysqlConfig(NodeConfig):
     port: str | int = Field(default="3306", validation_alias=AliasChoices("mysqlPort"))
     database: str | None = Field(default=None, validation_alias=AliasChoices("mysqlDatabase"))
     username: str | None = Field(default=None, validation_alias=AliasChoices("mysqlUsername"))
-    password: SecretStr | None = Field(default=None,
-                                       validation_alias=AliasChoices("mysqlPassword"))
+    password: SecretStr | None = Field(default=None, validation_alias=AliasChoices("mysqlPassword"))
     query: str | None = Field(default=None, validation_alias=AliasChoices("mysqlQuery"))
     params: Any = Field(default=None, validation_alias=AliasChoices("mysqlParams"))
     read_only: bool = Field(default=True, validation_alias=AliasChoices("mysqlReadOnly"))
     query_timeout: float | str | None = Field(
-        default=None, validation_alias=AliasChoices("mysqlQueryTimeout"))
+        default=None, validation_alias=AliasChoices("mysqlQueryTimeout")
+    )
 
 
 def _scan(sql: str) -> tuple[list[str], bool]:
@@ -97,20 +97,23 @@ def check_statement(sql: str, read_only: bool) -> str:
         raise NodeConfigError("No query configured for MySQL node (mysqlQuery)")
     if len(statements) > 1:
         raise NodeConfigError(
-            f"mysqlQuery must contain a single statement (found {len(statements)})")
+            f"mysqlQuery must contain a single statement (found {len(statements)})"
+        )
     first = _WORD.search(statements[0].lstrip("( \t\r\n"))
     keyword = first.group(0).upper() if first else ""
     if not read_only:
         return keyword
     if executable:
-        raise NodeConfigError("mysqlQuery: executable comments (/*! … */) are refused while "
-                              "mysqlReadOnly is on")
+        raise NodeConfigError(
+            "mysqlQuery: executable comments (/*! … */) are refused while mysqlReadOnly is on"
+        )
     words = {w.upper() for w in _WORD.findall(statements[0])}
     if keyword not in READ_KEYWORDS or words & {"OUTFILE", "DUMPFILE"}:
         raise NodeConfigError(
             f"mysqlQuery: {keyword or 'this'} statement refused: with mysqlReadOnly on (the "
             "default) only SELECT, SHOW, DESCRIBE, DESC and EXPLAIN run; set mysqlReadOnly "
-            "to false to allow other statements")
+            "to false to allow other statements"
+        )
     return keyword
 
 
@@ -125,8 +128,9 @@ def _params(value: Any) -> list[Any] | dict[str, Any] | None:
             raise NodeConfigError("mysqlParams must be a JSON list or object") from None
     if isinstance(value, list | dict):
         return value or None
-    raise NodeConfigError("mysqlParams must be a list (for %s placeholders) or an object "
-                          "(for %(name)s placeholders)")
+    raise NodeConfigError(
+        "mysqlParams must be a list (for %s placeholders) or an object (for %(name)s placeholders)"
+    )
 
 
 def _port(value: str | int) -> int:
@@ -145,8 +149,9 @@ def _query_timeout(value: float | str | None) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise NodeConfigError(f"mysqlQueryTimeout must be a number of seconds "
-                              f"(got {value!r})") from None
+        raise NodeConfigError(
+            f"mysqlQueryTimeout must be a number of seconds (got {value!r})"
+        ) from None
     if not 0 < seconds <= MAX_QUERY_TIMEOUT_S:
         raise NodeConfigError(f"mysqlQueryTimeout must be > 0 and <= {MAX_QUERY_TIMEOUT_S:g} s")
     return seconds
@@ -219,16 +224,29 @@ async def _pool(ctx: RunContext, kwargs: dict[str, Any], password: str) -> Any:
     if pool is not None and not pool.closed:
         return pool
     pool = await aiomysql.create_pool(
-        minsize=1, maxsize=POOL_MAX_SIZE, pool_recycle=POOL_RECYCLE_S, password=password,
-        connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, charset="utf8mb4", **kwargs)
+        minsize=1,
+        maxsize=POOL_MAX_SIZE,
+        pool_recycle=POOL_RECYCLE_S,
+        password=password,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        autocommit=True,
+        charset="utf8mb4",
+        **kwargs,
+    )
     existing = pools.get(key)
     if existing is not None and not existing.closed:  # another node won the race
         pool.close()
         await pool.wait_closed()
         return existing
     pools[key] = pool
-    logger.info("mysql pool opened for %s@%s:%s/%s", kwargs["user"], kwargs["host"],
-                kwargs["port"], kwargs["db"] or "", extra={"action": "mysql_pool"})
+    logger.info(
+        "mysql pool opened for %s@%s:%s/%s",
+        kwargs["user"],
+        kwargs["host"],
+        kwargs["port"],
+        kwargs["db"] or "",
+        extra={"action": "mysql_pool"},
+    )
     return pool
 
 
@@ -236,15 +254,20 @@ async def _kill(kwargs: dict[str, Any], password: str, thread_id: int) -> None:
     """Best effort: stop a timed-out statement on the server (its connection is dropped)."""
     try:
         async with asyncio.timeout(KILL_TIMEOUT_S):
-            killer = await aiomysql.connect(password=password, connect_timeout=KILL_TIMEOUT_S,
-                                            **kwargs)
+            killer = await aiomysql.connect(
+                password=password, connect_timeout=KILL_TIMEOUT_S, **kwargs
+            )
             try:
                 await killer.kill(thread_id)
             finally:
                 killer.close()
     except (TimeoutError, OSError, pymysql.err.MySQLError) as exc:
-        logger.warning("could not kill timed-out MySQL thread %s: %s", thread_id,
-                       type(exc).__name__, extra={"action": "mysql_kill"})
+        logger.warning(
+            "could not kill timed-out MySQL thread %s: %s",
+            thread_id,
+            type(exc).__name__,
+            extra={"action": "mysql_kill"},
+        )
 
 
 def _bind(cursor: Any, query: str, params: list[Any] | dict[str, Any] | None) -> str:
@@ -259,9 +282,11 @@ def _bind(cursor: Any, query: str, params: list[Any] | dict[str, Any] | None) ->
     try:
         return str(cursor.mogrify(query, values))
     except (TypeError, ValueError, KeyError) as exc:
-        raise NodeConfigError(f"mysqlParams do not match the placeholders of mysqlQuery "
-                              f"({type(exc).__name__}: {exc}); use %s or %(name)s, and %% for "
-                              "a literal %") from None
+        raise NodeConfigError(
+            f"mysqlParams do not match the placeholders of mysqlQuery "
+            f"({type(exc).__name__}: {exc}); use %s or %(name)s, and %% for "
+            "a literal %"
+        ) from None
 
 
 def _param(value: Any) -> Any:
@@ -269,8 +294,9 @@ def _param(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
-async def _run(conn: Any, query: str, params: list[Any] | dict[str, Any] | None,
-               read_only: bool) -> tuple[list[dict[str, Any]] | None, int, int | None]:
+async def _run(
+    conn: Any, query: str, params: list[Any] | dict[str, Any] | None, read_only: bool
+) -> tuple[list[dict[str, Any]] | None, int, int | None]:
     """Execute on `conn`: (rows, or None when there is no result set; rowcount; lastrowid)."""
     async with conn.cursor(aiomysql.DictCursor) as cursor:
         sql = _bind(cursor, query, params)
@@ -283,8 +309,9 @@ async def _run(conn: Any, query: str, params: list[Any] | dict[str, Any] | None,
         return rows, cursor.rowcount, cursor.lastrowid
 
 
-async def _query(ctx: RunContext, config: MysqlConfig, kwargs: dict[str, Any], password: str,
-                 timeout: float) -> tuple[list[dict[str, Any]] | None, int, int | None]:
+async def _query(
+    ctx: RunContext, config: MysqlConfig, kwargs: dict[str, Any], password: str, timeout: float
+) -> tuple[list[dict[str, Any]] | None, int, int | None]:
     """Acquire a pooled connection and run the statement under the query timeout; a connection
     that did not finish cleanly is closed instead of going back to the pool."""
     try:
@@ -295,21 +322,23 @@ async def _query(ctx: RunContext, config: MysqlConfig, kwargs: dict[str, Any], p
     except TimeoutError:
         raise NodeExecutionError(
             f"MySQL query failed: no connection to {kwargs['host']}:{kwargs['port']} in time "
-            f"(connect timeout {CONNECT_TIMEOUT_S:g} s)", retryable=True) from None
+            f"(connect timeout {CONNECT_TIMEOUT_S:g} s)",
+            retryable=True,
+        ) from None
     except (pymysql.err.MySQLError, OSError) as exc:
         raise _failure(exc, password, connecting=True, read_only=config.read_only) from None
     clean = False
     try:
         async with asyncio.timeout(timeout):
-            result = await _run(conn, config.query or "", _params(config.params),
-                                config.read_only)
+            result = await _run(conn, config.query or "", _params(config.params), config.read_only)
         clean = True
         return result
     except TimeoutError:
         conn.close()
         await _kill(kwargs, password, conn.thread_id())
         raise NodeExecutionError(
-            f"MySQL query failed: no answer within {timeout:g} s (mysqlQueryTimeout)") from None
+            f"MySQL query failed: no answer within {timeout:g} s (mysqlQueryTimeout)"
+        ) from None
     except (pymysql.err.MySQLError, OSError) as exc:
         raise _failure(exc, password, connecting=False, read_only=config.read_only) from None
     finally:
@@ -318,8 +347,9 @@ async def _query(ctx: RunContext, config: MysqlConfig, kwargs: dict[str, Any], p
         await pool.release(conn)
 
 
-def _failure(exc: BaseException, password: str, *, connecting: bool,
-             read_only: bool) -> NodeExecutionError:
+def _failure(
+    exc: BaseException, password: str, *, connecting: bool, read_only: bool
+) -> NodeExecutionError:
     """`MySQL query failed: …` without the password. Retried only when the server could not be
     reached, or when a read-only statement lost its connection (a write is never repeated)."""
     code = _error_code(exc)
@@ -327,8 +357,9 @@ def _failure(exc: BaseException, password: str, *, connecting: bool,
         retryable = code in {2003, 2013} or (code is None and isinstance(exc, OSError))
     else:
         retryable = read_only and code in {2006, 2013}
-    return NodeExecutionError(f"MySQL query failed: {_scrub(_describe(exc), password)}",
-                              retryable=retryable)
+    return NodeExecutionError(
+        f"MySQL query failed: {_scrub(_describe(exc), password)}", retryable=retryable
+    )
 
 
 @node("mysql", config=MysqlConfig, retries=1, timeout_s=None, network=True)
@@ -341,11 +372,20 @@ async def mysql(config: MysqlConfig, data: Any, ctx: RunContext) -> Envelope:
     _params(config.params)
     timeout = _query_timeout(config.query_timeout)
     password = config.password.get_secret_value() if config.password else ""
-    kwargs = {"host": config.host.strip(), "port": _port(config.port),
-              "user": config.username or None, "db": config.database or None}
+    kwargs = {
+        "host": config.host.strip(),
+        "port": _port(config.port),
+        "user": config.username or None,
+        "db": config.database or None,
+    }
     rows, rowcount, last_id = await _query(ctx, config, kwargs, password, timeout)
     if rows is None:
-        return envelope(f"MySQL statement affected {rowcount} rows", [], rowCount=rowcount,
-                        affectedRows=rowcount, insertId=last_id or None)
+        return envelope(
+            f"MySQL statement affected {rowcount} rows",
+            [],
+            rowCount=rowcount,
+            affectedRows=rowcount,
+            insertId=last_id or None,
+        )
     output = [{str(k): json_safe(v) for k, v in row.items()} for row in rows]
     return envelope(f"MySQL query returned {len(output)} rows", output, rowCount=len(output))

@@ -17,8 +17,9 @@ from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str, records, to_number
 
 STRIPPED_KEYS = frozenset({"metadata", "raw"})
-NOT_PROPERTIES = frozenset({"id", "createdAt", "updatedAt", "entityId", "metadata", "raw",
-                            "__index"})
+NOT_PROPERTIES = frozenset(
+    {"id", "createdAt", "updatedAt", "entityId", "metadata", "raw", "__index"}
+)
 SAVE_MODES = ("insert", "upsert")
 _DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
@@ -32,10 +33,12 @@ def _store(ctx: RunContext) -> Any:
 
 class FetchDataConfig(NodeConfig):
     entityId: str | None = Field(
-        default=None, validation_alias=AliasChoices("entityId", "selectedEntityId"))
+        default=None, validation_alias=AliasChoices("entityId", "selectedEntityId")
+    )
     entityName: str | None = Field(
-        default=None, validation_alias=AliasChoices("entityName", "customName",
-                                                    "selectedEntityName"))
+        default=None,
+        validation_alias=AliasChoices("entityName", "customName", "selectedEntityName"),
+    )
 
 
 def merge_input(rows: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
@@ -45,8 +48,10 @@ def merge_input(rows: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
         return [{**data, **row} for row in rows]
     if isinstance(data, list) and data:
         if len(data) == len(rows):
-            return [{**d, **row} if isinstance(d, dict) else row
-                    for d, row in zip(data, rows, strict=True)]
+            return [
+                {**d, **row} if isinstance(d, dict) else row
+                for d, row in zip(data, rows, strict=True)
+            ]
         if len(data) == 1 and isinstance(data[0], dict):
             return [{**data[0], **row} for row in rows]
     return rows
@@ -69,7 +74,8 @@ async def fetch_data(config: FetchDataConfig, data: Any, ctx: RunContext) -> Env
 
 class SaveRecordsConfig(NodeConfig):
     entityId: str | None = Field(
-        default=None, validation_alias=AliasChoices("entityId", "targetEntityId"))
+        default=None, validation_alias=AliasChoices("entityId", "targetEntityId")
+    )
     targetEntityName: str | None = None
     tableName: str | None = None
     entityName: str | None = None
@@ -115,12 +121,14 @@ def _entity_rows(data: Any) -> list[dict[str, Any]]:
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise NodeExecutionError(
-                f"saveRecords with an entity needs objects; record {index} is {js_str(row)[:60]}")
+                f"saveRecords with an entity needs objects; record {index} is {js_str(row)[:60]}"
+            )
     return [{k: v for k, v in row.items() if k not in STRIPPED_KEYS} for row in rows]
 
 
-async def _save_to_entity(config: SaveRecordsConfig, entity_id: str, data: Any,
-                          ctx: RunContext) -> Envelope:
+async def _save_to_entity(
+    config: SaveRecordsConfig, entity_id: str, data: Any, ctx: RunContext
+) -> Envelope:
     rows = _entity_rows(data)
     now = now_iso()
     inferred: dict[str, str | None] = {}  # key → type of its first non-empty value
@@ -130,8 +138,11 @@ async def _save_to_entity(config: SaveRecordsConfig, entity_id: str, data: Any,
         for key, value in values.items():
             if inferred.get(key) is None:
                 inferred[key] = None if value is None or value == "" else infer_type(value)
-        new_records.append(NewRecord(created_at(row, now), {
-            k: js_str(v) for k, v in values.items() if v is not None}))
+        new_records.append(
+            NewRecord(
+                created_at(row, now), {k: js_str(v) for k, v in values.items() if v is not None}
+            )
+        )
     types = {key: type_ or "text" for key, type_ in inferred.items()}
     try:
         saved = await entity_store.save_entity_records(_store(ctx), entity_id, new_records, types)
@@ -143,24 +154,35 @@ async def _save_to_entity(config: SaveRecordsConfig, entity_id: str, data: Any,
     message = f"Saved {len(saved.saved_ids)} record(s) to {label}"
     if saved.created_properties:
         message += f" (created properties: {', '.join(n for n, _ in saved.created_properties)})"
-    return envelope(message, data, savedIds=saved.saved_ids, entityId=entity_id,
-                    createdProperties=len(saved.created_properties),
-                    isTimeSeries=any(row.get("timestamp") not in (None, "") for row in rows))
+    return envelope(
+        message,
+        data,
+        savedIds=saved.saved_ids,
+        entityId=entity_id,
+        createdProperties=len(saved.created_properties),
+        isTimeSeries=any(row.get("timestamp") not in (None, "") for row in rows),
+    )
 
 
 def table_name(config: SaveRecordsConfig) -> str:
     """The generic table: `tableName`, else `entityName`, else `saved_records`; validated."""
-    field, name = next(((f, v) for f, v in (("tableName", config.tableName),
-                                            ("entityName", config.entityName)) if v),
-                       ("tableName", entity_store.DEFAULT_TABLE))
+    field, name = next(
+        (
+            (f, v)
+            for f, v in (("tableName", config.tableName), ("entityName", config.entityName))
+            if v
+        ),
+        ("tableName", entity_store.DEFAULT_TABLE),
+    )
     reason = entity_store.refusal(name)
     if reason is not None:
         raise NodeConfigError(f"Invalid {field} {name!r}: it {reason}")
     return name
 
 
-async def _save_to_table(config: SaveRecordsConfig, mode: str, data: Any,
-                         ctx: RunContext) -> Envelope:
+async def _save_to_table(
+    config: SaveRecordsConfig, mode: str, data: Any, ctx: RunContext
+) -> Envelope:
     table = table_name(config)
     rows = []
     for record in records(data):
@@ -168,13 +190,25 @@ async def _save_to_table(config: SaveRecordsConfig, mode: str, data: Any,
         rows.append((secrets.token_hex(8) if rid in (None, "") else js_str(rid), dump_json(record)))
     try:
         updated = await entity_store.save_generic_records(
-            _store(ctx), table, rows, upsert=mode == "upsert", workflow_id=ctx.workflow_id,
-            execution_id=ctx.execution_id, now=now_iso())
+            _store(ctx),
+            table,
+            rows,
+            upsert=mode == "upsert",
+            workflow_id=ctx.workflow_id,
+            execution_id=ctx.execution_id,
+            now=now_iso(),
+        )
     except EntityStoreError as exc:
         raise NodeExecutionError(str(exc)) from exc
-    return envelope(f"Saved {len(rows)} record(s) to '{table}'", data,
-                    savedIds=[r[0] for r in rows], tableName=table, saveMode=mode,
-                    insertedCount=len({r[0] for r in rows}) - updated, updatedCount=updated)
+    return envelope(
+        f"Saved {len(rows)} record(s) to '{table}'",
+        data,
+        savedIds=[r[0] for r in rows],
+        tableName=table,
+        saveMode=mode,
+        insertedCount=len({r[0] for r in rows}) - updated,
+        updatedCount=updated,
+    )
 
 
 @node("saveRecords", config=SaveRecordsConfig)

@@ -1,4 +1,4 @@
-"""The one failure boundary around a handler: config validation, timeout, error wrapping, retries."""
+"""The one failure boundary around a handler: config validation, timeout, wrapping, retries."""
 
 import asyncio
 import logging
@@ -44,9 +44,7 @@ def retry_policy(spec: NodeSpec, node: NodeDef) -> RetryPolicy:
         if cfg.get("timeoutMs") not in (None, ""):
             timeout_s = max(0.001, float(cfg["timeoutMs"]) / 1000)
     except (TypeError, ValueError):
-        raise NodeConfigError(
-            "retries, retryDelayMs and timeoutMs must be numbers"
-        ) from None
+        raise NodeConfigError("retries, retryDelayMs and timeoutMs must be numbers") from None
     return RetryPolicy(retries, delay_s, timeout_s)
 
 
@@ -68,7 +66,9 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
         async with asyncio.timeout(policy.timeout_s):
             result = await spec.handler(config, data, ctx)
         if isinstance(result, dict) and result.get("success") is False:
-            raise NodeExecutionError(str(result.get("error") or result.get("message") or "Node failed"))
+            raise NodeExecutionError(
+                str(result.get("error") or result.get("message") or "Node failed")
+            )
     except NodeError as exc:
         exc.attempts = ctx.attempt
         raise
@@ -96,7 +96,10 @@ async def run_with_retries(node: NodeDef, data: Any, ctx: RunContext) -> Envelop
             delay = policy.delay(attempt)
             logger.warning(
                 "node %s attempt %d failed (%s); retrying in %.2f s",
-                node.id, attempt, exc, delay,
+                node.id,
+                attempt,
+                exc,
+                delay,
                 extra={"execution_id": ctx.execution_id, "node_id": node.id, "action": "retry"},
             )
             attempt += 1

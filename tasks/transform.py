@@ -10,8 +10,9 @@ from tasks.values import render_template
 
 
 class AddFieldConfig(NodeConfig):
-    name: str = Field(default="newField",
-                      validation_alias=AliasChoices("addFieldName", "fieldName"))
+    name: str = Field(
+        default="newField", validation_alias=AliasChoices("addFieldName", "fieldName")
+    )
     value: Any = Field(default="", validation_alias=AliasChoices("addFieldValue", "fieldValue"))
 
 

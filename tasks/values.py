@@ -39,8 +39,13 @@ def _js_json(value: Any) -> str:
     if isinstance(value, float):
         return _js_number(value) if math.isfinite(value) else "null"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{_js_json(v)}"
-                              for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{json.dumps(str(k), ensure_ascii=False)}:{_js_json(v)}" for k, v in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, list | tuple):
         return "[" + ",".join(_js_json(v) for v in value) + "]"
     if value is None or isinstance(value, bool | int | str):
@@ -74,7 +79,7 @@ def to_number(value: Any) -> float | None:
 
 
 def parse_number_string(value: str) -> int | float | str:
-    """"85" → 85, "1.5" → 1.5; anything that is not a plain finite decimal stays a string."""
+    """ "85" → 85, "1.5" → 1.5; anything that is not a plain finite decimal stays a string."""
     number = to_number(value)
     if number is None:
         return value

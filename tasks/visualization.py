@@ -46,8 +46,7 @@ def image_url(execution_id: str, node_id: str) -> str:
 
 
 class VisualizationConfig(NodeConfig):
-    prompt: str | None = Field(default=None,
-                               validation_alias=AliasChoices("visualizationPrompt"))
+    prompt: str | None = Field(default=None, validation_alias=AliasChoices("visualizationPrompt"))
     widget: Any = Field(default=None, validation_alias=AliasChoices("generatedWidget"))
     render_image: bool = Field(default=False, validation_alias=AliasChoices("renderImage"))
     image_format: str = Field(default="png", validation_alias=AliasChoices("imageFormat"))
@@ -89,11 +88,13 @@ def _records(widget: dict[str, Any], data: Any) -> list[dict[str, Any]]:
     if isinstance(rows, dict):
         rows = [rows]
     if not isinstance(rows, list) or not rows:
-        raise NodeConfigError("Nothing to plot: generatedWidget.data is empty and the node "
-                              "input has no records")
+        raise NodeConfigError(
+            "Nothing to plot: generatedWidget.data is empty and the node input has no records"
+        )
     if len(rows) > MAX_POINTS:
-        raise NodeConfigError(f"Too many records to plot ({len(rows)} in {where}; "
-                              f"at most {MAX_POINTS})")
+        raise NodeConfigError(
+            f"Too many records to plot ({len(rows)} in {where}; at most {MAX_POINTS})"
+        )
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise NodeConfigError(f"{where}[{i}] must be an object (a record), got {row!r:.60}")
@@ -121,8 +122,9 @@ def _key(widget: dict[str, Any], field: str, kind: str, rows: list[dict[str, Any
         raise NodeConfigError(f"generatedWidget.{field} must be a field name (string)")
     if not any(key in row for row in rows):
         fields = ", ".join(dict.fromkeys(k for row in rows[:50] for k in row)) or "none"
-        raise NodeConfigError(f"generatedWidget.{field} {key!r} is not a field of the data "
-                              f"(fields: {fields})")
+        raise NodeConfigError(
+            f"generatedWidget.{field} {key!r} is not a field of the data (fields: {fields})"
+        )
     return key
 
 
@@ -131,8 +133,10 @@ def parse_chart(widget: dict[str, Any], data: Any) -> Chart:
     raw_type = str(widget.get("type") or "").strip().lower()
     kind = _TYPE_ALIASES.get(raw_type, raw_type)
     if kind not in CHART_TYPES:
-        raise NodeConfigError(f"generatedWidget.type must be one of {', '.join(CHART_TYPES)} "
-                              f"(got {widget.get('type')!r})")
+        raise NodeConfigError(
+            f"generatedWidget.type must be one of {', '.join(CHART_TYPES)} "
+            f"(got {widget.get('type')!r})"
+        )
     rows = _records(widget, data)
     x_field = "nameKey" if kind in ("pie", "donut") and not widget.get("xAxisKey") else "xAxisKey"
     x_key = _key(widget, x_field, kind, rows)
@@ -153,8 +157,10 @@ def parse_chart(widget: dict[str, Any], data: Any) -> Chart:
     if kind in ("pie", "donut"):
         values = series[y_keys[0]]
         if any(math.isnan(v) or v < 0 for v in values) or sum(values) <= 0:
-            raise NodeConfigError(f"{field} {y_keys[0]!r}: a {kind} chart needs non-negative "
-                                  "numbers with a positive total")
+            raise NodeConfigError(
+                f"{field} {y_keys[0]!r}: a {kind} chart needs non-negative "
+                "numbers with a positive total"
+            )
     title = str(widget.get("title") or "")
     return Chart(kind, title, x_key, labels, series, _colors(widget.get("colors")))
 
@@ -179,9 +185,14 @@ def _draw(chart: Chart, ax: Any) -> None:
     if chart.type in ("pie", "donut"):
         values = chart.series[names[0]]
         wedge = {"width": 0.4} if chart.type == "donut" else None
-        ax.pie(values, labels=[str(v) for v in chart.labels], autopct="%1.1f%%",
-               colors=[colors[i % len(colors)] for i in range(len(values))], wedgeprops=wedge,
-               pctdistance=0.8 if wedge else 0.6)
+        ax.pie(
+            values,
+            labels=[str(v) for v in chart.labels],
+            autopct="%1.1f%%",
+            colors=[colors[i % len(colors)] for i in range(len(values))],
+            wedgeprops=wedge,
+            pctdistance=0.8 if wedge else 0.6,
+        )
         ax.axis("equal")
         return
     positions = list(range(len(chart.labels)))
@@ -192,8 +203,13 @@ def _draw(chart: Chart, ax: Any) -> None:
             offset = (i - (len(names) - 1) / 2) * width
             ax.bar([p + offset for p in positions], values, width, label=name, color=color)
         elif chart.type == "line":
-            ax.plot(positions, values, marker="o" if len(positions) <= 50 else None,
-                    label=name, color=color)
+            ax.plot(
+                positions,
+                values,
+                marker="o" if len(positions) <= 50 else None,
+                label=name,
+                color=color,
+            )
         elif chart.type == "area":
             ax.fill_between(positions, values, alpha=0.35, color=color)
             ax.plot(positions, values, label=name, color=color)
@@ -201,9 +217,12 @@ def _draw(chart: Chart, ax: Any) -> None:
             ax.scatter(chart.labels, values, label=name, color=color)
     if chart.type != "scatter":
         step = max(1, math.ceil(len(positions) / MAX_TICKS))
-        ax.set_xticks(positions[::step], [str(v) for v in chart.labels][::step],
-                      rotation=45 if len(positions) > 8 else 0, ha="right"
-                      if len(positions) > 8 else "center")
+        ax.set_xticks(
+            positions[::step],
+            [str(v) for v in chart.labels][::step],
+            rotation=45 if len(positions) > 8 else 0,
+            ha="right" if len(positions) > 8 else "center",
+        )
     ax.set_xlabel(chart.x_key)
     if len(names) == 1:
         ax.set_ylabel(names[0])
@@ -237,8 +256,9 @@ def _write(path: Path, png: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _render_and_store(widget: dict[str, Any], data: Any, config: VisualizationConfig,
-                      path: Path) -> tuple[int, int, int]:
+def _render_and_store(
+    widget: dict[str, Any], data: Any, config: VisualizationConfig, path: Path
+) -> tuple[int, int, int]:
     png = render_png(parse_chart(widget, data), config.width, config.height)
     _write(path, png)
     width, height = struct.unpack(">II", png[16:24])
@@ -256,8 +276,10 @@ async def data_visualization(config: VisualizationConfig, data: Any, ctx: RunCon
     extras: dict[str, Any] = {"widget": config.widget, "prompt": config.prompt}
     if config.render_image:
         if widget is None:
-            raise NodeConfigError("renderImage needs a chart spec: generatedWidget is not "
-                                  "configured (configure the visualization in the editor)")
+            raise NodeConfigError(
+                "renderImage needs a chart spec: generatedWidget is not "
+                "configured (configure the visualization in the editor)"
+            )
         if config.image_format.strip().lower() != "png":
             raise NodeConfigError(f"imageFormat must be 'png' (got {config.image_format!r})")
         for name, value in (("imageWidth", config.width), ("imageHeight", config.height)):
@@ -265,10 +287,15 @@ async def data_visualization(config: VisualizationConfig, data: Any, ctx: RunCon
                 raise NodeConfigError(f"{name} must be between 100 and 4000 pixels (got {value})")
         path = image_path(ctx.settings, ctx.execution_id, ctx.node_id)
         if path is None:
-            raise NodeConfigError(f"Node id {ctx.node_id!r} cannot name an image file (use "
-                                  "letters, digits, '_', '-' and '.')")
-        width, height, size = await asyncio.to_thread(_render_and_store, widget, data, config,
-                                                      path)
-        extras["image"] = {"url": image_url(ctx.execution_id, ctx.node_id), "width": width,
-                           "height": height, "bytes": size}
+            raise NodeConfigError(
+                f"Node id {ctx.node_id!r} cannot name an image file (use "
+                "letters, digits, '_', '-' and '.')"
+            )
+        width, height, size = await asyncio.to_thread(_render_and_store, widget, data, config, path)
+        extras["image"] = {
+            "url": image_url(ctx.execution_id, ctx.node_id),
+            "width": width,
+            "height": height,
+            "bytes": size,
+        }
     return envelope(message, data, **extras)

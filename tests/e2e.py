@@ -1,4 +1,4 @@
-"""Starts the real service with ./start.sh in a subprocess, and local mock servers, for e2e tests."""
+"""Starts the real service with ./start.sh in a subprocess, and local mock servers (e2e tests)."""
 
 import json
 import os
@@ -42,8 +42,12 @@ class MockServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                req = {"method": self.command, "path": self.path, "body": raw,
-                       "headers": dict(self.headers)}
+                req = {
+                    "method": self.command,
+                    "path": self.path,
+                    "body": raw,
+                    "headers": dict(self.headers),
+                }
                 outer.requests.append(req)
                 route = outer.routes.get((self.command, self.path.split("?")[0]))
                 status, body = route(req) if route else (404, {"error": "no route"})
@@ -91,15 +95,26 @@ class RunningService:
         self.port = int(env.pop("API_PORT", 0)) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / f"service-{mode}.log").open("ab")
-        full_env = {**os.environ, "API_PORT": str(self.port), "DATABASE_PATH": str(self.db),
-                    "EXECUTION_MODE": mode, "PREFECT_HOME": str(workdir / "prefect"),
-                    "LOG_LEVEL": "INFO", **env}
+        full_env = {
+            **os.environ,
+            "API_PORT": str(self.port),
+            "DATABASE_PATH": str(self.db),
+            "EXECUTION_MODE": mode,
+            "PREFECT_HOME": str(workdir / "prefect"),
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
         for key in ("PREFECT_API_URL", "DATABASE_URL", "API_KEYS"):
             if key not in env:
                 full_env.pop(key, None)
-        self.proc = subprocess.Popen([str(ROOT / "start.sh")], cwd=ROOT, env=full_env,
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(ROOT / "start.sh")],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.client = httpx.Client(base_url=self.url, timeout=30)
         self.wait_ready()
 
@@ -107,7 +122,9 @@ class RunningService:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited with {self.proc.returncode}; see {self.log.name}")
+                raise RuntimeError(
+                    f"service exited with {self.proc.returncode}; see {self.log.name}"
+                )
             try:
                 if self.client.get("/").json().get("status") == "running":
                     return
@@ -120,22 +137,29 @@ class RunningService:
         """The Prefect flow runs tagged with this execution, read from the embedded server."""
         text = Path(self.log.name).read_text()
         url = text.rsplit("Prefect API ready at ", 1)[1].split()[0]
-        r = httpx.post(f"{url}/flow_runs/filter", json={
-            "flow_runs": {"tags": {"all_": [f"execution:{execution_id}"]}}}, timeout=10)
+        r = httpx.post(
+            f"{url}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": [f"execution:{execution_id}"]}}},
+            timeout=10,
+        )
         r.raise_for_status()
         runs: list[dict[str, Any]] = r.json()
         return runs
 
     def add_workflow(self, wid: str, data: Any, name: str = "Fixture") -> None:
         conn = sqlite3.connect(self.db, timeout=10)
-        conn.execute("INSERT OR REPLACE INTO workflows (id, organizationId, name, data) "
-                      "VALUES (?, ?, ?, ?)", (wid, "org_test", name, json.dumps(data)))
+        conn.execute(
+            "INSERT OR REPLACE INTO workflows (id, organizationId, name, data) VALUES (?, ?, ?, ?)",
+            (wid, "org_test", name, json.dumps(data)),
+        )
         conn.commit()
         conn.close()
 
     def execute(self, wid: str, inputs: dict[str, Any]) -> str:
-        r = self.client.post("/api/workflows/execute", json={
-            "workflowId": wid, "inputs": inputs, "organizationId": "org_test"})
+        r = self.client.post(
+            "/api/workflows/execute",
+            json={"workflowId": wid, "inputs": inputs, "organizationId": "org_test"},
+        )
         assert r.status_code == 200, r.text
         eid: str = r.json()["executionId"]
         return eid
@@ -152,11 +176,18 @@ class RunningService:
     def row(self, eid: str) -> dict[str, Any]:
         conn = sqlite3.connect(self.db, timeout=10)
         conn.row_factory = sqlite3.Row
-        row = dict(conn.execute("SELECT * FROM workflow_executions WHERE id = ?", (eid,)).fetchone())
-        row["logs"] = [dict(r) for r in conn.execute(
-            "SELECT * FROM execution_logs WHERE executionId = ? ORDER BY timestamp, id", (eid,))]
-        row["run"] = dict(conn.execute(
-            "SELECT * FROM wos_executions WHERE executionId = ?", (eid,)).fetchone())
+        row = dict(
+            conn.execute("SELECT * FROM workflow_executions WHERE id = ?", (eid,)).fetchone()
+        )
+        row["logs"] = [
+            dict(r)
+            for r in conn.execute(
+                "SELECT * FROM execution_logs WHERE executionId = ? ORDER BY timestamp, id", (eid,)
+            )
+        ]
+        row["run"] = dict(
+            conn.execute("SELECT * FROM wos_executions WHERE executionId = ?", (eid,)).fetchone()
+        )
         conn.close()
         for key in ("inputs", "nodeResults", "finalOutput"):
             row[key] = json.loads(row[key]) if row[key] else None

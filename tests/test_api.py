@@ -1,87 +1,26 @@
 """Every endpoint and error shape, against the app in-process with an in-process inline worker."""
 
 import asyncio
-import json
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from config import get_settings
-from database import open_store
-from flows.runner import PrefectProbe, Runner
-from flows.worker import Worker
-from tasks.context import open_resources
-from tests.support import load_fixture, node_backend_sqlite
+from tests.conftest import Service
+from tests.support import load_fixture
 
-SIMPLE = {"nodes": [{"id": "t", "type": "trigger"},
-                    {"id": "m", "type": "manualInput",
-                     "config": {"manualInputVarName": "n", "manualInputVarValue": "7"}}],
-          "connections": [{"id": "c", "fromNodeId": "t", "toNodeId": "m"}]}
-
-
-class Service:
-    def __init__(self, client: httpx.AsyncClient, db: Path) -> None:
-        self.client, self.db = client, db
-
-    async def sql(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        """Write like another process would, off the event loop (the worker shares the file)."""
-
-        def write() -> None:
-            conn = sqlite3.connect(self.db, timeout=10)
-            for query, params in statements:
-                conn.execute(query, params)
-            conn.commit()
-            conn.close()
-
-        await asyncio.to_thread(write)
-
-    async def add_workflow(self, wid: str, data: Any, name: str = "WF") -> None:
-        text = data if isinstance(data, str) else json.dumps(data)
-        await self.sql(("INSERT INTO workflows (id, organizationId, name, data) VALUES (?,?,?,?)",
-                        (wid, "org_test", name, text)))
-
-    async def execute(self, **body: Any) -> httpx.Response:
-        return await self.client.post("/api/workflows/execute", json=body)
-
-    async def wait(self, eid: str, timeout: float = 10) -> dict[str, Any]:
-        for _ in range(int(timeout / 0.02)):
-            body: dict[str, Any] = (await self.client.get(f"/api/executions/{eid}")).json()
-            if body["status"] in ("completed", "failed", "cancelled"):
-                return body
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"execution {eid} did not finish: {body}")
-
-
-@pytest.fixture
-async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
-    db = tmp_path / "db.sqlite"
-    node_backend_sqlite(db)
-    monkeypatch.setenv("DATABASE_PATH", str(db))
-    monkeypatch.setenv("EXECUTION_MODE", "inline")
-    monkeypatch.delenv("API_KEYS", raising=False)
-    get_settings.cache_clear()
-    settings = get_settings()
-    from api_service import app
-
-    store = await open_store(settings.database_url)
-    resources = open_resources(settings, store)
-    worker = Worker(settings, store, Runner(settings, store, resources, PrefectProbe(None)))
-    stop = asyncio.Event()
-    serving = asyncio.create_task(worker.serve(stop))
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Service(client, db)
-    stop.set()
-    await serving
-    await resources.aclose()
-    await store.close()
-    get_settings.cache_clear()
+SIMPLE = {
+    "nodes": [
+        {"id": "t", "type": "trigger"},
+        {
+            "id": "m",
+            "type": "manualInput",
+            "config": {"manualInputVarName": "n", "manualInputVarValue": "7"},
+        },
+    ],
+    "connections": [{"id": "c", "fromNodeId": "t", "toNodeId": "m"}],
+}
 
 
 async def test_health(service: Service) -> None:
@@ -99,13 +38,22 @@ async def test_execute_runs_in_background_and_reports_everything(service: Servic
     assert body["workflowName"] == "Simple" and len(body["executionId"]) == 16
     final = await service.wait(body["executionId"])
     assert final["status"] == "completed" and final["error"] is None
-    assert final["progress"] == {"totalNodes": 2, "completedNodes": 2, "failedNodes": 0,
-                                 "skippedNodes": 0, "percentage": 100}
+    assert final["progress"] == {
+        "totalNodes": 2,
+        "completedNodes": 2,
+        "failedNodes": 0,
+        "skippedNodes": 0,
+        "percentage": 100,
+    }
     assert final["nodeResults"]["m"]["outputData"] == {"n": 9}
     assert final["finalOutput"] == final["nodeResults"]
     assert final["currentNodeId"] == "m" and final["mode"] == "inline"
     assert [(log["nodeId"], log["status"]) for log in final["logs"]] == [
-        ("t", "running"), ("t", "completed"), ("m", "running"), ("m", "completed")]
+        ("t", "running"),
+        ("t", "completed"),
+        ("m", "running"),
+        ("m", "completed"),
+    ]
     assert isinstance(final["logs"][1]["outputData"], str)
     logs = (await service.client.get(f"/api/executions/{body['executionId']}/logs")).json()
     assert logs["executionId"] == body["executionId"] and len(logs["logs"]) == 4
@@ -118,28 +66,41 @@ async def test_inline_workflow_without_workflow_id(service: Service) -> None:
     assert final["status"] == "completed" and final["workflowId"].startswith("inline_")
 
 
-@pytest.mark.parametrize(("body", "status", "detail"), [
-    ({"workflowId": "missing", "inputs": {}}, 404, "Workflow missing not found"),
-    ({"inputs": {}}, 422, "workflowId is required"),
-    ({"workflowId": "wf1", "inputs": "nope"}, 422, "inputs"),
-    ({"workflow": {"nodes": [{"id": "x", "type": "opcua"}, {"id": "y", "type": "mqtt"}]}},
-     422, "Unsupported node types: opcua (node x), mqtt (node y)"),
-    ({"workflow": {"nodes": "zzz"}}, 422, "Invalid workflow definition"),
-])
-async def test_execute_errors_are_readable(service: Service, body: dict[str, Any], status: int,
-                                           detail: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"workflowId": "missing", "inputs": {}}, 404, "Workflow missing not found"),
+        ({"inputs": {}}, 422, "workflowId is required"),
+        ({"workflowId": "wf1", "inputs": "nope"}, 422, "inputs"),
+        (
+            {"workflow": {"nodes": [{"id": "x", "type": "opcua"}, {"id": "y", "type": "mqtt"}]}},
+            422,
+            "Unsupported node types: opcua (node x), mqtt (node y)",
+        ),
+        ({"workflow": {"nodes": "zzz"}}, 422, "Invalid workflow definition"),
+    ],
+)
+async def test_execute_errors_are_readable(
+    service: Service, body: dict[str, Any], status: int, detail: str
+) -> None:
     await service.add_workflow("wf1", SIMPLE)
     r = await service.execute(**body)
     assert r.status_code == status
     assert isinstance(r.json()["detail"], str) and detail in r.json()["detail"]
-    count = await asyncio.to_thread(lambda: sqlite3.connect(service.db).execute(
-        "SELECT COUNT(*) FROM workflow_executions").fetchone())
+    count = await asyncio.to_thread(
+        lambda: (
+            sqlite3.connect(service.db)
+            .execute("SELECT COUNT(*) FROM workflow_executions")
+            .fetchone()
+        )
+    )
     assert count == (0,)
 
 
 async def test_malformed_json_body_is_422_with_string_detail(service: Service) -> None:
-    r = await service.client.post("/api/workflows/execute", content=b"{oops",
-                                  headers={"content-type": "application/json"})
+    r = await service.client.post(
+        "/api/workflows/execute", content=b"{oops", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and "Malformed JSON" in r.json()["detail"]
 
 
@@ -157,9 +118,10 @@ async def test_oversized_body_is_413(service: Service, monkeypatch: pytest.Monke
 
 
 async def test_cycle_fails_cleanly_without_running_nodes(service: Service) -> None:
-    cyclic = {"nodes": [{"id": "a", "type": "output"}, {"id": "b", "type": "output"}],
-              "connections": [{"fromNodeId": "a", "toNodeId": "b"},
-                              {"fromNodeId": "b", "toNodeId": "a"}]}
+    cyclic = {
+        "nodes": [{"id": "a", "type": "output"}, {"id": "b", "type": "output"}],
+        "connections": [{"fromNodeId": "a", "toNodeId": "b"}, {"fromNodeId": "b", "toNodeId": "a"}],
+    }
     r = await service.execute(workflow=cyclic, inputs={})
     final = await service.wait(r.json()["executionId"])
     assert final["status"] == "failed" and "Circular dependency detected" in final["error"]
@@ -174,34 +136,56 @@ async def test_empty_workflow_completes_at_100_percent(service: Service) -> None
 
 
 async def test_unknown_execution_is_404_everywhere(service: Service) -> None:
-    for method, path in [("GET", "/api/executions/zz"), ("GET", "/api/executions/zz/logs"),
-                         ("POST", "/api/executions/zz/cancel")]:
+    for method, path in [
+        ("GET", "/api/executions/zz"),
+        ("GET", "/api/executions/zz/logs"),
+        ("POST", "/api/executions/zz/cancel"),
+    ]:
         r = await service.client.request(method, path)
         assert r.status_code == 404 and r.json() == {"detail": "Execution zz not found"}
 
 
 async def test_cancel_without_body_and_second_cancel(service: Service) -> None:
-    slow = {"nodes": [{"id": "h", "type": "http",
-                       "config": {"httpUrl": "http://127.0.0.1:9/never", "timeoutMs": 60000}}]}
+    slow = {
+        "nodes": [
+            {
+                "id": "h",
+                "type": "http",
+                "config": {"httpUrl": "http://127.0.0.1:9/never", "timeoutMs": 60000},
+            }
+        ]
+    }
     eid = (await service.execute(workflow=slow, inputs={})).json()["executionId"]
-    r = await service.client.post(f"/api/executions/{eid}/cancel",
-                                  headers={"content-type": "application/json"})
+    r = await service.client.post(
+        f"/api/executions/{eid}/cancel", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 200
     assert r.json()["success"] is True and r.json()["previousStatus"] in ("pending", "running")
     final = await service.wait(eid)
     assert final["status"] == "cancelled" and final["completedAt"] is not None
     again = (await service.client.post(f"/api/executions/{eid}/cancel")).json()
-    assert again == {"success": False, "executionId": eid, "previousStatus": "cancelled",
-                     "message": "Cannot cancel execution with status 'cancelled'"}
+    assert again == {
+        "success": False,
+        "executionId": eid,
+        "previousStatus": "cancelled",
+        "message": "Cannot cancel execution with status 'cancelled'",
+    }
 
 
 async def test_status_endpoint_serves_rows_written_by_node(service: Service) -> None:
     await service.sql(
         ("INSERT INTO workflows (id, name, data) VALUES ('w', 'W', '{}')", ()),
-        ("INSERT INTO workflow_executions (id, workflowId, organizationId, status, triggerType) "
-         "VALUES ('n1', 'w', NULL, 'paused', 'single_node')", ()),
-        ("INSERT INTO execution_logs (id, executionId, nodeId, status, timestamp) "
-         "VALUES ('l1', 'n1', 'a', 'error', '2025-01-01T00:00:00.000Z')", ()))
+        (
+            "INSERT INTO workflow_executions (id, workflowId, organizationId, status, triggerType) "
+            "VALUES ('n1', 'w', NULL, 'paused', 'single_node')",
+            (),
+        ),
+        (
+            "INSERT INTO execution_logs (id, executionId, nodeId, status, timestamp) "
+            "VALUES ('l1', 'n1', 'a', 'error', '2025-01-01T00:00:00.000Z')",
+            (),
+        ),
+    )
     body = (await service.client.get("/api/executions/n1")).json()
     assert body["status"] == "paused" and body["progress"]["failedNodes"] == 1
     assert body["logs"][0]["id"] == "l1" and body["attempts"] is None
@@ -209,14 +193,25 @@ async def test_status_endpoint_serves_rows_written_by_node(service: Service) -> 
 
 async def test_node_execute_success_and_failures(service: Service) -> None:
     base = {"workflowId": "w", "nodeId": "n1"}
-    ok = await service.client.post("/api/nodes/execute", json={
-        **base, "nodeType": "addField", "inputData": {"a": 1},
-        "node": {"id": "n1", "type": "addField", "config": {"addFieldName": "b",
-                                                            "addFieldValue": "2"}}})
+    ok = await service.client.post(
+        "/api/nodes/execute",
+        json={
+            **base,
+            "nodeType": "addField",
+            "inputData": {"a": 1},
+            "node": {
+                "id": "n1",
+                "type": "addField",
+                "config": {"addFieldName": "b", "addFieldValue": "2"},
+            },
+        },
+    )
     assert ok.status_code == 200 and ok.json()["success"] is True
     assert ok.json()["output"]["outputData"] == {"a": 1, "b": "2"}
-    unknown = await service.client.post("/api/nodes/execute", json={
-        **base, "nodeType": "opcua", "node": {"id": "n1"}, "inputData": [1, 2]})
+    unknown = await service.client.post(
+        "/api/nodes/execute",
+        json={**base, "nodeType": "opcua", "node": {"id": "n1"}, "inputData": [1, 2]},
+    )
     assert unknown.status_code == 200 and unknown.json()["success"] is False
     assert "No handler found for node type: opcua" in unknown.json()["error"]
     missing = await service.client.post("/api/nodes/execute", json=base)
@@ -225,22 +220,31 @@ async def test_node_execute_success_and_failures(service: Service) -> None:
 
 async def test_workflow_history(service: Service) -> None:
     await service.add_workflow("wf1", SIMPLE, name="Simple")
-    ids = [(await service.execute(workflowId="wf1", inputs={})).json()["executionId"]
-           for _ in range(3)]
+    ids = [
+        (await service.execute(workflowId="wf1", inputs={})).json()["executionId"] for _ in range(3)
+    ]
     for eid in ids:
         await service.wait(eid)
     r = await service.client.get("/api/workflows/wf1/executions?limit=2")
     body = r.json()
     assert body["workflowName"] == "Simple" and body["total"] == 3 and len(body["executions"]) == 2
-    assert set(body["executions"][0]) == {"id", "workflowId", "status", "createdAt", "startedAt",
-                                          "completedAt", "error"}
+    assert set(body["executions"][0]) == {
+        "id",
+        "workflowId",
+        "status",
+        "createdAt",
+        "startedAt",
+        "completedAt",
+        "error",
+    }
     assert (await service.client.get("/api/workflows/nope/executions")).status_code == 404
     bad = await service.client.get("/api/workflows/wf1/executions?limit=abc")
     assert bad.status_code == 422 and isinstance(bad.json()["detail"], str)
 
 
-async def test_api_keys_guard_everything_but_health(service: Service,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_api_keys_guard_everything_but_health(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("API_KEYS", "k1, k2")
     get_settings.cache_clear()
     assert (await service.client.get("/")).status_code == 200

@@ -3,32 +3,22 @@
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from database import LogRow, Store, open_store
-from tests.support import node_backend_sqlite, postgres_database
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        s = await open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        yield s
-        await s.close()
-        return
-    async for url in postgres_database():
-        s = await open_store(url)
-        yield s
-        await s.close()
+from tests.support import node_backend_sqlite
 
 
 async def add(store: Store, eid: str, **kw: object) -> None:
     await store.create_execution(
-        execution_id=eid, workflow_id=str(kw.get("workflow_id", "wf1")), workflow_name="WF",
-        organization_id="org", inputs={"x": 1}, definition='{"nodes": []}', mode="inline")
+        execution_id=eid,
+        workflow_id=str(kw.get("workflow_id", "wf1")),
+        workflow_name="WF",
+        organization_id="org",
+        inputs={"x": 1},
+        definition='{"nodes": []}',
+        mode="inline",
+    )
 
 
 async def test_create_execution_commits_pending_row(store: Store) -> None:
@@ -36,7 +26,10 @@ async def test_create_execution_commits_pending_row(store: Store) -> None:
     row = await store.get_execution("e1")
     assert row is not None
     assert (row["status"], row["organizationId"], json.loads(row["inputs"])) == (
-        "pending", "org", {"x": 1})
+        "pending",
+        "org",
+        {"x": 1},
+    )
     assert row["createdAt"].endswith("Z") and row["triggerType"] == "manual"
     assert await store.get_execution("nope") is None
 
@@ -82,18 +75,33 @@ async def test_checkpoint_and_finish_never_overwrite_cancel(store: Store) -> Non
     await store.claim("w", 1, 15)
     assert await store.start("e1", total_nodes=2, mode="inline", mode_reason=None)
     rows = [LogRow("a", "trigger", "A", "running")]
-    assert await store.checkpoint("e1", rows, current_node_id="a", node_results="{}",
-                                  counts={"completedNodes": 0, "failedNodes": 0, "skippedNodes": 0})
+    assert await store.checkpoint(
+        "e1",
+        rows,
+        current_node_id="a",
+        node_results="{}",
+        counts={"completedNodes": 0, "failedNodes": 0, "skippedNodes": 0},
+    )
     assert await store.cancel("e1") == ("running", True)
-    late = [LogRow("a", "trigger", "A", "completed", output_json="{}", duration_ms=3),
-            LogRow("b", "output", "B", "running")]
-    assert not await store.checkpoint("e1", late, current_node_id="b",
-                                      node_results='{"a": {}}', counts={"completedNodes": 1, "failedNodes": 0, "skippedNodes": 0})
+    late = [
+        LogRow("a", "trigger", "A", "completed", output_json="{}", duration_ms=3),
+        LogRow("b", "output", "B", "running"),
+    ]
+    assert not await store.checkpoint(
+        "e1",
+        late,
+        current_node_id="b",
+        node_results='{"a": {}}',
+        counts={"completedNodes": 1, "failedNodes": 0, "skippedNodes": 0},
+    )
     assert not await store.finish("e1", status="completed", error=None, node_results="{}")
     row = await store.get_execution("e1")
     assert row is not None
     assert (row["status"], row["error"], row["currentNodeId"]) == (
-        "cancelled", "Execution cancelled by user", "a")
+        "cancelled",
+        "Execution cancelled by user",
+        "a",
+    )
     assert row["completedAt"] is not None
     logs = await store.get_logs("e1")
     assert [(r["nodeId"], r["status"]) for r in logs] == [("a", "running"), ("a", "completed")]
@@ -112,11 +120,17 @@ async def test_logs_keep_insertion_order_and_last_n(store: Store) -> None:
     await store.claim("w", 1, 15)
     await store.start("e1", total_nodes=12, mode="inline", mode_reason=None)
     for i in range(12):
-        await store.checkpoint("e1", [LogRow(f"n{i}", "t", "L", "running")],
-                               current_node_id=f"n{i}", node_results=None, counts={})
+        await store.checkpoint(
+            "e1",
+            [LogRow(f"n{i}", "t", "L", "running")],
+            current_node_id=f"n{i}",
+            node_results=None,
+            counts={},
+        )
     assert [r["nodeId"] for r in await store.get_logs("e1")] == [f"n{i}" for i in range(12)]
     assert [r["nodeId"] for r in await store.get_logs("e1", last=10)] == [
-        f"n{i}" for i in range(2, 12)]
+        f"n{i}" for i in range(2, 12)
+    ]
 
 
 async def test_list_executions_newest_first(store: Store) -> None:
@@ -130,13 +144,18 @@ async def test_list_executions_newest_first(store: Store) -> None:
 async def test_node_backend_schema_is_used_as_is(tmp_path: Path) -> None:
     path = tmp_path / "node.sqlite"
     url = node_backend_sqlite(path)
-    before = sqlite3.connect(path).execute(
-        "SELECT sql FROM sqlite_master WHERE name='workflow_executions'").fetchone()
+    before = (
+        sqlite3.connect(path)
+        .execute("SELECT sql FROM sqlite_master WHERE name='workflow_executions'")
+        .fetchone()
+    )
     store = await open_store(url)
     await add(store, "e1")
     await store.close()
     conn = sqlite3.connect(path)
-    after = conn.execute("SELECT sql FROM sqlite_master WHERE name='workflow_executions'").fetchone()
+    after = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE name='workflow_executions'"
+    ).fetchone()
     assert before == after
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("SELECT status FROM workflow_executions").fetchall() == [("pending",)]

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Service
 from tests.e2e import MockServer
-from tests.test_api import Service, service  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -17,12 +17,16 @@ def flaky() -> Iterator[MockServer]:
     """`/flaky` fails with 500 while `state["fail"]` is true; `/slow` and `/slower` answer
     after 0.3 s and 1.5 s."""
     state = {"fail": True}
-    server = MockServer({
-        ("GET", "/ok"): lambda _: (200, {"ok": True}),
-        ("GET", "/flaky"): lambda _: (500, {"error": "down"}) if state["fail"] else (200, {"v": 1}),
-        ("GET", "/slow"): lambda _: (200, 0.3),
-        ("GET", "/slower"): lambda _: (200, 1.5),
-    })
+    server = MockServer(
+        {
+            ("GET", "/ok"): lambda _: (200, {"ok": True}),
+            ("GET", "/flaky"): lambda _: (
+                (500, {"error": "down"}) if state["fail"] else (200, {"v": 1})
+            ),
+            ("GET", "/slow"): lambda _: (200, 0.3),
+            ("GET", "/slower"): lambda _: (200, 1.5),
+        }
+    )
     server.state = state  # type: ignore[attr-defined]
     yield server
     server.close()
@@ -31,32 +35,55 @@ def flaky() -> Iterator[MockServer]:
 def chain(port: int, *paths: str, **config: Any) -> dict[str, Any]:
     nodes = [{"id": "t", "type": "trigger"}]
     for i, path in enumerate(paths):
-        nodes.append({"id": f"h{i}", "type": "http",
-                      "config": {"httpUrl": f"http://127.0.0.1:{port}{path}", **config}})
+        nodes.append(
+            {
+                "id": f"h{i}",
+                "type": "http",
+                "config": {"httpUrl": f"http://127.0.0.1:{port}{path}", **config},
+            }
+        )
     ids = [n["id"] for n in nodes]
-    return {"nodes": nodes, "connections": [{"fromNodeId": a, "toNodeId": b}
-                                            for a, b in zip(ids, ids[1:], strict=False)]}
+    return {
+        "nodes": nodes,
+        "connections": [
+            {"fromNodeId": a, "toNodeId": b} for a, b in zip(ids, ids[1:], strict=False)
+        ],
+    }
 
 
 async def test_idempotency_key_returns_the_same_execution(service: Service) -> None:
-    body = {"workflow": {"nodes": [{"id": "t", "type": "trigger"}]}, "inputs": {},
-            "organizationId": "org_a"}
+    body = {
+        "workflow": {"nodes": [{"id": "t", "type": "trigger"}]},
+        "inputs": {},
+        "organizationId": "org_a",
+    }
     post = service.client.post
     first = await post("/api/workflows/execute", json=body, headers={"Idempotency-Key": "k1"})
     again = await post("/api/workflows/execute", json=body, headers={"Idempotency-Key": "k1"})
     assert first.status_code == again.status_code == 200
     assert again.json()["executionId"] == first.json()["executionId"]
-    other_org = await post("/api/workflows/execute", json={**body, "organizationId": "org_b"},
-                           headers={"Idempotency-Key": "k1"})
+    other_org = await post(
+        "/api/workflows/execute",
+        json={**body, "organizationId": "org_b"},
+        headers={"Idempotency-Key": "k1"},
+    )
     assert other_org.json()["executionId"] != first.json()["executionId"]
-    changed = await post("/api/workflows/execute", json={**body, "inputs": {"x": 1}},
-                         headers={"Idempotency-Key": "k1"})
+    changed = await post(
+        "/api/workflows/execute",
+        json={**body, "inputs": {"x": 1}},
+        headers={"Idempotency-Key": "k1"},
+    )
     assert changed.status_code == 409 and "different request body" in changed.json()["detail"]
     await service.wait(first.json()["executionId"])
     later = await post("/api/workflows/execute", json=body, headers={"Idempotency-Key": "k1"})
     assert later.json()["status"] == "completed"
-    count = await asyncio.to_thread(lambda: sqlite3.connect(service.db).execute(
-        "SELECT COUNT(*) FROM workflow_executions").fetchone())
+    count = await asyncio.to_thread(
+        lambda: (
+            sqlite3.connect(service.db)
+            .execute("SELECT COUNT(*) FROM workflow_executions")
+            .fetchone()
+        )
+    )
     assert count == (2,)
 
 
@@ -79,8 +106,7 @@ async def test_retry_reuses_completed_nodes(service: Service, flaky: MockServer)
     assert len(flaky.calls("GET", "/ok")) == ok_calls + 1  # only h2 ran again
     assert final["progress"]["completedNodes"] == 4
 
-    scratch = await service.client.post(f"/api/executions/{eid}/retry",
-                                        json={"fromScratch": True})
+    scratch = await service.client.post(f"/api/executions/{eid}/retry", json={"fromScratch": True})
     final = await service.wait(scratch.json()["executionId"])
     assert "reusedFrom" not in final["nodeResults"]["h0"]
     assert len(flaky.calls("GET", "/ok")) == ok_calls + 3
@@ -95,9 +121,12 @@ async def test_retry_refuses_other_statuses(service: Service) -> None:
 
 
 async def test_network_nodes_retry_with_backoff_and_count_attempts(
-        service: Service, flaky: MockServer) -> None:
+    service: Service, flaky: MockServer
+) -> None:
     wf = chain(flaky.port, "/flaky", retryDelayMs=10)
-    final = await service.wait((await service.execute(workflow=wf, inputs={})).json()["executionId"])
+    final = await service.wait(
+        (await service.execute(workflow=wf, inputs={})).json()["executionId"]
+    )
     assert len(flaky.calls("GET", "/flaky")) == 3  # 1 + 2 retries (Decision 12)
     assert final["nodeResults"]["h0"]["attempts"] == 3
     assert [log["status"] for log in final["logs"] if log["nodeId"] == "h0"] == ["running", "error"]
@@ -105,7 +134,9 @@ async def test_network_nodes_retry_with_backoff_and_count_attempts(
 
 async def test_timeout_is_a_clear_node_error(service: Service, flaky: MockServer) -> None:
     wf = chain(flaky.port, "/slow", timeoutMs=50, retries=0)
-    final = await service.wait((await service.execute(workflow=wf, inputs={})).json()["executionId"])
+    final = await service.wait(
+        (await service.execute(workflow=wf, inputs={})).json()["executionId"]
+    )
     assert final["status"] == "failed"
     assert "timed out after 0.05 s" in final["nodeResults"]["h0"]["error"]
 
@@ -148,17 +179,24 @@ async def logs_of(service: Service, eid: str) -> list[dict[str, Any]]:
     return list((await service.client.get(f"/api/executions/{eid}/logs")).json()["logs"])
 
 
-async def test_cancel_written_by_node_backend_stops_the_run(service: Service,
-                                                            flaky: MockServer) -> None:
+async def test_cancel_written_by_node_backend_stops_the_run(
+    service: Service, flaky: MockServer
+) -> None:
     wf = chain(flaky.port, "/slower", "/slower", "/slower", "/slower")
     eid = (await service.execute(workflow=wf, inputs={})).json()["executionId"]
     while not any(log["nodeId"] == "h0" for log in await logs_of(service, eid)):
         await asyncio.sleep(0.01)
-    await service.sql(("UPDATE workflow_executions SET status='cancelled', "
-                       "completedAt='2030-01-01T00:00:00.000Z' WHERE id=?", (eid,)))
+    await service.sql(
+        (
+            "UPDATE workflow_executions SET status='cancelled', "
+            "completedAt='2030-01-01T00:00:00.000Z' WHERE id=?",
+            (eid,),
+        )
+    )
     final = await service.wait(eid)
     await asyncio.sleep(0.5)
     logs = await logs_of(service, eid)
     assert final["status"] == "cancelled" and len(flaky.calls("GET", "/slower")) == 1
     assert [log["error"] for log in logs if log["status"] == "error"] == [
-        "Execution cancelled by user"]
+        "Execution cancelled by user"
+    ]

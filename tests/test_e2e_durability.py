@@ -21,11 +21,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def mock() -> Iterator[MockServer]:
-    server = MockServer({
-        ("GET", "/first"): lambda _: (200, {"step": 1}),
-        ("GET", "/slow"): lambda _: (200, 2.5),
-        ("GET", "/last"): lambda _: (200, {"step": 3}),
-    })
+    server = MockServer(
+        {
+            ("GET", "/first"): lambda _: (200, {"step": 1}),
+            ("GET", "/slow"): lambda _: (200, 2.5),
+            ("GET", "/last"): lambda _: (200, {"step": 3}),
+        }
+    )
     yield server
     server.close()
 
@@ -33,13 +35,20 @@ def mock() -> Iterator[MockServer]:
 def three_steps(port: int) -> dict[str, Any]:
     nodes = [{"id": "t", "type": "trigger"}] + [
         {"id": name, "type": "http", "config": {"httpUrl": f"http://127.0.0.1:{port}/{name}"}}
-        for name in ("first", "slow", "last")]
+        for name in ("first", "slow", "last")
+    ]
     ids = [n["id"] for n in nodes]
-    return {"nodes": nodes, "connections": [{"fromNodeId": a, "toNodeId": b}
-                                            for a, b in zip(ids, ids[1:], strict=False)]}
+    return {
+        "nodes": nodes,
+        "connections": [
+            {"fromNodeId": a, "toNodeId": b} for a, b in zip(ids, ids[1:], strict=False)
+        ],
+    }
 
 
-def wait_for_log(svc: RunningService, eid: str, node: str, status: str, timeout: float = 60) -> None:
+def wait_for_log(
+    svc: RunningService, eid: str, node: str, status: str, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(log["nodeId"] == node and log["status"] == status for log in svc.row(eid)["logs"]):
@@ -50,7 +59,8 @@ def wait_for_log(svc: RunningService, eid: str, node: str, status: str, timeout:
 
 @pytest.mark.parametrize("mode", ["prefect", "inline"])
 def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
-        tmp_path: Path, mock: MockServer, mode: str) -> None:
+    tmp_path: Path, mock: MockServer, mode: str
+) -> None:
     svc = RunningService(tmp_path, mode)
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
@@ -61,7 +71,9 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
     again = RunningService(tmp_path, mode, API_PORT=str(svc.port))
     try:
         final = again.wait(eid)
-        states = sorted(r["state"]["type"] for r in again.prefect_runs(eid)) if mode == "prefect" else []
+        states = (
+            sorted(r["state"]["type"] for r in again.prefect_runs(eid)) if mode == "prefect" else []
+        )
     finally:
         again.stop()
     assert final["status"] == "completed"
@@ -76,8 +88,9 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
         assert states == ["COMPLETED", "CRASHED"]  # the dead worker's run is closed, not RUNNING
 
 
-def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(tmp_path: Path,
-                                                            mock: MockServer) -> None:
+def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(
+    tmp_path: Path, mock: MockServer
+) -> None:
     svc = RunningService(tmp_path, "prefect")
     try:
         svc.add_workflow("wf", three_steps(mock.port))
@@ -104,8 +117,9 @@ def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(tmp_path: Path,
     assert len(mock.calls("GET", "/last")) == 0
 
 
-def test_sigterm_drains_in_flight_node_and_restart_finishes(tmp_path: Path,
-                                                            mock: MockServer) -> None:
+def test_sigterm_drains_in_flight_node_and_restart_finishes(
+    tmp_path: Path, mock: MockServer
+) -> None:
     svc = RunningService(tmp_path, "inline")
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
@@ -115,7 +129,9 @@ def test_sigterm_drains_in_flight_node_and_restart_finishes(tmp_path: Path,
     row = svc.row(eid)
     assert row["status"] == "running"
     assert [log["status"] for log in row["logs"] if log["nodeId"] == "slow"] == [
-        "running", "completed"]  # the in-flight node finished inside the grace period
+        "running",
+        "completed",
+    ]  # the in-flight node finished inside the grace period
     assert not any(log["nodeId"] == "last" for log in row["logs"])
 
     again = RunningService(tmp_path, "inline", API_PORT=str(svc.port))
@@ -136,10 +152,12 @@ errors, worst, seen, own = [], 0.0, set(), 0
 while not os.path.exists(stop):
     try:
         ids = [r[0] for r in conn.execute(
-            "SELECT id FROM workflow_executions WHERE triggeredByName IS NULL AND id NOT LIKE 'node_%'")]
+            "SELECT id FROM workflow_executions "
+            "WHERE triggeredByName IS NULL AND id NOT LIKE 'node_%'")]
         for eid in ids:
             t = time.monotonic()
-            conn.execute("UPDATE workflow_executions SET triggeredByName = 'Ana', versionNumber = 3 "
+            conn.execute("UPDATE workflow_executions SET triggeredByName = 'Ana', "
+                         "versionNumber = 3 "
                          "WHERE id = ?", (eid,))
             worst = max(worst, time.monotonic() - t)
             seen.add(eid)
@@ -160,11 +178,15 @@ print(json.dumps({"errors": errors, "worst": worst, "updated": len(seen), "own":
 
 
 def test_node_backend_writing_the_same_file_never_sees_a_lock_error(
-        tmp_path: Path, mock: MockServer) -> None:
+    tmp_path: Path, mock: MockServer
+) -> None:
     svc = RunningService(tmp_path, "inline")
     stop = tmp_path / "stop-writer"
-    writer = subprocess.Popen([sys.executable, "-c", NODE_WRITER, str(svc.db), str(stop)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", NODE_WRITER, str(svc.db), str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         wf = three_steps(mock.port)
         wf["nodes"][2]["config"]["httpUrl"] = wf["nodes"][1]["config"]["httpUrl"]  # no slow node
@@ -181,7 +203,10 @@ def test_node_backend_writing_the_same_file_never_sees_a_lock_error(
     assert report["errors"] == [], report["errors"][:3]
     assert report["worst"] < 5.0  # the Node backend's busy timeout
     conn = sqlite3.connect(svc.db)
-    assert conn.execute("SELECT COUNT(*) FROM workflow_executions WHERE id LIKE 'node_%' "
-                        "AND status = 'running'").fetchone() == (report["own"],)  # Decision 9
-    assert conn.execute("SELECT COUNT(*) FROM workflow_executions WHERE triggeredByName = 'Ana' "
-                        "AND id NOT LIKE 'node_%'").fetchone() == (50,)
+    assert conn.execute(
+        "SELECT COUNT(*) FROM workflow_executions WHERE id LIKE 'node_%' AND status = 'running'"
+    ).fetchone() == (report["own"],)  # Decision 9
+    assert conn.execute(
+        "SELECT COUNT(*) FROM workflow_executions WHERE triggeredByName = 'Ana' "
+        "AND id NOT LIKE 'node_%'"
+    ).fetchone() == (50,)

@@ -13,8 +13,11 @@ from tests.support import load_fixture
 
 pytestmark = pytest.mark.slow
 
-SENSORS = [{"sensor": "S1", "value": 42}, {"sensor": "S2", "value": 77},
-           {"sensor": "S3", "value": "91.5"}]
+SENSORS = [
+    {"sensor": "S1", "value": 42},
+    {"sensor": "S2", "value": 77},
+    {"sensor": "S3", "value": "91.5"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +25,34 @@ def mock() -> Iterator[MockServer]:
     def alerts(req: dict[str, Any]) -> tuple[int, Any]:
         return 201, {"received": len(json.loads(req["body"]))}
 
-    server = MockServer({
-        ("GET", "/api/sensors"): lambda _: (200, SENSORS),
-        ("GET", "/variant/api/sensors"): lambda _: (200, SENSORS[:1]),
-        ("POST", "/api/alerts"): alerts,
-        ("POST", "/variant/api/alerts"): alerts,
-        ("GET", "/api/broken"): lambda _: (500, {"error": "boom"}),
-    })
+    server = MockServer(
+        {
+            ("GET", "/api/sensors"): lambda _: (200, SENSORS),
+            ("GET", "/variant/api/sensors"): lambda _: (200, SENSORS[:1]),
+            ("POST", "/api/alerts"): alerts,
+            ("POST", "/variant/api/alerts"): alerts,
+            ("GET", "/api/broken"): lambda _: (500, {"error": "boom"}),
+        }
+    )
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module", params=["prefect", "inline"])
-def svc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-        mock: MockServer) -> Iterator[RunningService]:
+def svc(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mock: MockServer
+) -> Iterator[RunningService]:
     service = RunningService(tmp_path_factory.mktemp(request.param), request.param)
-    fixtures = {name: load_fixture(name, mock.port) for name in (
-        "01_threshold_branch", "02_spreadsheet_join_split", "03_http_perrow_alerts",
-        "05_webhook_templated_field", "08_failure_isolation")}
+    fixtures = {
+        name: load_fixture(name, mock.port)
+        for name in (
+            "01_threshold_branch",
+            "02_spreadsheet_join_split",
+            "03_http_perrow_alerts",
+            "05_webhook_templated_field",
+            "08_failure_isolation",
+        )
+    }
     for name, data in fixtures.items():
         service.add_workflow(name, data)
     inner = json.loads(json.dumps(fixtures["02_spreadsheet_join_split"]))
@@ -77,10 +90,16 @@ def assert_skipped(row: dict[str, Any], nid: str) -> None:
     assert statuses(row, nid) == ["skipped"]
 
 
-FX01 = {"T": "c226ee02-e5b2-4450-916f-c135f914065d", "MI": "bd1017be-92d2-4800-849b-340440c1b4a0",
-        "CO": "3e699937-a8f3-464e-85f1-0a26108750c4", "AF_T": "e5113492-aa59-4b98-a400-dc8f2280b52e",
-        "AF_F": "8ce4e1e9-8947-4c8b-95f9-a6a97ecb8939", "OUT_T": "927a4c4e-5068-4adf-85ff-91e53d64ce3b",
-        "OUT_F": "8f54e06d-ed3f-4df7-9c79-522e5ad5164c", "CM": "a0914271-06d8-4b42-aeab-fcc016484b51"}
+FX01 = {
+    "T": "c226ee02-e5b2-4450-916f-c135f914065d",
+    "MI": "bd1017be-92d2-4800-849b-340440c1b4a0",
+    "CO": "3e699937-a8f3-464e-85f1-0a26108750c4",
+    "AF_T": "e5113492-aa59-4b98-a400-dc8f2280b52e",
+    "AF_F": "8ce4e1e9-8947-4c8b-95f9-a6a97ecb8939",
+    "OUT_T": "927a4c4e-5068-4adf-85ff-91e53d64ce3b",
+    "OUT_F": "8f54e06d-ed3f-4df7-9c79-522e5ad5164c",
+    "CM": "a0914271-06d8-4b42-aeab-fcc016484b51",
+}
 
 
 def test_01_run_a_true_branch(svc: RunningService) -> None:
@@ -121,10 +140,38 @@ def test_01_runs_b_c_false_branch(svc: RunningService, value: Any, expected: int
 
 
 JOINED = [
-    {"order_id": "O-1001", "customer_id": "C1", "amount": "120.50", "name": "Widget", "B_name": "Acme", "region": "EU"},
-    {"order_id": "O-1002", "customer_id": "C2", "amount": "80", "name": "Gadget", "B_name": "Globex", "region": "US"},
-    {"order_id": "O-1003", "customer_id": "C9", "amount": "15", "name": "Bolt", "B_name": "", "region": ""},
-    {"order_id": "", "customer_id": "C3", "amount": "", "name": "", "B_name": "Initech", "region": "US"},
+    {
+        "order_id": "O-1001",
+        "customer_id": "C1",
+        "amount": "120.50",
+        "name": "Widget",
+        "B_name": "Acme",
+        "region": "EU",
+    },
+    {
+        "order_id": "O-1002",
+        "customer_id": "C2",
+        "amount": "80",
+        "name": "Gadget",
+        "B_name": "Globex",
+        "region": "US",
+    },
+    {
+        "order_id": "O-1003",
+        "customer_id": "C9",
+        "amount": "15",
+        "name": "Bolt",
+        "B_name": "",
+        "region": "",
+    },
+    {
+        "order_id": "",
+        "customer_id": "C3",
+        "amount": "",
+        "name": "",
+        "B_name": "Initech",
+        "region": "US",
+    },
 ]
 
 
@@ -136,12 +183,15 @@ def split_b(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r[k] for k in ("customer_id", "region")} for r in rows]
 
 
-@pytest.mark.parametrize(("wid", "joined"), [("02_spreadsheet_join_split", JOINED),
-                                             ("02_inner", JOINED[:2])])
+@pytest.mark.parametrize(
+    ("wid", "joined"), [("02_spreadsheet_join_split", JOINED), ("02_inner", JOINED[:2])]
+)
 def test_02_join_and_split(svc: RunningService, wid: str, joined: list[dict[str, Any]]) -> None:
     row = run(svc, wid)
     data = load_fixture("02_spreadsheet_join_split")
-    parsed = {n["id"]: n["config"]["parsedData"] for n in data["nodes"] if n["type"] == "excelInput"}
+    parsed = {
+        n["id"]: n["config"]["parsedData"] for n in data["nodes"] if n["type"] == "excelInput"
+    }
     assert row["status"] == "completed"
     for nid, rows in parsed.items():
         assert out(row, nid) == rows
@@ -191,18 +241,30 @@ def test_03_variant_both_branches_still_run(svc: RunningService) -> None:
     assert out(row, "n_normal_out") == [{"sensor": "S1", "value": 42, "status": "normal"}]
 
 
-W, AF, OUT = ("b16ecdeb-5f84-4a60-95b1-4675cc8779e3", "be7d1b50-5451-4da0-ae34-e6474e040d13",
-              "1775ab2e-46fa-4343-97a0-8e7818d5ec03")
+W, AF, OUT = (
+    "b16ecdeb-5f84-4a60-95b1-4675cc8779e3",
+    "be7d1b50-5451-4da0-ae34-e6474e040d13",
+    "1775ab2e-46fa-4343-97a0-8e7818d5ec03",
+)
 
 
-@pytest.mark.parametrize(("body", "greeted"), [
-    ([{"name": "Ana", "plan": "pro"}, {"name": "Luis", "plan": "free"}],
-     [{"name": "Ana", "plan": "pro", "greeting": "Welcome, Ana!"},
-      {"name": "Luis", "plan": "free", "greeting": "Welcome, Luis!"}]),
-    ({"name": "Eva", "email": "eva@example.com"},
-     {"name": "Eva", "email": "eva@example.com", "greeting": "Welcome, Eva!"}),
-    (None, {"greeting": "Welcome, {{name}}!"}),
-])
+@pytest.mark.parametrize(
+    ("body", "greeted"),
+    [
+        (
+            [{"name": "Ana", "plan": "pro"}, {"name": "Luis", "plan": "free"}],
+            [
+                {"name": "Ana", "plan": "pro", "greeting": "Welcome, Ana!"},
+                {"name": "Luis", "plan": "free", "greeting": "Welcome, Luis!"},
+            ],
+        ),
+        (
+            {"name": "Eva", "email": "eva@example.com"},
+            {"name": "Eva", "email": "eva@example.com", "greeting": "Welcome, Eva!"},
+        ),
+        (None, {"greeting": "Welcome, {{name}}!"}),
+    ],
+)
 def test_05_webhook_templating(svc: RunningService, body: Any, greeted: Any) -> None:
     inputs = {} if body is None else {"_webhookData": body}
     row = run(svc, "05_webhook_templated_field", inputs)
@@ -220,7 +282,9 @@ def test_08_failure_isolation(svc: RunningService, mock: MockServer) -> None:
     assert 1 <= len(mock.calls("GET", "/api/broken")) - before <= 3
     assert row["status"] == "failed" and row["completedAt"]
     assert "node_2" in row["error"]
-    error_logs = [log for log in row["logs"] if log["nodeId"] == "node_2" and log["status"] == "error"]
+    error_logs = [
+        log for log in row["logs"] if log["nodeId"] == "node_2" and log["status"] == "error"
+    ]
     assert len(error_logs) == 1 and "500" in error_logs[0]["error"]
     assert isinstance(error_logs[0]["duration"], int)
     assert_skipped(row, "node_3")
@@ -235,8 +299,7 @@ def test_every_log_row_is_strict_json(svc: RunningService) -> None:
     import sqlite3
 
     conn = sqlite3.connect(Path(svc.db))
-    for input_data, output_data in conn.execute(
-            "SELECT inputData, outputData FROM execution_logs"):
+    for input_data, output_data in conn.execute("SELECT inputData, outputData FROM execution_logs"):
         for text in (input_data, output_data):
             if text is not None:
                 json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))

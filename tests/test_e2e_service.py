@@ -27,16 +27,24 @@ def small_workflow(port: int) -> dict[str, object]:
         "nodes": [
             {"id": "t", "type": "trigger"},
             {"id": "h", "type": "http", "config": {"httpUrl": f"http://127.0.0.1:{port}/api/item"}},
-            {"id": "a", "type": "addField", "config": {"addFieldName": "ok", "addFieldValue": "yes"}},
+            {
+                "id": "a",
+                "type": "addField",
+                "config": {"addFieldName": "ok", "addFieldValue": "yes"},
+            },
             {"id": "o", "type": "output"},
         ],
-        "connections": [{"fromNodeId": "t", "toNodeId": "h"}, {"fromNodeId": "h", "toNodeId": "a"},
-                        {"fromNodeId": "a", "toNodeId": "o"}],
+        "connections": [
+            {"fromNodeId": "t", "toNodeId": "h"},
+            {"fromNodeId": "h", "toNodeId": "a"},
+            {"fromNodeId": "a", "toNodeId": "o"},
+        ],
     }
 
 
 def test_fifty_executions_at_once_all_complete_through_prefect(
-        tmp_path: Path, mock: MockServer) -> None:
+    tmp_path: Path, mock: MockServer
+) -> None:
     svc = RunningService(tmp_path, "prefect", PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
     try:
         svc.add_workflow("burst", small_workflow(mock.port))
@@ -56,8 +64,7 @@ def test_fifty_executions_at_once_all_complete_through_prefect(
     assert "retryable status code 503" not in log
 
 
-def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path,
-                                                          mock: MockServer) -> None:
+def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path, mock: MockServer) -> None:
     dead = f"http://127.0.0.1:{free_port()}/api"
     svc = RunningService(tmp_path, "prefect", PREFECT_API_URL=dead)
     try:
@@ -70,8 +77,9 @@ def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path,
     assert "Prefect API unreachable" in Path(svc.log.name).read_text()
 
 
-def test_sigkill_of_the_group_leaves_nothing_and_a_restart_works(tmp_path: Path,
-                                                                  mock: MockServer) -> None:
+def test_sigkill_of_the_group_leaves_nothing_and_a_restart_works(
+    tmp_path: Path, mock: MockServer
+) -> None:
     svc = RunningService(tmp_path, "prefect")
     pgid = svc.proc.pid
     members = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)

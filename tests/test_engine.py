@@ -21,8 +21,15 @@ class MemoryRecorder:
         self.checkpoints: list[dict[str, Any]] = []
         self.cancelled = False
 
-    async def checkpoint(self, execution_id: str, rows: list[LogRow], *, current_node_id: str | None,
-                         node_results: str | None, counts: dict[str, int]) -> bool:
+    async def checkpoint(
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
+    ) -> bool:
         live = not self.cancelled
         self.rows.extend(r for r in rows if live or r.status != "running")
         self.checkpoints.append({"rows": rows, "current": current_node_id, "counts": counts})
@@ -57,13 +64,28 @@ class FakeNodes:
                 rows = data or []
                 t = [r for r in rows if r["v"] > 1]
                 f = [r for r in rows if r["v"] <= 1]
-                return {"success": True, "message": "", "outputData": t, "conditionResult": bool(t),
-                        "trueRecords": t, "falseRecords": f}
-            return {"success": True, "message": "", "outputData": data,
-                    "conditionResult": bool(cfg.get("result"))}
+                return {
+                    "success": True,
+                    "message": "",
+                    "outputData": t,
+                    "conditionResult": bool(t),
+                    "trueRecords": t,
+                    "falseRecords": f,
+                }
+            return {
+                "success": True,
+                "message": "",
+                "outputData": data,
+                "conditionResult": bool(cfg.get("result")),
+            }
         if n.type == "splitColumns":
-            return {"success": True, "message": "", "outputData": "a", "outputA": "a",
-                    "outputB": "b"}
+            return {
+                "success": True,
+                "message": "",
+                "outputData": "a",
+                "outputA": "a",
+                "outputB": "b",
+            }
         out = cfg.get("out", data if data is not None else {n.id: True})
         return {"success": True, "message": n.id, "outputData": out}
 
@@ -73,9 +95,14 @@ def resources() -> Resources:
     return Resources(Settings(), None)  # type: ignore[arg-type]
 
 
-async def run(resources: Resources, nodes: list[dict[str, Any]], edges: list[dict[str, Any]],
-              fake: FakeNodes | None = None, inputs: dict[str, Any] | None = None,
-              previous: dict[str, Any] | None = None):
+async def run(
+    resources: Resources,
+    nodes: list[dict[str, Any]],
+    edges: list[dict[str, Any]],
+    fake: FakeNodes | None = None,
+    inputs: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+):
     fake = fake or FakeNodes()
     recorder = MemoryRecorder()
     plan = build_plan(parse_workflow({"nodes": nodes, "connections": edges}))
@@ -85,34 +112,56 @@ async def run(resources: Resources, nodes: list[dict[str, Any]], edges: list[dic
 
 
 async def test_chain_passes_output_downstream(resources: Resources) -> None:
-    outcome, fake, rec = await run(resources, [node("a", out={"x": 1}), node("b"), node("c")],
-                                   [edge("a", "b"), edge("b", "c")])
+    outcome, fake, rec = await run(
+        resources, [node("a", out={"x": 1}), node("b"), node("c")], [edge("a", "b"), edge("b", "c")]
+    )
     assert outcome.status == "completed" and outcome.error is None
     assert fake.calls == [("a", None), ("b", {"x": 1}), ("c", {"x": 1})]
     assert [(r.node_id, r.status) for r in rec.rows] == [
-        ("a", "running"), ("a", "completed"), ("b", "running"), ("b", "completed"),
-        ("c", "running"), ("c", "completed")]
+        ("a", "running"),
+        ("a", "completed"),
+        ("b", "running"),
+        ("b", "completed"),
+        ("c", "running"),
+        ("c", "completed"),
+    ]
 
 
 async def test_checkpoint_of_parent_is_committed_before_child_starts(resources: Resources) -> None:
     _, _, rec = await run(resources, [node("a"), node("b")], [edge("a", "b")])
     statuses = [[(r.node_id, r.status) for r in cp["rows"]] for cp in rec.checkpoints]
-    assert statuses == [[("a", "running")], [("a", "completed"), ("b", "running")],
-                        [("b", "completed")]]
+    assert statuses == [
+        [("a", "running")],
+        [("a", "completed"), ("b", "running")],
+        [("b", "completed")],
+    ]
 
 
 @pytest.mark.parametrize(("result", "taken", "skipped"), [(True, "t", "f"), (False, "f", "t")])
-async def test_batch_condition_routes_by_output_type(resources: Resources, result: bool,
-                                                     taken: str, skipped: str) -> None:
-    nodes = [node("a", out={"v": 5}), node("c", "condition", result=result), node("t"),
-             node("f"), node("after_f")]
-    edges = [edge("a", "c"), edge("c", "t", outputType="true"), edge("c", "f", outputType="false"),
-             edge("f", "after_f")]
+async def test_batch_condition_routes_by_output_type(
+    resources: Resources, result: bool, taken: str, skipped: str
+) -> None:
+    nodes = [
+        node("a", out={"v": 5}),
+        node("c", "condition", result=result),
+        node("t"),
+        node("f"),
+        node("after_f"),
+    ]
+    edges = [
+        edge("a", "c"),
+        edge("c", "t", outputType="true"),
+        edge("c", "f", outputType="false"),
+        edge("f", "after_f"),
+    ]
     outcome, fake, rec = await run(resources, nodes, edges)
     called = [c[0] for c in fake.calls]
     assert taken in called and skipped not in called
-    assert outcome.results[skipped] == {"success": True, "skipped": True,
-                                        "message": outcome.results[skipped]["message"]}
+    assert outcome.results[skipped] == {
+        "success": True,
+        "skipped": True,
+        "message": outcome.results[skipped]["message"],
+    }
     assert "outputData" not in outcome.results[skipped]
     if skipped == "f":
         assert outcome.results["after_f"]["skipped"] is True
@@ -148,7 +197,11 @@ async def test_failure_skips_descendants_but_not_independent_branch(resources: R
     outcome, fake, rec = await run(resources, nodes, edges, FakeNodes(fail={"bad"}))
     assert outcome.status == "failed"
     assert outcome.error is not None and outcome.error.startswith("Nodes failed: bad")
-    assert outcome.results["bad"] == {"success": False, "error": "bad broke", "message": "bad broke"}
+    assert outcome.results["bad"] == {
+        "success": False,
+        "error": "bad broke",
+        "message": "bad broke",
+    }
     assert outcome.results["below"]["skipped"] is True
     assert "ok2" in [c[0] for c in fake.calls]
     error_rows = [r for r in rec.rows if r.status == "error"]
@@ -162,13 +215,17 @@ async def test_node_reachable_through_another_active_edge_still_runs(resources: 
     assert ("merge", {"k": 1}) in fake.calls
 
 
-@pytest.mark.parametrize(("payloads", "merged"), [
-    ([{"a": 1, "b": 1}, {"b": 2}], {"a": 1, "b": 2}),
-    ([[1, 2], {"x": 1}, None], [1, 2, {"x": 1}]),
-    ([[1], [2, 3]], [1, 2, 3]),
-])
-async def test_fan_in_merges_in_connection_order(resources: Resources, payloads: list[Any],
-                                                 merged: Any) -> None:
+@pytest.mark.parametrize(
+    ("payloads", "merged"),
+    [
+        ([{"a": 1, "b": 1}, {"b": 2}], {"a": 1, "b": 2}),
+        ([[1, 2], {"x": 1}, None], [1, 2, {"x": 1}]),
+        ([[1], [2, 3]], [1, 2, 3]),
+    ],
+)
+async def test_fan_in_merges_in_connection_order(
+    resources: Resources, payloads: list[Any], merged: Any
+) -> None:
     nodes = [node(f"p{i}", out=p) for i, p in enumerate(payloads)] + [node("m")]
     edges = [edge(f"p{i}", "m") for i in range(len(payloads))]
     _, fake, _ = await run(resources, nodes, edges)
@@ -177,8 +234,11 @@ async def test_fan_in_merges_in_connection_order(resources: Resources, payloads:
 
 async def test_join_gets_a_and_b_or_is_skipped(resources: Resources) -> None:
     nodes = [node("a", out=[1]), node("b", out=[2]), node("b2", out=[3]), node("j", "join")]
-    edges = [edge("a", "j", inputPort="A"), edge("b", "j", inputPort="B"),
-             edge("b2", "j", inputPort="B")]
+    edges = [
+        edge("a", "j", inputPort="A"),
+        edge("b", "j", inputPort="B"),
+        edge("b2", "j", inputPort="B"),
+    ]
     _, fake, _ = await run(resources, nodes, edges)
     assert fake.calls[-1] == ("j", {"A": [1], "B": [2, 3]})
     outcome, fake, _ = await run(resources, nodes[:2] + nodes[3:], [edge("a", "j")])
@@ -201,25 +261,36 @@ async def test_webhook_root_gets_webhook_data(resources: Resources) -> None:
 
 
 def test_cycle_is_detected_before_anything_runs() -> None:
-    wf = parse_workflow({"nodes": [node("a"), node("b"), node("c")],
-                         "connections": [edge("a", "b"), edge("b", "c"), edge("c", "b")]})
+    wf = parse_workflow(
+        {
+            "nodes": [node("a"), node("b"), node("c")],
+            "connections": [edge("a", "b"), edge("b", "c"), edge("c", "b")],
+        }
+    )
     with pytest.raises(CycleDetected, match="Circular dependency detected"):
         build_plan(wf)
 
 
 def test_dangling_edges_and_unconnected_comments_are_dropped() -> None:
-    wf = parse_workflow({"nodes": [node("a"), node("note", "comment"), node("c2", "comment")],
-                         "connections": [edge("a", "ghost"), edge("a", "c2")]})
+    wf = parse_workflow(
+        {
+            "nodes": [node("a"), node("note", "comment"), node("c2", "comment")],
+            "connections": [edge("a", "ghost"), edge("a", "c2")],
+        }
+    )
     plan = build_plan(wf)
     assert plan.order == ["a", "c2"]
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "must be a JSON object"),
-    ({"nodes": [{"id": "a"}]}, "nodes.0.type"),
-    ({"nodes": [node("a"), node("a")]}, "Duplicate node id"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ({"nodes": [{"id": "a"}]}, "nodes.0.type"),
+        ({"nodes": [node("a"), node("a")]}, "Duplicate node id"),
+    ],
+)
 def test_invalid_workflow_data_is_refused_clearly(data: Any, message: str) -> None:
     with pytest.raises(GraphValidationError, match=message):
         parse_workflow(data)
@@ -236,8 +307,9 @@ async def test_empty_workflow_completes(resources: Resources) -> None:
 
 async def test_previous_results_are_adopted_without_running(resources: Resources) -> None:
     previous = {"a": {"success": True, "message": "", "outputData": {"from": "checkpoint"}}}
-    outcome, fake, _ = await run(resources, [node("a"), node("b")], [edge("a", "b")],
-                                 previous=previous)
+    outcome, fake, _ = await run(
+        resources, [node("a"), node("b")], [edge("a", "b")], previous=previous
+    )
     assert fake.calls == [("b", {"from": "checkpoint"})]
     assert outcome.results["a"] == previous["a"]
 
@@ -245,8 +317,9 @@ async def test_previous_results_are_adopted_without_running(resources: Resources
 async def test_cancel_stops_new_nodes_and_aborts_in_flight(resources: Resources) -> None:
     cancel = asyncio.Event()
     recorder = MemoryRecorder()
-    plan = build_plan(parse_workflow({"nodes": [node("a"), node("b")],
-                                      "connections": [edge("a", "b")]}))
+    plan = build_plan(
+        parse_workflow({"nodes": [node("a"), node("b")], "connections": [edge("a", "b")]})
+    )
     job = Job("e1", "w1", None, {}, plan, resources)
     fake = FakeNodes(delay=5)
     task = asyncio.create_task(execute(job, recorder, fake, cancel))
@@ -256,14 +329,18 @@ async def test_cancel_stops_new_nodes_and_aborts_in_flight(resources: Resources)
     assert outcome.status == "cancelled"
     assert [c[0] for c in fake.calls] == ["a"]
     assert [(r.node_id, r.status, r.error) for r in recorder.rows][-1] == (
-        "a", "error", "Execution cancelled by user")
+        "a",
+        "error",
+        "Execution cancelled by user",
+    )
 
 
 async def test_drain_lets_in_flight_finish_and_starts_nothing_new(resources: Resources) -> None:
     drain = asyncio.Event()
     recorder = MemoryRecorder()
-    plan = build_plan(parse_workflow({"nodes": [node("a"), node("b")],
-                                      "connections": [edge("a", "b")]}))
+    plan = build_plan(
+        parse_workflow({"nodes": [node("a"), node("b")], "connections": [edge("a", "b")]})
+    )
     job = Job("e1", "w1", None, {}, plan, resources)
     fake = FakeNodes(delay=0.1)
     task = asyncio.create_task(execute(job, recorder, fake, None, drain))

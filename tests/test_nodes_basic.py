@@ -24,8 +24,10 @@ async def test_trigger_outputs_empty_object(call_node: CallNode, data: Any) -> N
         ({"inputVarName": "request", "inputVarValue": "refund"}, {"request": "refund"}),
         ({"variableName": "qty", "variableValue": "12.50"}, {"qty": 12.5}),
         ({}, {"input": ""}),
-        ({"manualInputVarName": "", "inputVarName": "legacy", "variableName": "ai"},
-         {"legacy": ""}),
+        (
+            {"manualInputVarName": "", "inputVarName": "legacy", "variableName": "ai"},
+            {"legacy": ""},
+        ),
         ({"manualInputVarName": "x", "manualInputVarValue": "", "inputVarValue": "7"}, {"x": 7}),
         ({"manualInputVarName": "x", "manualInputVarValue": " 42 "}, {"x": 42}),
         ({"manualInputVarName": "x", "manualInputVarValue": "85.0"}, {"x": 85}),

@@ -49,29 +49,85 @@ def write_xlsx(path: Path, sheets: dict[str, list[list[Any]]]) -> Path:
 
 XLSX_ROWS = [
     HEADER,
-    [1, "Ana", 120.0, 0.25, dt.datetime(2024, 1, 15), dt.datetime(2024, 1, 15, 10, 30),
-     "00123", None, True, 4711],
+    [
+        1,
+        "Ana",
+        120.0,
+        0.25,
+        dt.datetime(2024, 1, 15),
+        dt.datetime(2024, 1, 15, 10, 30),
+        "00123",
+        None,
+        True,
+        4711,
+    ],
     [None, None, None, None, None, None, None, None, None, None],  # blank row: skipped
-    [2, "Luis", 7, 1.5, dt.date(2024, 2, 1), dt.datetime(2024, 2, 1, 0, 0, 5), "A-1", None,
-     False, "x"],
+    [
+        2,
+        "Luis",
+        7,
+        1.5,
+        dt.date(2024, 2, 1),
+        dt.datetime(2024, 2, 1, 0, 0, 5),
+        "A-1",
+        None,
+        False,
+        "x",
+    ],
 ]
 XLSX_RECORDS = [
-    {"id": 1, "name": "Ana", "amount": 120, "ratio": 0.25, "day": "2024-01-15",
-     "moment": "2024-01-15T10:30:00", "code": "00123", "empty": "", "flag": True,
-     "as_text": "4711"},
-    {"id": 2, "name": "Luis", "amount": 7, "ratio": 1.5, "day": "2024-02-01",
-     "moment": "2024-02-01T00:00:05", "code": "A-1", "empty": "", "flag": False,
-     "as_text": "x"},
+    {
+        "id": 1,
+        "name": "Ana",
+        "amount": 120,
+        "ratio": 0.25,
+        "day": "2024-01-15",
+        "moment": "2024-01-15T10:30:00",
+        "code": "00123",
+        "empty": "",
+        "flag": True,
+        "as_text": "4711",
+    },
+    {
+        "id": 2,
+        "name": "Luis",
+        "amount": 7,
+        "ratio": 1.5,
+        "day": "2024-02-01",
+        "moment": "2024-02-01T00:00:05",
+        "code": "A-1",
+        "empty": "",
+        "flag": False,
+        "as_text": "x",
+    },
 ]
-CSV_TEXT = ("id,name,amount,code,empty,big,negative,spaced\n"
-            "1,Ana,12.50,00123,,12345678901234567,-3,  7 \n"
-            "\n"
-            "2,Luis,1e5,0.5,,x,-0.25,a b\n")
+CSV_TEXT = (
+    "id,name,amount,code,empty,big,negative,spaced\n"
+    "1,Ana,12.50,00123,,12345678901234567,-3,  7 \n"
+    "\n"
+    "2,Luis,1e5,0.5,,x,-0.25,a b\n"
+)
 CSV_TYPED = [
-    {"id": 1, "name": "Ana", "amount": 12.5, "code": "00123", "empty": "",
-     "big": "12345678901234567", "negative": -3, "spaced": 7},
-    {"id": 2, "name": "Luis", "amount": "1e5", "code": 0.5, "empty": "", "big": "x",
-     "negative": -0.25, "spaced": "a b"},
+    {
+        "id": 1,
+        "name": "Ana",
+        "amount": 12.5,
+        "code": "00123",
+        "empty": "",
+        "big": "12345678901234567",
+        "negative": -3,
+        "spaced": 7,
+    },
+    {
+        "id": 2,
+        "name": "Luis",
+        "amount": "1e5",
+        "code": 0.5,
+        "empty": "",
+        "big": "x",
+        "negative": -0.25,
+        "spaced": "a b",
+    },
 ]
 
 
@@ -93,8 +149,7 @@ async def test_excel_input_reads_xlsx_by_path_with_typed_values(
     ],
 )
 async def test_excel_input_sheet_selection(
-    call_node: CallNode, res: Resources, uploads: Path, config: dict[str, Any],
-    expected: list[Any]
+    call_node: CallNode, res: Resources, uploads: Path, config: dict[str, Any], expected: list[Any]
 ) -> None:
     write_xlsx(uploads / "two.xlsx", {"First": [["k"], ["first"]], "Second": [["k"], ["second"]]})
     result = await call_node("excelInput", {"filePath": "two.xlsx", **config}, resources=res)
@@ -110,18 +165,28 @@ async def test_excel_input_sheet_selection(
         ("a|b\n1|2,5\n", {"delimiter": "|"}, [{"a": 1, "b": "2,5"}]),
         ("a\tb\n1\t2\n", {"delimiter": "tab"}, [{"a": 1, "b": 2}]),
         ("a,,a\n1,2,3\n", {}, [{"a": 1, "Column2": 2, "a_2": 3}]),  # empty + repeated headers
-        ("a,b\n1\n2,3,4\n", {},
-         [{"a": 1, "b": ""}, {"a": 2, "b": 3, "Column3": 4}]),  # short and long rows
-        ('name,note\n"Doe, Jane","line 1\nline 2"\n', {},
-         [{"name": "Doe, Jane", "note": "line 1\nline 2"}]),
+        (
+            "a,b\n1\n2,3,4\n",
+            {},
+            [{"a": 1, "b": ""}, {"a": 2, "b": 3, "Column3": 4}],
+        ),  # short and long rows
+        (
+            'name,note\n"Doe, Jane","line 1\nline 2"\n',
+            {},
+            [{"name": "Doe, Jane", "note": "line 1\nline 2"}],
+        ),
         ("\ufeffid,v\n1,2\n", {}, [{"id": 1, "v": 2}]),  # UTF-8 BOM
         ("a,b\n", {}, []),
         ("", {}, []),
     ],
 )
 async def test_excel_input_reads_csv_by_path(
-    call_node: CallNode, res: Resources, uploads: Path, text: str, config: dict[str, Any],
-    expected: list[Any]
+    call_node: CallNode,
+    res: Resources,
+    uploads: Path,
+    text: str,
+    config: dict[str, Any],
+    expected: list[Any],
 ) -> None:
     (uploads / "data.csv").write_text(text, encoding="utf-8", newline="")
     result = await call_node("excelInput", {"filePath": "data.csv", **config}, resources=res)
@@ -147,7 +212,7 @@ async def test_excel_input_reads_base64_content(
         expected = XLSX_RECORDS
     else:
         raw, expected = CSV_TEXT.encode(), CSV_TYPED
-    content = (f"data:application/octet-stream;base64,{b64(raw)}" if data_url else b64(raw))
+    content = f"data:application/octet-stream;base64,{b64(raw)}" if data_url else b64(raw)
     # No fileType and no file name: the type is recognised from the bytes.
     result = await call_node("excelInput", {"fileContent": content}, resources=res)
     assert result["outputData"] == expected
@@ -168,8 +233,9 @@ async def test_excel_input_absolute_path_inside_upload_dir(
 ) -> None:
     (uploads / "sub").mkdir()
     (uploads / "sub" / "d.csv").write_text("x\n1\n")
-    result = await call_node("excelInput", {"filePath": str(uploads / "sub" / "d.csv")},
-                             resources=res)
+    result = await call_node(
+        "excelInput", {"filePath": str(uploads / "sub" / "d.csv")}, resources=res
+    )
     assert result["outputData"] == [{"x": 1}]
     assert result["fileName"] == "d.csv"
 
@@ -209,8 +275,13 @@ async def test_excel_input_parses_100000_rows(
     ],
 )
 async def test_excel_input_bad_config_names_the_field(
-    call_node: CallNode, res: Resources, uploads: Path, tmp_path: Path, setup: str | None,
-    config: dict[str, Any], field: str
+    call_node: CallNode,
+    res: Resources,
+    uploads: Path,
+    tmp_path: Path,
+    setup: str | None,
+    config: dict[str, Any],
+    field: str,
 ) -> None:
     (tmp_path / "outside.csv").write_text("secret\n1\n")
     if setup == "symlink":
@@ -227,10 +298,24 @@ async def test_excel_input_bad_config_names_the_field(
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("42", 42), ("-7", -7), ("0", 0), ("3.25", 3.25), (" 5 ", 5), ("007", "007"),
-     ("2.0", 2), ("1e3", "1e3"), ("1,5", "1,5"), ("+1", "+1"), (".5", ".5"), ("", ""),
-     ("123456789012345", 123456789012345), ("1234567890123456", "1234567890123456"),
-     ("NaN", "NaN"), ("Infinity", "Infinity")],
+    [
+        ("42", 42),
+        ("-7", -7),
+        ("0", 0),
+        ("3.25", 3.25),
+        (" 5 ", 5),
+        ("007", "007"),
+        ("2.0", 2),
+        ("1e3", "1e3"),
+        ("1,5", "1,5"),
+        ("+1", "+1"),
+        (".5", ".5"),
+        ("", ""),
+        ("123456789012345", 123456789012345),
+        ("1234567890123456", "1234567890123456"),
+        ("NaN", "NaN"),
+        ("Infinity", "Infinity"),
+    ],
 )
 def test_csv_value_types_plain_numbers_only(text: str, expected: Any) -> None:
     assert csv_value(text) == expected
@@ -251,19 +336,24 @@ def test_rows_to_records_streams_from_a_generator() -> None:
 def make_pdf(pages: list[str], info: dict[str, str] | None = None) -> bytes:
     """A minimal valid PDF: one Helvetica text line per page, optional /Info dictionary."""
     kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
-               f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
     for i, text in enumerate(pages):
         escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
         stream = f"BT /F1 12 Tf 72 720 Td ({escaped}) Tj ET".encode("latin-1")
-        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources "
-                       f"<< /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode())
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources "
+            f"<< /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+        )
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     info_ref = ""
     if info:
-        objects.append(("<< " + " ".join(f"/{k} ({v})" for k, v in info.items()) + " >>")
-                       .encode("latin-1"))
+        objects.append(
+            ("<< " + " ".join(f"/{k} ({v})" for k, v in info.items()) + " >>").encode("latin-1")
+        )
         info_ref = f" /Info {len(objects)} 0 R"
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
@@ -273,14 +363,16 @@ def make_pdf(pages: list[str], info: dict[str, str] | None = None) -> bytes:
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{info_ref} >>\n"
-            f"startxref\n{xref}\n%%EOF\n").encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{info_ref} >>\nstartxref\n{xref}\n%%EOF\n"
+    ).encode()
     return bytes(out)
 
 
-PDF = make_pdf(["Invoice 2024-001 (draft)", "Total due: 1,250.00 EUR"],
-               {"Title": "Quarterly report", "Author": "Ana Ruiz",
-                "CreationDate": "D:20240115103000Z"})
+PDF = make_pdf(
+    ["Invoice 2024-001 (draft)", "Total due: 1,250.00 EUR"],
+    {"Title": "Quarterly report", "Author": "Ana Ruiz", "CreationDate": "D:20240115103000Z"},
+)
 
 
 @pytest.mark.parametrize(
@@ -290,13 +382,20 @@ PDF = make_pdf(["Invoice 2024-001 (draft)", "Total due: 1,250.00 EUR"],
         (lambda p: {"filePath": str(p)}, "file", "invoice.pdf"),
         (lambda p: {"fileContent": b64(PDF), "fileName": "upload.pdf"}, "base64", "upload.pdf"),
         (lambda p: {"fileContent": b64(PDF)}, "base64", None),
-        (lambda p: {"filePath": "docs/invoice.pdf", "pdfText": "stale inline text"}, "file",
-         "invoice.pdf"),
+        (
+            lambda p: {"filePath": "docs/invoice.pdf", "pdfText": "stale inline text"},
+            "file",
+            "invoice.pdf",
+        ),
     ],
 )
 async def test_pdf_input_reads_a_real_pdf(
-    call_node: CallNode, res: Resources, uploads: Path, config_for: Any, source: str,
-    file_name: str | None
+    call_node: CallNode,
+    res: Resources,
+    uploads: Path,
+    config_for: Any,
+    source: str,
+    file_name: str | None,
 ) -> None:
     (uploads / "docs").mkdir()
     path = uploads / "docs" / "invoice.pdf"
@@ -310,20 +409,29 @@ async def test_pdf_input_reads_a_real_pdf(
     meta = result["metadata"]
     assert (meta["title"], meta["author"]) == ("Quarterly report", "Ana Ruiz")
     assert dt.datetime.fromisoformat(meta["creationDate"]) == dt.datetime(
-        2024, 1, 15, 10, 30, tzinfo=dt.UTC)
+        2024, 1, 15, 10, 30, tzinfo=dt.UTC
+    )
 
 
 @pytest.mark.parametrize(
     ("config", "output", "extras"),
     [
-        ({"pdfText": "Hello", "fileName": "a.pdf", "pages": 3},
-         {"text": "Hello", "fileName": "a.pdf", "pages": 3}, {}),
-        ({"parsedText": "Legacy key"}, {"text": "Legacy key", "fileName": None, "pages": None},
-         {}),
-        ({"pdfText": "", "parsedText": "fallback"},
-         {"text": "fallback", "fileName": None, "pages": None}, {}),
-        ({"pdfText": "x", "metadata": {"Title": "T"}, "info": {"a": 1}},
-         {"text": "x", "fileName": None, "pages": None}, {"metadata": {"Title": "T"}}),
+        (
+            {"pdfText": "Hello", "fileName": "a.pdf", "pages": 3},
+            {"text": "Hello", "fileName": "a.pdf", "pages": 3},
+            {},
+        ),
+        ({"parsedText": "Legacy key"}, {"text": "Legacy key", "fileName": None, "pages": None}, {}),
+        (
+            {"pdfText": "", "parsedText": "fallback"},
+            {"text": "fallback", "fileName": None, "pages": None},
+            {},
+        ),
+        (
+            {"pdfText": "x", "metadata": {"Title": "T"}, "info": {"a": 1}},
+            {"text": "x", "fileName": None, "pages": None},
+            {"metadata": {"Title": "T"}},
+        ),
     ],
 )
 async def test_pdf_input_inline_text(
@@ -355,8 +463,12 @@ async def test_pdf_input_without_data_fails(call_node: CallNode, config: dict[st
     ],
 )
 async def test_pdf_input_bad_config_names_the_field(
-    call_node: CallNode, res: Resources, uploads: Path, tmp_path: Path,
-    config: dict[str, Any], field: str
+    call_node: CallNode,
+    res: Resources,
+    uploads: Path,
+    tmp_path: Path,
+    config: dict[str, Any],
+    field: str,
 ) -> None:
     (tmp_path / "x.pdf").write_bytes(PDF)
     (uploads / "fake.pdf").write_text("just text")

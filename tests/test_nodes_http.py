@@ -97,8 +97,10 @@ async def test_http_non_json_body(http_call: Callable[..., Any]) -> None:
     assert result["outputData"] == {"response": "<html>ok</html>"}
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True),
-                                                  (404, False), (400, False), (302, False)])
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(500, True), (503, True), (429, True), (404, False), (400, False), (302, False)],
+)
 async def test_http_error_status(
     http_call: Callable[..., Any], status: int, retryable: bool
 ) -> None:

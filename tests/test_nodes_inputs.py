@@ -14,8 +14,10 @@ ROWS = [{"customer_id": "C1", "name": "Acme"}, {"customer_id": "C2", "name": "Gl
 @pytest.mark.parametrize(
     ("config", "rows"),
     [
-        ({"fileName": "customers.xlsx", "parsedData": ROWS, "rowCount": 250, "useGCS": False},
-         ROWS),
+        (
+            {"fileName": "customers.xlsx", "parsedData": ROWS, "rowCount": 250, "useGCS": False},
+            ROWS,
+        ),
         ({"parsedData": []}, []),
         ({"parsedData": [{"a": "1"}], "headers": ["a"], "futureKey": "kept"}, [{"a": "1"}]),
     ],

@@ -28,12 +28,19 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                fake.requests.append({"path": self.path,
-                                      "headers": {k.lower(): v for k, v in self.headers.items()},
-                                      "json": json.loads(body or b"null")})
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "json": json.loads(body or b"null"),
+                    }
+                )
                 status, content = fake.replies[min(len(fake.requests), len(fake.replies)) - 1]
-                payload = fake.completion(content) if status < 300 else {
-                    "error": {"message": content, "type": "server_error", "code": None}}
+                payload = (
+                    fake.completion(content)
+                    if status < 300
+                    else {"error": {"message": content, "type": "server_error", "code": None}}
+                )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -50,10 +57,18 @@ class FakeOpenAI:
     @staticmethod
     def completion(content: str) -> dict[str, Any]:
         return {
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 1700000000,
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 1700000000,
             "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": content},
+                }
+            ],
             "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
         }
 
@@ -75,12 +90,16 @@ def openai_server() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture
 def llm_resources(openai_server: FakeOpenAI, make_resources: MakeResources) -> Resources:
-    return make_resources(OPENAI_BASE_URL=f"http://127.0.0.1:{openai_server.port}/v1",
-                          OPENAI_API_KEY="test-key", OPENAI_MODEL="gpt-test")
+    return make_resources(
+        OPENAI_BASE_URL=f"http://127.0.0.1:{openai_server.port}/v1",
+        OPENAI_API_KEY="test-key",
+        OPENAI_MODEL="gpt-test",
+    )
 
 
-async def run_llm(call_node: CallNode, resources: Resources, config: dict[str, Any],
-                  data: Any = None) -> Any:
+async def run_llm(
+    call_node: CallNode, resources: Resources, config: dict[str, Any], data: Any = None
+) -> Any:
     return await call_node("llm", config, data, resources=resources)
 
 
@@ -94,10 +113,13 @@ async def test_llm_request_shape(
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["authorization"] == "Bearer test-key"
     assert request["json"]["model"] == "gpt-test"
-    assert request["json"]["messages"] == [{"role": "user", "content": (
-        'Summarise\n\nContext data:\n{\n  "name": "Café",\n  "qty": 2\n}')}]
-    assert result["outputData"] == {"response": "Summary.", "outputType": "text",
-                                    "inputData": data}
+    assert request["json"]["messages"] == [
+        {
+            "role": "user",
+            "content": ('Summarise\n\nContext data:\n{\n  "name": "Café",\n  "qty": 2\n}'),
+        }
+    ]
+    assert result["outputData"] == {"response": "Summary.", "outputType": "text", "inputData": data}
     assert result["llmResponse"] == "Summary."
 
 
@@ -110,13 +132,20 @@ async def test_llm_request_shape(
         ({"prompt": "From AI"}, [1], "From AI\n\nContext data:\n[\n  1\n]"),
         ({"llmPrompt": "Editor", "prompt": "AI"}, None, "Editor"),
         ({"llmPrompt": "Hi", "llmIncludeInput": False}, {"secret": 1}, "Hi"),
-        ({"llmPrompt": "Hi", "llmIncludeInput": True}, {"a": 1},
-         'Hi\n\nContext data:\n{\n  "a": 1\n}'),
+        (
+            {"llmPrompt": "Hi", "llmIncludeInput": True},
+            {"a": 1},
+            'Hi\n\nContext data:\n{\n  "a": 1\n}',
+        ),
     ],
 )
 async def test_llm_message_context(
-    call_node: CallNode, llm_resources: Resources, openai_server: FakeOpenAI,
-    config: dict[str, Any], data: Any, message: str,
+    call_node: CallNode,
+    llm_resources: Resources,
+    openai_server: FakeOpenAI,
+    config: dict[str, Any],
+    data: Any,
+    message: str,
 ) -> None:
     await run_llm(call_node, llm_resources, config, data)
     assert openai_server.messages == [message]
@@ -127,13 +156,18 @@ async def test_llm_message_context(
     [
         ({"outputType": "number"}, "number"),
         ({"outputType": "date"}, "YYYY-MM-DD"),
-        ({"outputType": "enum", "enumOptions": ["low", "medium", "high"]},
-         '"low", "medium", "high"'),
+        (
+            {"outputType": "enum", "enumOptions": ["low", "medium", "high"]},
+            '"low", "medium", "high"',
+        ),
     ],
 )
 async def test_llm_output_type_instruction(
-    call_node: CallNode, llm_resources: Resources, openai_server: FakeOpenAI,
-    config: dict[str, Any], needle: str,
+    call_node: CallNode,
+    llm_resources: Resources,
+    openai_server: FakeOpenAI,
+    config: dict[str, Any],
+    needle: str,
 ) -> None:
     await run_llm(call_node, llm_resources, {"llmPrompt": "Rate it", **config}, {"a": 1})
     [message] = openai_server.messages
@@ -167,8 +201,12 @@ async def test_llm_text_output_has_no_instruction(
     ],
 )
 async def test_llm_post_processing(
-    call_node: CallNode, llm_resources: Resources, openai_server: FakeOpenAI,
-    config: dict[str, Any], raw: str, answer: str,
+    call_node: CallNode,
+    llm_resources: Resources,
+    openai_server: FakeOpenAI,
+    config: dict[str, Any],
+    raw: str,
+    answer: str,
 ) -> None:
     openai_server.replies = [(200, raw)]
     result = await run_llm(call_node, llm_resources, {"llmPrompt": "Q", **config})
@@ -177,8 +215,9 @@ async def test_llm_post_processing(
     assert result["outputData"]["outputType"] == config.get("outputType", "text")
 
 
-async def test_llm_without_prompt(call_node: CallNode, llm_resources: Resources,
-                                  openai_server: FakeOpenAI) -> None:
+async def test_llm_without_prompt(
+    call_node: CallNode, llm_resources: Resources, openai_server: FakeOpenAI
+) -> None:
     with pytest.raises(NodeConfigError, match="^No prompt configured for LLM node$"):
         await run_llm(call_node, llm_resources, {"llmPrompt": "", "outputType": "text"})
     assert openai_server.requests == []
@@ -188,18 +227,23 @@ async def test_llm_without_prompt(call_node: CallNode, llm_resources: Resources,
 async def test_llm_without_api_key(
     call_node: CallNode, make_resources: MakeResources, openai_server: FakeOpenAI, key: str | None
 ) -> None:
-    resources = make_resources(OPENAI_BASE_URL=f"http://127.0.0.1:{openai_server.port}/v1",
-                               OPENAI_API_KEY=key)
+    resources = make_resources(
+        OPENAI_BASE_URL=f"http://127.0.0.1:{openai_server.port}/v1", OPENAI_API_KEY=key
+    )
     with pytest.raises(NodeConfigError, match="^OpenAI API key not configured$"):
         await run_llm(call_node, resources, {"llmPrompt": "Hi"})
     assert openai_server.requests == []
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True),
-                                                  (400, False), (401, False)])
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(500, True), (503, True), (429, True), (400, False), (401, False)]
+)
 async def test_llm_api_errors(
-    call_node: CallNode, llm_resources: Resources, openai_server: FakeOpenAI,
-    status: int, retryable: bool,
+    call_node: CallNode,
+    llm_resources: Resources,
+    openai_server: FakeOpenAI,
+    status: int,
+    retryable: bool,
 ) -> None:
     openai_server.replies = [(status, "upstream says no")]
     with pytest.raises(NodeExecutionError) as info:
@@ -226,14 +270,21 @@ def llm_node(**config: Any) -> NodeDef:
     return NodeDef(id="n_llm", type="llm", config={"llmPrompt": "Hi", "retryDelayMs": 1, **config})
 
 
-@pytest.mark.parametrize(("replies", "requests", "ok"), [
-    ([(500, "down")], 3, False),
-    ([(400, "bad request")], 1, False),
-    ([(503, "busy"), (200, "fine")], 2, True),
-])
+@pytest.mark.parametrize(
+    ("replies", "requests", "ok"),
+    [
+        ([(500, "down")], 3, False),
+        ([(400, "bad request")], 1, False),
+        ([(503, "busy"), (200, "fine")], 2, True),
+    ],
+)
 async def test_llm_retries_through_run_node(
-    make_ctx: MakeCtx, llm_resources: Resources, openai_server: FakeOpenAI,
-    replies: list[tuple[int, str]], requests: int, ok: bool,
+    make_ctx: MakeCtx,
+    llm_resources: Resources,
+    openai_server: FakeOpenAI,
+    replies: list[tuple[int, str]],
+    requests: int,
+    ok: bool,
 ) -> None:
     openai_server.replies = replies
     ctx = make_ctx("llm", resources=llm_resources, node_id="n_llm")

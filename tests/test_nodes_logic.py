@@ -24,10 +24,38 @@ CUSTOMERS = [
 ]
 # Verbatim from 02_spreadsheet_join_split.expected.md.
 JOINED_OUTER = [
-    {"order_id": "O-1001", "customer_id": "C1", "amount": "120.50", "name": "Widget", "B_name": "Acme", "region": "EU"},  # noqa: E501
-    {"order_id": "O-1002", "customer_id": "C2", "amount": "80", "name": "Gadget", "B_name": "Globex", "region": "US"},  # noqa: E501
-    {"order_id": "O-1003", "customer_id": "C9", "amount": "15", "name": "Bolt", "B_name": "", "region": ""},  # noqa: E501
-    {"order_id": "", "customer_id": "C3", "amount": "", "name": "", "B_name": "Initech", "region": "US"},  # noqa: E501
+    {
+        "order_id": "O-1001",
+        "customer_id": "C1",
+        "amount": "120.50",
+        "name": "Widget",
+        "B_name": "Acme",
+        "region": "EU",
+    },  # noqa: E501
+    {
+        "order_id": "O-1002",
+        "customer_id": "C2",
+        "amount": "80",
+        "name": "Gadget",
+        "B_name": "Globex",
+        "region": "US",
+    },  # noqa: E501
+    {
+        "order_id": "O-1003",
+        "customer_id": "C9",
+        "amount": "15",
+        "name": "Bolt",
+        "B_name": "",
+        "region": "",
+    },  # noqa: E501
+    {
+        "order_id": "",
+        "customer_id": "C3",
+        "amount": "",
+        "name": "",
+        "B_name": "Initech",
+        "region": "US",
+    },  # noqa: E501
 ]
 SPLIT_A = [
     {"order_id": "O-1001", "amount": "120.50", "B_name": "Acme"},
@@ -36,8 +64,10 @@ SPLIT_A = [
     {"order_id": "", "amount": "", "B_name": "Initech"},
 ]
 SPLIT_B = [
-    {"customer_id": "C1", "region": "EU"}, {"customer_id": "C2", "region": "US"},
-    {"customer_id": "C9", "region": ""}, {"customer_id": "C3", "region": "US"},
+    {"customer_id": "C1", "region": "EU"},
+    {"customer_id": "C2", "region": "US"},
+    {"customer_id": "C9", "region": ""},
+    {"customer_id": "C3", "region": "US"},
 ]
 
 
@@ -137,10 +167,15 @@ async def test_condition_default_operator_is_equals(call_node: CallNode) -> None
 async def test_condition_additional_conditions(
     call_node: CallNode, logical: str, record: dict[str, Any], expected: bool
 ) -> None:
-    config = batch("greaterThan", "80", logicalOperator=logical, additionalConditions=[
-        {"id": "c2", "field": "w", "operator": "equals", "value": "x"},
-        {"id": "c3", "field": "", "operator": "equals", "value": "ignored: no field"},
-    ])
+    config = batch(
+        "greaterThan",
+        "80",
+        logicalOperator=logical,
+        additionalConditions=[
+            {"id": "c2", "field": "w", "operator": "equals", "value": "x"},
+            {"id": "c3", "field": "", "operator": "equals", "value": "ignored: no field"},
+        ],
+    )
     result = await call_node("condition", config, record)
     assert result["conditionResult"] is expected
 
@@ -164,8 +199,11 @@ async def test_condition_batch_evaluates_first_record(
     assert "trueRecords" not in result and "falseRecords" not in result
 
 
-SENSORS = [{"sensor": "S1", "value": 42}, {"sensor": "S2", "value": 77},
-           {"sensor": "S3", "value": "91.5"}]
+SENSORS = [
+    {"sensor": "S1", "value": 42},
+    {"sensor": "S2", "value": 77},
+    {"sensor": "S3", "value": "91.5"},
+]
 
 
 @pytest.mark.parametrize(
@@ -190,17 +228,23 @@ async def test_condition_per_row_splits_records(
     assert result["conditionResult"] is bool(true_rows)
 
 
-@pytest.mark.parametrize(("branch", "key"), [("true", "trueRecords"), ("false", "falseRecords"),
-                                             (None, "trueRecords")])
+@pytest.mark.parametrize(
+    ("branch", "key"), [("true", "trueRecords"), ("false", "falseRecords"), (None, "trueRecords")]
+)
 async def test_condition_per_row_envelope_routes_in_engine(
     call_node: CallNode, branch: str | None, key: str
 ) -> None:
-    config = {"conditionField": "value", "conditionOperator": "greaterThan",
-              "conditionValue": "50", "processingMode": "perRow"}
+    config = {
+        "conditionField": "value",
+        "conditionOperator": "greaterThan",
+        "conditionValue": "50",
+        "processingMode": "perRow",
+    }
     result = await call_node("condition", config, SENSORS[:1])
     source = NodeDef(id="c", type="condition")
-    active, payload = edge_payload(EdgeDef(fromNodeId="c", toNodeId="x", outputType=branch),
-                                   source, result)
+    active, payload = edge_payload(
+        EdgeDef(fromNodeId="c", toNodeId="x", outputType=branch), source, result
+    )
     assert active is True
     assert payload == result[key]
 
@@ -224,18 +268,36 @@ async def test_join_fixture_02_inner_variant(call_node: CallNode) -> None:
         ({"joinStrategy": "concat"}, {"x": 1}, [{"y": 2}], [{"x": 1}, {"y": 2}]),
         ({"joinStrategy": "concat"}, [], [{"y": 2}], [{"y": 2}]),
         ({"joinStrategy": "mergeByKey"}, [{"k": 1}], [{"k": 1}], [{"k": 1}, {"k": 1}]),
-        ({"joinStrategy": "mergeByKey", "joinKey": "k"},
-         [{"k": "1", "a": "x"}], [{"k": 1, "b": "y"}], []),
-        ({"joinStrategy": "mergeByKey", "joinKey": "k"},
-         [{"k": 1, "a": "x"}], [{"k": 1.0, "b": "y"}], [{"k": 1, "a": "x", "b": "y"}]),
-        ({"joinStrategy": "mergeByKey", "joinKey": "k", "joinType": "outer"},
-         [{"k": "1", "a": "x"}], [{"k": 1, "b": "y"}],
-         [{"k": "1", "a": "x", "b": ""}, {"k": 1, "a": "", "b": "y"}]),
-        ({"joinStrategy": "mergeByKey", "joinKey": "k"},
-         {"k": "a", "v": 1}, {"k": "a", "v": 2}, [{"k": "a", "v": 1, "B_v": 2}]),
-        ({"joinStrategy": "mergeByKey", "joinKey": "k"},
-         [{"k": 1, "v": 1}, {"k": 2, "v": 2, "w": 0}], [{"k": 2, "x": 9}, {"k": 1, "x": 8}],
-         [{"k": 1, "v": 1, "x": 8}, {"k": 2, "v": 2, "x": 9}]),
+        (
+            {"joinStrategy": "mergeByKey", "joinKey": "k"},
+            [{"k": "1", "a": "x"}],
+            [{"k": 1, "b": "y"}],
+            [],
+        ),
+        (
+            {"joinStrategy": "mergeByKey", "joinKey": "k"},
+            [{"k": 1, "a": "x"}],
+            [{"k": 1.0, "b": "y"}],
+            [{"k": 1, "a": "x", "b": "y"}],
+        ),
+        (
+            {"joinStrategy": "mergeByKey", "joinKey": "k", "joinType": "outer"},
+            [{"k": "1", "a": "x"}],
+            [{"k": 1, "b": "y"}],
+            [{"k": "1", "a": "x", "b": ""}, {"k": 1, "a": "", "b": "y"}],
+        ),
+        (
+            {"joinStrategy": "mergeByKey", "joinKey": "k"},
+            {"k": "a", "v": 1},
+            {"k": "a", "v": 2},
+            [{"k": "a", "v": 1, "B_v": 2}],
+        ),
+        (
+            {"joinStrategy": "mergeByKey", "joinKey": "k"},
+            [{"k": 1, "v": 1}, {"k": 2, "v": 2, "w": 0}],
+            [{"k": 2, "x": 9}, {"k": 1, "x": 8}],
+            [{"k": 1, "v": 1, "x": 8}, {"k": 2, "v": 2, "x": 9}],
+        ),
     ],
 )
 async def test_join_strategies(
@@ -271,8 +333,12 @@ async def test_split_columns_fixture_02_inner_variant(call_node: CallNode) -> No
         ({}, [{"a": 1}, {"b": 2}], [{"a": 1}, {"b": 2}], [{}, {}]),
         ({"columnsOutputA": [], "columnsOutputB": []}, [], [], []),
         ({"columnsOutputA": ["a", "z"]}, [{"a": 1, "b": 2}], [{"a": 1}], [{}]),
-        ({"columnsOutputA": ["a"], "columnsOutputB": ["b", "a"]}, [{"a": None, "b": 2}],
-         [{"a": None}], [{"b": 2, "a": None}]),
+        (
+            {"columnsOutputA": ["a"], "columnsOutputB": ["b", "a"]},
+            [{"a": None, "b": 2}],
+            [{"a": None}],
+            [{"b": 2, "a": None}],
+        ),
     ],
 )
 async def test_split_columns_per_record(

@@ -40,8 +40,7 @@ CREATE TABLE items (
 ROWS = [
     "(1, 'bolt', 12.50, 100, '2024-03-01', '2024-03-01 08:30:15.250', '01:30:00', "
     "X'deadbeef', NULL)",
-    "(2, 'nut', 0.05, 2500, '2023-12-31', '2023-12-31 23:59:59', '-00:00:05', 'text blob', "
-    "'ok')",
+    "(2, 'nut', 0.05, 2500, '2023-12-31', '2023-12-31 23:59:59', '-00:00:05', 'text blob', 'ok')",
     "(3, 'gear', NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
 ]
 
@@ -66,8 +65,15 @@ async def database() -> AsyncIterator[str]:
 
 
 def cfg(database: str, query: str, **extra: Any) -> dict[str, Any]:
-    return {"mysqlHost": HOST, "mysqlPort": str(PORT), "mysqlDatabase": database,
-            "mysqlUsername": ROOT, "mysqlPassword": "", "mysqlQuery": query, **extra}
+    return {
+        "mysqlHost": HOST,
+        "mysqlPort": str(PORT),
+        "mysqlDatabase": database,
+        "mysqlUsername": ROOT,
+        "mysqlPassword": "",
+        "mysqlQuery": query,
+        **extra,
+    }
 
 
 async def count_items(database: str) -> int:
@@ -87,14 +93,39 @@ async def test_mysql_rows_are_json_safe(call_node: CallNode, database: str) -> N
     assert result["rowCount"] == 3
     assert result["message"] == "MySQL query returned 3 rows"
     assert result["outputData"] == [
-        {"id": 1, "name": "bolt", "price": 12.5, "qty": 100, "day": "2024-03-01",
-         "seen": "2024-03-01T08:30:15.250000", "duration": "01:30:00", "payload": "3q2+7w==",
-         "note": None},
-        {"id": 2, "name": "nut", "price": 0.05, "qty": 2500, "day": "2023-12-31",
-         "seen": "2023-12-31T23:59:59", "duration": "-00:00:05", "payload": "text blob",
-         "note": "ok"},
-        {"id": 3, "name": "gear", "price": None, "qty": None, "day": None, "seen": None,
-         "duration": None, "payload": None, "note": None},
+        {
+            "id": 1,
+            "name": "bolt",
+            "price": 12.5,
+            "qty": 100,
+            "day": "2024-03-01",
+            "seen": "2024-03-01T08:30:15.250000",
+            "duration": "01:30:00",
+            "payload": "3q2+7w==",
+            "note": None,
+        },
+        {
+            "id": 2,
+            "name": "nut",
+            "price": 0.05,
+            "qty": 2500,
+            "day": "2023-12-31",
+            "seen": "2023-12-31T23:59:59",
+            "duration": "-00:00:05",
+            "payload": "text blob",
+            "note": "ok",
+        },
+        {
+            "id": 3,
+            "name": "gear",
+            "price": None,
+            "qty": None,
+            "day": None,
+            "seen": None,
+            "duration": None,
+            "payload": None,
+            "note": None,
+        },
     ]
 
 
@@ -147,7 +178,7 @@ ALLOWED = [
     ("/* block */ select 1", "SELECT"),
     ("# hash comment\nSELECT 1", "SELECT"),
     ("SELECT 'a;b' AS x", "SELECT"),
-    ("SELECT \"it's; fine\" AS x", "SELECT"),
+    ('SELECT "it\'s; fine" AS x', "SELECT"),
     ("SELECT 'it''s; fine', 'back\\'slash;' AS x", "SELECT"),
     ("SELECT 1 -- ; DROP TABLE items", "SELECT"),
     ("SELECT `we;ird` FROM t", "SELECT"),
@@ -199,18 +230,20 @@ async def test_mysql_read_only_transaction_backs_up_the_guard(
 ) -> None:
     """A SELECT that writes through a stored function passes the keyword check but is refused
     by the server inside START TRANSACTION READ ONLY."""
-    conn = await aiomysql.connect(host=HOST, port=PORT, user=ROOT, password="", db=database,
-                                  autocommit=True)
+    conn = await aiomysql.connect(
+        host=HOST, port=PORT, user=ROOT, password="", db=database, autocommit=True
+    )
     async with conn.cursor() as cur:
-        await cur.execute("CREATE FUNCTION add_item() RETURNS INT MODIFIES SQL DATA "
-                          "BEGIN INSERT INTO items (name) VALUES ('sneaky'); RETURN 1; END")
+        await cur.execute(
+            "CREATE FUNCTION add_item() RETURNS INT MODIFIES SQL DATA "
+            "BEGIN INSERT INTO items (name) VALUES ('sneaky'); RETURN 1; END"
+        )
     conn.close()
     with pytest.raises(NodeExecutionError, match="MySQL query failed: .*READ ONLY") as info:
         await call_node("mysql", cfg(database, "SELECT add_item() AS x"))
     assert info.value.retryable is False
     assert await count_items(database) == 3
-    result = await call_node("mysql", cfg(database, "SELECT add_item() AS x",
-                                          mysqlReadOnly=False))
+    result = await call_node("mysql", cfg(database, "SELECT add_item() AS x", mysqlReadOnly=False))
     assert result["outputData"] == [{"x": 1}]
     assert await count_items(database) == 4
 
@@ -219,16 +252,21 @@ async def test_mysql_read_only_transaction_backs_up_the_guard(
 async def test_mysql_writes_when_read_only_is_off(
     call_node: CallNode, database: str, flag: Any
 ) -> None:
-    result = await call_node("mysql", cfg(database, "INSERT INTO items (name, price) "
-                                          "VALUES (%s, %s)", mysqlParams=["washer", 0.2],
-                                          mysqlReadOnly=flag))
+    result = await call_node(
+        "mysql",
+        cfg(
+            database,
+            "INSERT INTO items (name, price) VALUES (%s, %s)",
+            mysqlParams=["washer", 0.2],
+            mysqlReadOnly=flag,
+        ),
+    )
     assert result["outputData"] == []
     assert (result["rowCount"], result["affectedRows"], result["insertId"]) == (1, 1, 4)
     assert result["message"] == "MySQL statement affected 1 rows"
     rows = await call_node("mysql", cfg(database, "SELECT name, price FROM items WHERE id = 4"))
     assert rows["outputData"] == [{"name": "washer", "price": 0.2}]
-    update = await call_node("mysql", cfg(database, "UPDATE items SET qty = 1",
-                                          mysqlReadOnly=flag))
+    update = await call_node("mysql", cfg(database, "UPDATE items SET qty = 1", mysqlReadOnly=flag))
     assert update["affectedRows"] == 4
 
 
@@ -284,8 +322,9 @@ async def test_mysql_unreachable_server_is_retryable(call_node: CallNode) -> Non
 async def test_mysql_unreachable_server_is_tried_twice(
     make_ctx: MakeCtx, resources: Resources
 ) -> None:
-    node = NodeDef(id="n_my", type="mysql",
-                   config=cfg("test", "SELECT 1", mysqlPort="1", retryDelayMs=1))
+    node = NodeDef(
+        id="n_my", type="mysql", config=cfg("test", "SELECT 1", mysqlPort="1", retryDelayMs=1)
+    )
     with pytest.raises(NodeExecutionError, match="Can't connect") as info:
         await run_with_retries(node, None, make_ctx("mysql", resources=resources))
     assert info.value.attempts == 2
@@ -298,24 +337,26 @@ async def test_mysql_silent_server_hits_the_connect_timeout(
     monkeypatch.setattr(mysql_query, "CONNECT_TIMEOUT_S", 0.3)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        with pytest.raises(NodeExecutionError, match="no connection to 127.0.0.1:.* in time "
-                           r"\(connect timeout 0.3 s\)") as info:
+        with pytest.raises(
+            NodeExecutionError,
+            match="no connection to 127.0.0.1:.* in time "
+            r"\(connect timeout 0.3 s\)",
+        ) as info:
             await call_node("mysql", cfg("test", "SELECT 1", mysqlPort=str(port)))
     assert info.value.retryable is True
 
 
-async def test_mysql_query_timeout_kills_the_statement(
-    call_node: CallNode, database: str
-) -> None:
+async def test_mysql_query_timeout_kills_the_statement(call_node: CallNode, database: str) -> None:
     started = time.monotonic()
     with pytest.raises(NodeExecutionError, match=r"no answer within 0\.5 s \(mysqlQueryTimeout\)"):
-        await call_node("mysql", cfg(database, "SELECT SLEEP(20) AS s",
-                                     mysqlQueryTimeout="0.5"))
+        await call_node("mysql", cfg(database, "SELECT SLEEP(20) AS s", mysqlQueryTimeout="0.5"))
     assert time.monotonic() - started < 5
     conn = await aiomysql.connect(host=HOST, port=PORT, user=ROOT, password="")
     async with conn.cursor() as cur:
-        await cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                          "WHERE INFO LIKE 'SELECT SLEEP(20)%'")
+        await cur.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+            "WHERE INFO LIKE 'SELECT SLEEP(20)%'"
+        )
         (running,) = await cur.fetchone()
     conn.close()
     assert running == 0
@@ -335,9 +376,7 @@ async def test_mysql_pools_connections_per_dsn(
     assert resources.mysql_pools == {}
 
 
-async def test_mysql_pool_survives_a_failed_statement(
-    call_node: CallNode, database: str
-) -> None:
+async def test_mysql_pool_survives_a_failed_statement(call_node: CallNode, database: str) -> None:
     with pytest.raises(NodeExecutionError):
         await call_node("mysql", cfg(database, "SELECT * FROM missing_table"))
     result = await call_node("mysql", cfg(database, "SELECT COUNT(*) AS n FROM items"))
@@ -345,8 +384,10 @@ async def test_mysql_pool_survives_a_failed_statement(
 
 
 async def test_mysql_envelope_and_logs_hold_no_password(
-    make_resources: MakeResources, make_ctx: MakeCtx, database: str,
-    caplog: pytest.LogCaptureFixture
+    make_resources: MakeResources,
+    make_ctx: MakeCtx,
+    database: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A user with a real password: the password works, and appears nowhere we write."""
     caplog.set_level(logging.DEBUG)
@@ -356,14 +397,24 @@ async def test_mysql_envelope_and_logs_hold_no_password(
         await cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{SECRET}'")
         await cur.execute(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'")
     try:
-        node = NodeDef(id="n_my", type="mysql", config=cfg(
-            database, "SELECT name FROM items WHERE id = 1", mysqlUsername=user,
-            mysqlPassword=SECRET))
+        node = NodeDef(
+            id="n_my",
+            type="mysql",
+            config=cfg(
+                database,
+                "SELECT name FROM items WHERE id = 1",
+                mysqlUsername=user,
+                mysqlPassword=SECRET,
+            ),
+        )
         result = await run_with_retries(node, None, make_ctx("mysql", resources=make_resources()))
         assert result["outputData"] == [{"name": "bolt"}]
         assert SECRET not in repr(result)
-        bad = node.model_copy(update={"config": {**node.config, "mysqlQuery": "DELETE FROM items",
-                                                  "mysqlReadOnly": False}})
+        bad = node.model_copy(
+            update={
+                "config": {**node.config, "mysqlQuery": "DELETE FROM items", "mysqlReadOnly": False}
+            }
+        )
         with pytest.raises(NodeExecutionError, match="command denied") as info:
             await run_with_retries(bad, None, make_ctx("mysql", resources=make_resources()))
         assert SECRET not in str(info.value)
@@ -410,9 +461,16 @@ async def test_mysql_params_must_match_placeholders(
 
 
 async def test_mysql_defaults_to_localhost_3306(call_node: CallNode, database: str) -> None:
-    result = await call_node("mysql", {"mysqlDatabase": database, "mysqlUsername": ROOT,
-                                       "mysqlHost": "", "mysqlPort": "",
-                                       "mysqlQuery": "SELECT @@port AS port"})
+    result = await call_node(
+        "mysql",
+        {
+            "mysqlDatabase": database,
+            "mysqlUsername": ROOT,
+            "mysqlHost": "",
+            "mysqlPort": "",
+            "mysqlQuery": "SELECT @@port AS port",
+        },
+    )
     assert result["outputData"] == [{"port": 3306}]
 
 

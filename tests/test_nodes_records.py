@@ -2,7 +2,6 @@
 created as the Node backend creates it and on the local PostgreSQL server."""
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,7 @@ from errors import NodeConfigError, NodeExecutionError
 from tasks.context import Resources
 from tasks.records import created_at, infer_type, merge_input
 from tests.conftest import CallNode, MakeResources
-from tests.support import node_backend_sqlite, postgres_database
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        s = await open_store(node_backend_sqlite(tmp_path / "node.sqlite"))
-        yield s
-        await s.close()
-        return
-    async for url in postgres_database():
-        s = await open_store(url)
-        yield s
-        await s.close()
+from tests.support import node_backend_sqlite
 
 
 @pytest.fixture
@@ -37,42 +23,60 @@ def res(make_resources: MakeResources, store: Store) -> Resources:
     return resources
 
 
-PROPS = [("p_name", "Name", "text"), ("p_temp", "Temperature", "number"),
-         ("p_status", "Status", "text")]
+PROPS = [
+    ("p_name", "Name", "text"),
+    ("p_temp", "Temperature", "number"),
+    ("p_status", "Status", "text"),
+]
 # (id, createdAt, {property id: value}); inserted out of order on purpose
 RECORDS = [
     ("r_b", "2025-06-15T10:00:00.000Z", {"p_name": "Boiler", "p_temp": "85"}),
-    ("r_c", "2025-06-14T09:00:00.000Z", {"p_name": "Chiller", "p_temp": "7.5",
-                                          "p_status": "ok"}),
+    ("r_c", "2025-06-14T09:00:00.000Z", {"p_name": "Chiller", "p_temp": "7.5", "p_status": "ok"}),
     ("r_a", "2025-06-14T09:00:00.000Z", {"p_name": "Aerator"}),
     ("r_0", None, {}),
 ]
 FETCHED = [
     {"id": "r_0", "createdAt": None},
     {"id": "r_a", "createdAt": "2025-06-14T09:00:00.000Z", "Name": "Aerator"},
-    {"id": "r_c", "createdAt": "2025-06-14T09:00:00.000Z", "Name": "Chiller",
-     "Temperature": "7.5", "Status": "ok"},
+    {
+        "id": "r_c",
+        "createdAt": "2025-06-14T09:00:00.000Z",
+        "Name": "Chiller",
+        "Temperature": "7.5",
+        "Status": "ok",
+    },
     {"id": "r_b", "createdAt": "2025-06-15T10:00:00.000Z", "Name": "Boiler", "Temperature": "85"},
 ]
 
 
-async def seed(store: Store, entity_id: str = "ent_1", name: str = "Machines",
-               props: list[tuple[str, str, str]] = PROPS,
-               rows: list[tuple[str, str | None, dict[str, str]]] = RECORDS) -> None:
+async def seed(
+    store: Store,
+    entity_id: str = "ent_1",
+    name: str = "Machines",
+    props: list[tuple[str, str, str]] = PROPS,
+    rows: list[tuple[str, str | None, dict[str, str]]] = RECORDS,
+) -> None:
     async with store.write() as conn:
         if not (await conn.execute(sa.select(organizations.c.id))).first():
             await conn.execute(organizations.insert().values(id="org_test", name="Test org"))
-        await conn.execute(entities.insert().values(id=entity_id, organizationId="org_test",
-                                                    name=name))
+        await conn.execute(
+            entities.insert().values(id=entity_id, organizationId="org_test", name=name)
+        )
         if props:
-            await conn.execute(properties.insert(), [
-                {"id": pid, "entityId": entity_id, "name": n, "type": t} for pid, n, t in props])
+            await conn.execute(
+                properties.insert(),
+                [{"id": pid, "entityId": entity_id, "name": n, "type": t} for pid, n, t in props],
+            )
         for rid, created, values in rows:
-            await conn.execute(records.insert().values(id=rid, entityId=entity_id,
-                                                       createdAt=created))
+            await conn.execute(
+                records.insert().values(id=rid, entityId=entity_id, createdAt=created)
+            )
             for pid, value in values.items():
-                await conn.execute(record_values.insert().values(
-                    id=f"{rid}_{pid}", recordId=rid, propertyId=pid, value=value))
+                await conn.execute(
+                    record_values.insert().values(
+                        id=f"{rid}_{pid}", recordId=rid, propertyId=pid, value=value
+                    )
+                )
 
 
 async def fetch_all(store: Store, query: Any) -> list[Any]:
@@ -84,10 +88,16 @@ async def test_fetch_data_keys_by_property_name_in_creation_order(
     call_node: CallNode, res: Resources, store: Store
 ) -> None:
     await seed(store)
-    await seed(store, "ent_other", "Other", [("q1", "Name", "text")],
-               [("o1", "2025-01-01T00:00:00.000Z", {"q1": "not mine"})])
-    result = await call_node("fetchData", {"entityId": "ent_1", "entityName": "Machines"},
-                             resources=res)
+    await seed(
+        store,
+        "ent_other",
+        "Other",
+        [("q1", "Name", "text")],
+        [("o1", "2025-01-01T00:00:00.000Z", {"q1": "not mine"})],
+    )
+    result = await call_node(
+        "fetchData", {"entityId": "ent_1", "entityName": "Machines"}, resources=res
+    )
     assert result["outputData"] == FETCHED
     assert [r["id"] for r in result["outputData"]] == ["r_0", "r_a", "r_c", "r_b"]
     assert result["recordCount"] == 4
@@ -99,8 +109,10 @@ async def test_fetch_data_keys_by_property_name_in_creation_order(
     [
         (None, [{}, {}, {}, {}]),
         ({}, [{}, {}, {}, {}]),
-        ({"plant": "Bilbao", "Name": "kept where the record has none"},
-         [{"plant": "Bilbao", "Name": "kept where the record has none"}] * 4),
+        (
+            {"plant": "Bilbao", "Name": "kept where the record has none"},
+            [{"plant": "Bilbao", "Name": "kept where the record has none"}] * 4,
+        ),
         ([{"batch": 1}], [{"batch": 1}] * 4),
         ([{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}], [{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}]),
         ([{"i": 0}, {"i": 1}], [{}, {}, {}, {}]),
@@ -108,13 +120,17 @@ async def test_fetch_data_keys_by_property_name_in_creation_order(
     ],
 )
 async def test_fetch_data_merges_its_input_into_records(
-    call_node: CallNode, res: Resources, store: Store, data: Any,
-    expected_extra: list[dict[str, Any]]
+    call_node: CallNode,
+    res: Resources,
+    store: Store,
+    data: Any,
+    expected_extra: list[dict[str, Any]],
 ) -> None:
     await seed(store)
     result = await call_node("fetchData", {"selectedEntityId": "ent_1"}, data, resources=res)
-    assert result["outputData"] == [{**extra, **row}
-                                    for extra, row in zip(expected_extra, FETCHED, strict=True)]
+    assert result["outputData"] == [
+        {**extra, **row} for extra, row in zip(expected_extra, FETCHED, strict=True)
+    ]
 
 
 async def test_fetch_data_keys_orphan_values_by_property_id(
@@ -124,13 +140,22 @@ async def test_fetch_data_keys_orphan_values_by_property_id(
     can outlive its property; PostgreSQL's foreign keys prevent that."""
     res = make_resources()
     res.store = store = await open_store(node_backend_sqlite(tmp_path / "node.sqlite"))
-    await seed(store, rows=[("r1", "2025-01-01T00:00:00.000Z",
-                             {"p_name": "A", "p_gone": "orphan", "p_id": "not the id"})],
-               props=[*PROPS, ("p_id", "id", "text")])
+    await seed(
+        store,
+        rows=[
+            (
+                "r1",
+                "2025-01-01T00:00:00.000Z",
+                {"p_name": "A", "p_gone": "orphan", "p_id": "not the id"},
+            )
+        ],
+        props=[*PROPS, ("p_id", "id", "text")],
+    )
     result = await call_node("fetchData", {"entityId": "ent_1"}, resources=res)
     await store.close()
-    assert result["outputData"] == [{"id": "r1", "createdAt": "2025-01-01T00:00:00.000Z",
-                                     "Name": "A", "p_gone": "orphan"}]
+    assert result["outputData"] == [
+        {"id": "r1", "createdAt": "2025-01-01T00:00:00.000Z", "Name": "A", "p_gone": "orphan"}
+    ]
 
 
 async def test_fetch_data_of_an_entity_without_records(
@@ -174,9 +199,19 @@ def test_merge_input_rule(data: Any, expected: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(21.5, "number"), (3, "number"), ("2025-06-15", "date"), ("2025-06-15T10:00:00Z", "date"),
-     ("42", "number"), ("-1.5", "number"), ("abc", "text"), (True, "text"), ({"a": 1}, "text"),
-     ([1], "text"), ("12 kg", "text")],
+    [
+        (21.5, "number"),
+        (3, "number"),
+        ("2025-06-15", "date"),
+        ("2025-06-15T10:00:00Z", "date"),
+        ("42", "number"),
+        ("-1.5", "number"),
+        ("abc", "text"),
+        (True, "text"),
+        ({"a": 1}, "text"),
+        ([1], "text"),
+        ("12 kg", "text"),
+    ],
 )
 def test_infer_type(value: Any, expected: str) -> None:
     assert infer_type(value) == expected
@@ -201,10 +236,13 @@ def test_created_at_of_a_record(record: dict[str, Any], expected: str) -> None:
 
 async def entity_values(store: Store, entity_id: str) -> dict[str, dict[str, str]]:
     """record id → {property name: stored value}"""
-    rows = await fetch_all(store, sa.select(records.c.id, properties.c.name, record_values.c.value)
-                           .join(record_values, record_values.c.recordId == records.c.id)
-                           .join(properties, properties.c.id == record_values.c.propertyId)
-                           .where(records.c.entityId == entity_id))
+    rows = await fetch_all(
+        store,
+        sa.select(records.c.id, properties.c.name, record_values.c.value)
+        .join(record_values, record_values.c.recordId == records.c.id)
+        .join(properties, properties.c.id == record_values.c.propertyId)
+        .where(records.c.entityId == entity_id),
+    )
     out: dict[str, dict[str, str]] = {}
     for rid, name, value in rows:
         out.setdefault(rid, {})[name] = value
@@ -212,12 +250,30 @@ async def entity_values(store: Store, entity_id: str) -> dict[str, dict[str, str
 
 
 READINGS = [
-    {"id": "ignored", "timestamp": "2025-06-15T10:00:00Z", "status": "ok", "temperature": 21.5,
-     "reading_date": "2025-06-15", "code": "42", "flag": True, "extra": {"a": [1, 2]},
-     "note": None, "metadata": {"source": "x"}, "raw": "<xml/>", "__index": 0,
-     "entityId": "nope", "updatedAt": "x"},
-    {"timestamp": "2025-06-15T10:05:00Z", "status": "alarm", "temperature": 90, "note": "",
-     "code": "x7", "count": 3.0},
+    {
+        "id": "ignored",
+        "timestamp": "2025-06-15T10:00:00Z",
+        "status": "ok",
+        "temperature": 21.5,
+        "reading_date": "2025-06-15",
+        "code": "42",
+        "flag": True,
+        "extra": {"a": [1, 2]},
+        "note": None,
+        "metadata": {"source": "x"},
+        "raw": "<xml/>",
+        "__index": 0,
+        "entityId": "nope",
+        "updatedAt": "x",
+    },
+    {
+        "timestamp": "2025-06-15T10:05:00Z",
+        "status": "alarm",
+        "temperature": 90,
+        "note": "",
+        "code": "x7",
+        "count": 3.0,
+    },
 ]
 
 
@@ -225,25 +281,54 @@ async def test_save_records_to_entity_creates_properties_and_values(
     call_node: CallNode, res: Resources, store: Store
 ) -> None:
     await seed(store, props=PROPS, rows=[])
-    result = await call_node("saveRecords", {"entityId": "ent_1", "targetEntityName": "Machines"},
-                             READINGS, resources=res)
+    result = await call_node(
+        "saveRecords",
+        {"entityId": "ent_1", "targetEntityName": "Machines"},
+        READINGS,
+        resources=res,
+    )
     assert result["outputData"] == READINGS
     assert (result["entityId"], result["isTimeSeries"]) == ("ent_1", True)
     # status and temperature match Status/Temperature case-insensitively; note's only value is ""
-    created = dict(await fetch_all(store, sa.select(properties.c.name, properties.c.type)
-                                   .where(properties.c.entityId == "ent_1")))
-    assert created == {"Name": "text", "Temperature": "number", "Status": "text",
-                       "timestamp": "date", "reading_date": "date", "code": "number",
-                       "flag": "text", "extra": "text", "note": "text", "count": "number"}
+    created = dict(
+        await fetch_all(
+            store,
+            sa.select(properties.c.name, properties.c.type).where(properties.c.entityId == "ent_1"),
+        )
+    )
+    assert created == {
+        "Name": "text",
+        "Temperature": "number",
+        "Status": "text",
+        "timestamp": "date",
+        "reading_date": "date",
+        "code": "number",
+        "flag": "text",
+        "extra": "text",
+        "note": "text",
+        "count": "number",
+    }
     assert result["createdProperties"] == 7
     first, second = result["savedIds"]
     assert first != "ignored"
     values = await entity_values(store, "ent_1")
-    assert values[first] == {"timestamp": "2025-06-15T10:00:00Z", "Status": "ok",
-                             "Temperature": "21.5", "reading_date": "2025-06-15", "code": "42",
-                             "flag": "true", "extra": '{"a":[1,2]}'}
-    assert values[second] == {"timestamp": "2025-06-15T10:05:00Z", "Status": "alarm",
-                              "Temperature": "90", "note": "", "code": "x7", "count": "3"}
+    assert values[first] == {
+        "timestamp": "2025-06-15T10:00:00Z",
+        "Status": "ok",
+        "Temperature": "21.5",
+        "reading_date": "2025-06-15",
+        "code": "42",
+        "flag": "true",
+        "extra": '{"a":[1,2]}',
+    }
+    assert values[second] == {
+        "timestamp": "2025-06-15T10:05:00Z",
+        "Status": "alarm",
+        "Temperature": "90",
+        "note": "",
+        "code": "x7",
+        "count": "3",
+    }
     stamps = dict(await fetch_all(store, sa.select(records.c.id, records.c.createdAt)))
     assert stamps == {first: "2025-06-15T10:00:00.000Z", second: "2025-06-15T10:05:00.000Z"}
 
@@ -255,12 +340,14 @@ async def test_saved_records_come_back_from_fetch_data_in_save_order(
     rows = [{"Name": f"m{i}", "Load": i} for i in range(25)]
     saved = await call_node("saveRecords", {"targetEntityId": "ent_1"}, rows, resources=res)
     assert saved["createdProperties"] == 2 and saved["isTimeSeries"] is False
-    again = await call_node("saveRecords", {"entityId": "ent_1"}, {"name": "last", "load": 99},
-                            resources=res)
+    again = await call_node(
+        "saveRecords", {"entityId": "ent_1"}, {"name": "last", "load": 99}, resources=res
+    )
     assert again["createdProperties"] == 0 and len(again["savedIds"]) == 1
     fetched = await call_node("fetchData", {"entityId": "ent_1"}, resources=res)
     assert [(r["Name"], r["Load"]) for r in fetched["outputData"]] == (
-        [(f"m{i}", str(i)) for i in range(25)] + [("last", "99")])
+        [(f"m{i}", str(i)) for i in range(25)] + [("last", "99")]
+    )
     assert [r["id"] for r in fetched["outputData"]] == saved["savedIds"] + again["savedIds"]
     assert all(r["createdAt"].endswith("Z") for r in fetched["outputData"])
 
@@ -286,15 +373,24 @@ async def test_save_records_types_from_first_non_empty_value(
 @pytest.mark.parametrize(
     ("config", "data", "error", "text"),
     [
-        ({"entityId": "ent_missing"}, [{"a": 1}], NodeConfigError,
-         "Entity 'ent_missing' not found (entityId)"),
+        (
+            {"entityId": "ent_missing"},
+            [{"a": 1}],
+            NodeConfigError,
+            "Entity 'ent_missing' not found (entityId)",
+        ),
         ({"entityId": "ent_1"}, [{"a": 1}, "scalar"], NodeExecutionError, "record 1"),
         ({"entityId": "ent_1", "saveMode": "merge"}, [{"a": 1}], NodeConfigError, "saveMode"),
     ],
 )
 async def test_save_records_to_entity_errors_write_nothing(
-    call_node: CallNode, res: Resources, store: Store, config: dict[str, Any], data: Any,
-    error: type[Exception], text: str
+    call_node: CallNode,
+    res: Resources,
+    store: Store,
+    config: dict[str, Any],
+    data: Any,
+    error: type[Exception],
+    text: str,
 ) -> None:
     await seed(store, props=[], rows=[])
     with pytest.raises(error) as info:
@@ -305,8 +401,13 @@ async def test_save_records_to_entity_errors_write_nothing(
 
 
 def generic(name: str) -> sa.TableClause:
-    return sa.table(name, *(sa.column(c) for c in ("id", "data", "workflowId", "executionId",
-                                                   "createdAt", "updatedAt")))
+    return sa.table(
+        name,
+        *(
+            sa.column(c)
+            for c in ("id", "data", "workflowId", "executionId", "createdAt", "updatedAt")
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -339,17 +440,25 @@ async def test_save_records_generic_upsert_updates_by_id(
     call_node: CallNode, res: Resources, store: Store
 ) -> None:
     config = {"tableName": "devices"}
-    await call_node("saveRecords", config, [{"id": "d1", "v": 1}, {"id": "d2", "v": 2}],
-                    resources=res)
+    await call_node(
+        "saveRecords", config, [{"id": "d1", "v": 1}, {"id": "d2", "v": 2}], resources=res
+    )
     with pytest.raises(NodeExecutionError, match="saveMode upsert"):
         await call_node("saveRecords", config, {"id": "d1", "v": 9}, resources=res)
-    result = await call_node("saveRecords", {**config, "saveMode": "upsert"},
-                             [{"id": "d1", "v": 10}, {"id": "d3", "v": 3}, {"v": 4}],
-                             resources=res)
+    result = await call_node(
+        "saveRecords",
+        {**config, "saveMode": "upsert"},
+        [{"id": "d1", "v": 10}, {"id": "d3", "v": 3}, {"v": 4}],
+        resources=res,
+    )
     assert (result["updatedCount"], result["insertedCount"]) == (1, 2)
     rows = {r.id: r for r in await fetch_all(store, sa.select(generic("devices")))}
     assert {i: json.loads(r.data)["v"] for i, r in rows.items()} == {
-        "d1": 10, "d2": 2, "d3": 3, result["savedIds"][2]: 4}
+        "d1": 10,
+        "d2": 2,
+        "d3": 3,
+        result["savedIds"][2]: 4,
+    }
     assert rows["d1"].updatedAt >= rows["d1"].createdAt
 
 

@@ -15,8 +15,10 @@ GREETING = {"addFieldName": "greeting", "addFieldValue": "Welcome, {{name}}!"}
     [
         (  # fixture 05, run A
             [{"name": "Ana", "plan": "pro"}, {"name": "Luis", "plan": "free"}],
-            [{"name": "Ana", "plan": "pro", "greeting": "Welcome, Ana!"},
-             {"name": "Luis", "plan": "free", "greeting": "Welcome, Luis!"}],
+            [
+                {"name": "Ana", "plan": "pro", "greeting": "Welcome, Ana!"},
+                {"name": "Luis", "plan": "free", "greeting": "Welcome, Luis!"},
+            ],
         ),
         (  # run B: an object is one record
             {"name": "Eva", "email": "eva@example.com"},
@@ -24,9 +26,14 @@ GREETING = {"addFieldName": "greeting", "addFieldValue": "Welcome, {{name}}!"}
         ),
         ({}, {"greeting": "Welcome, {{name}}!"}),  # run C: unknown placeholder kept
         (None, {"greeting": "Welcome, {{name}}!"}),
-        ([{"name": None}, {"other": 1}, "scalar"],
-         [{"name": None, "greeting": "Welcome, null!"},
-          {"other": 1, "greeting": "Welcome, {{name}}!"}, "scalar"]),
+        (
+            [{"name": None}, {"other": 1}, "scalar"],
+            [
+                {"name": None, "greeting": "Welcome, null!"},
+                {"other": 1, "greeting": "Welcome, {{name}}!"},
+                "scalar",
+            ],
+        ),
         ([], []),
     ],
 )
@@ -38,10 +45,16 @@ async def test_add_field_templated(call_node: CallNode, data: Any, expected: Any
 @pytest.mark.parametrize(
     ("config", "data", "expected"),
     [
-        ({"addFieldName": "status", "addFieldValue": "ALERT"}, {"temperature": 85},
-         {"temperature": 85, "status": "ALERT"}),  # fixture 01
-        ({"addFieldName": "status", "addFieldValue": "normal"}, [{"sensor": "S1", "value": 42}],
-         [{"sensor": "S1", "value": 42, "status": "normal"}]),  # fixture 03
+        (
+            {"addFieldName": "status", "addFieldValue": "ALERT"},
+            {"temperature": 85},
+            {"temperature": 85, "status": "ALERT"},
+        ),  # fixture 01
+        (
+            {"addFieldName": "status", "addFieldValue": "normal"},
+            [{"sensor": "S1", "value": 42}],
+            [{"sensor": "S1", "value": 42, "status": "normal"}],
+        ),  # fixture 03
         ({"fieldName": "src", "fieldValue": "lims"}, {"a": 1}, {"a": 1, "src": "lims"}),
         ({"addFieldName": "", "fieldName": "ai", "addFieldValue": "v"}, {}, {"ai": "v"}),
         ({"addFieldName": "x", "fieldName": "ignored"}, {}, {"x": ""}),
@@ -49,10 +62,17 @@ async def test_add_field_templated(call_node: CallNode, data: Any, expected: Any
         ({"addFieldName": "n", "addFieldValue": 5}, [{"a": 1}], [{"a": 1, "n": 5}]),
         ({"addFieldName": "tags", "addFieldValue": ["a"]}, None, {"tags": ["a"]}),
         ({"addFieldName": "a", "addFieldValue": "new"}, {"a": "old"}, {"a": "new"}),
-        ({"addFieldName": "s", "addFieldValue": "{{flag}}/{{n}}/{{o}}/{{ñ}}"},
-         {"flag": True, "n": 85.0, "o": {"k": [1.0, None]}, "ñ": "x"},
-         {"flag": True, "n": 85.0, "o": {"k": [1.0, None]}, "ñ": "x",
-          "s": 'true/85/{"k":[1,null]}/{{ñ}}'}),
+        (
+            {"addFieldName": "s", "addFieldValue": "{{flag}}/{{n}}/{{o}}/{{ñ}}"},
+            {"flag": True, "n": 85.0, "o": {"k": [1.0, None]}, "ñ": "x"},
+            {
+                "flag": True,
+                "n": 85.0,
+                "o": {"k": [1.0, None]},
+                "ñ": "x",
+                "s": 'true/85/{"k":[1,null]}/{{ñ}}',
+            },
+        ),
     ],
 )
 async def test_add_field_config_and_shapes(
@@ -71,11 +91,23 @@ async def test_add_field_does_not_mutate_input(call_node: CallNode) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (None, "null"), (True, "true"), (False, "false"), (85, "85"), (85.0, "85"),
-        (-0.0, "0"), (1.5, "1.5"), (0.1 + 0.2, "0.30000000000000004"), (1e21, "1e+21"),
-        (1e20, "100000000000000000000"), (1e-7, "1e-7"), (0.000001, "0.000001"),
-        (2.5e-8, "2.5e-8"), (float("nan"), "NaN"), (float("-inf"), "-Infinity"),
-        ("text", "text"), ({"a": 1, "b": "é"}, '{"a":1,"b":"é"}'),
+        (None, "null"),
+        (True, "true"),
+        (False, "false"),
+        (85, "85"),
+        (85.0, "85"),
+        (-0.0, "0"),
+        (1.5, "1.5"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (1e21, "1e+21"),
+        (1e20, "100000000000000000000"),
+        (1e-7, "1e-7"),
+        (0.000001, "0.000001"),
+        (2.5e-8, "2.5e-8"),
+        (float("nan"), "NaN"),
+        (float("-inf"), "-Infinity"),
+        ("text", "text"),
+        ({"a": 1, "b": "é"}, '{"a":1,"b":"é"}'),
         ([1, True, None], "[1,true,null]"),
         ({"x": float("nan")}, '{"x":null}'),
     ],
@@ -87,9 +119,21 @@ def test_js_str(value: Any, expected: str) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (1, 1.0), (2.5, 2.5), (" 42 ", 42.0), ("-1.5e2", -150.0), (".5", 0.5), ("5.", 5.0),
-        ("", None), ("abc", None), ("0x10", None), ("Infinity", None), ("1,5", None),
-        (True, None), (None, None), ([1], None), (float("inf"), None),
+        (1, 1.0),
+        (2.5, 2.5),
+        (" 42 ", 42.0),
+        ("-1.5e2", -150.0),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("", None),
+        ("abc", None),
+        ("0x10", None),
+        ("Infinity", None),
+        ("1,5", None),
+        (True, None),
+        (None, None),
+        ([1], None),
+        (float("inf"), None),
     ],
 )
 def test_to_number(value: Any, expected: float | None) -> None:

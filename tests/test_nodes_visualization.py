@@ -24,10 +24,21 @@ from tasks.visualization import (
 from tests.conftest import MakeResources
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SALES = [{"month": "Jan", "sales": 120, "costs": 80}, {"month": "Feb", "sales": 95.5, "costs": 70},
-         {"month": "Mar", "sales": "140", "costs": 90}, {"month": "Apr", "sales": 180, "costs": 60}]
-BAR = {"type": "bar", "title": "Monthly sales", "description": "Sales per month", "data": SALES,
-       "xAxisKey": "month", "dataKey": "sales", "colors": ["#8884d8", "#82ca9d"]}
+SALES = [
+    {"month": "Jan", "sales": 120, "costs": 80},
+    {"month": "Feb", "sales": 95.5, "costs": 70},
+    {"month": "Mar", "sales": "140", "costs": 90},
+    {"month": "Apr", "sales": 180, "costs": 60},
+]
+BAR = {
+    "type": "bar",
+    "title": "Monthly sales",
+    "description": "Sales per month",
+    "data": SALES,
+    "xAxisKey": "month",
+    "dataKey": "sales",
+    "colors": ["#8884d8", "#82ca9d"],
+}
 
 
 @pytest.fixture
@@ -36,8 +47,9 @@ def viz_ctx(make_resources: MakeResources, tmp_path: Path) -> Any:
 
     def make(node_id: str = "n1", execution_id: str = "exec_test") -> RunContext:
         resources = make_resources(IMAGE_DIR=str(tmp_path / "images"))
-        return RunContext(execution_id, "wf", "org", {}, node_id, "dataVisualization",
-                          "Chart", resources)
+        return RunContext(
+            execution_id, "wf", "org", {}, node_id, "dataVisualization", "Chart", resources
+        )
 
     return make
 
@@ -54,8 +66,10 @@ def png_size(png: bytes) -> tuple[int, int]:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"generatedWidget": BAR, "visualizationPrompt": "sales by month"},
-         "Visualization: Monthly sales"),
+        (
+            {"generatedWidget": BAR, "visualizationPrompt": "sales by month"},
+            "Visualization: Monthly sales",
+        ),
         ({"generatedWidget": {"type": "pie"}}, "Visualization: pie"),
         ({"visualizationPrompt": "a chart"}, NOT_CONFIGURED),
         ({}, NOT_CONFIGURED),
@@ -83,14 +97,29 @@ WIDGETS = {
     "line": {**BAR, "type": "line", "colors": None},
     "line-gaps": {**BAR, "type": "line", "data": [*SALES, {"month": "May", "sales": None}]},
     "area": {**BAR, "type": "area", "dataKeys": ["sales", "costs"]},
-    "pie": {"type": "pie", "title": "Share", "data": SALES, "nameKey": "month",
-            "dataKey": "sales", "colors": ["red", "#00ff00", "tab:blue", "C3"]},
+    "pie": {
+        "type": "pie",
+        "title": "Share",
+        "data": SALES,
+        "nameKey": "month",
+        "dataKey": "sales",
+        "colors": ["red", "#00ff00", "tab:blue", "C3"],
+    },
     "donut": {"type": "donut", "data": SALES, "xAxisKey": "month", "dataKey": "costs"},
     "doughnut": {"type": "Doughnut", "data": SALES, "xAxisKey": "month", "dataKey": "costs"},
-    "scatter": {"type": "scatter", "title": "Costs vs sales", "data": SALES,
-                "xAxisKey": "costs", "dataKey": "sales"},
-    "many-points": {"type": "line", "xAxisKey": "t", "dataKey": "v",
-                    "data": [{"t": f"2024-01-01T{h % 24:02d}", "v": h * 1.5} for h in range(200)]},
+    "scatter": {
+        "type": "scatter",
+        "title": "Costs vs sales",
+        "data": SALES,
+        "xAxisKey": "costs",
+        "dataKey": "sales",
+    },
+    "many-points": {
+        "type": "line",
+        "xAxisKey": "t",
+        "dataKey": "v",
+        "data": [{"t": f"2024-01-01T{h % 24:02d}", "v": h * 1.5} for h in range(200)],
+    },
 }
 
 
@@ -115,8 +144,13 @@ async def test_visualization_plots_the_input_records_when_the_widget_has_no_data
     viz_ctx: Any, tmp_path: Path
 ) -> None:
     widget = {"type": "line", "title": "From input", "xAxisKey": "month", "dataKey": "sales"}
-    config = {"generatedWidget": widget, "renderImage": "true", "imageFormat": "PNG",
-              "imageWidth": 640, "imageHeight": 360}
+    config = {
+        "generatedWidget": widget,
+        "renderImage": "true",
+        "imageFormat": "PNG",
+        "imageWidth": 640,
+        "imageHeight": 360,
+    }
     result = await run(viz_ctx(node_id="chart-1"), config, SALES)
     png = (tmp_path / "images" / "exec_test_chart-1.png").read_bytes()
     assert png_size(png) == (640, 360) == (result["image"]["width"], result["image"]["height"])
@@ -134,28 +168,44 @@ async def test_visualization_plots_the_input_records_when_the_widget_has_no_data
         ({"generatedWidget": {**BAR, "dataKey": ""}}, None, "generatedWidget.dataKey"),
         ({"generatedWidget": {**BAR, "xAxisKey": "day"}}, None, "generatedWidget.xAxisKey 'day'"),
         ({"generatedWidget": {**BAR, "dataKey": "profit"}}, None, "generatedWidget.dataKey"),
-        ({"generatedWidget": {**BAR, "dataKeys": ["sales", 3]}}, None,
-         "generatedWidget.dataKeys"),
-        ({"generatedWidget": {**BAR, "dataKeys": ["sales", "nope"]}}, None,
-         "generatedWidget.dataKeys 'nope'"),
-        ({"generatedWidget": {**BAR, "data": [*SALES, {"month": "May", "sales": "lots"}]}}, None,
-         "generatedWidget.dataKey 'sales': record 4"),
-        ({"generatedWidget": {**BAR, "data": [{"month": "Jan", "sales": True}]}}, None,
-         "generatedWidget.dataKey 'sales'"),
-        ({"generatedWidget": {**BAR, "colors": ["#8884d8", "not-a-colour"]}}, None,
-         "generatedWidget.colors"),
+        ({"generatedWidget": {**BAR, "dataKeys": ["sales", 3]}}, None, "generatedWidget.dataKeys"),
+        (
+            {"generatedWidget": {**BAR, "dataKeys": ["sales", "nope"]}},
+            None,
+            "generatedWidget.dataKeys 'nope'",
+        ),
+        (
+            {"generatedWidget": {**BAR, "data": [*SALES, {"month": "May", "sales": "lots"}]}},
+            None,
+            "generatedWidget.dataKey 'sales': record 4",
+        ),
+        (
+            {"generatedWidget": {**BAR, "data": [{"month": "Jan", "sales": True}]}},
+            None,
+            "generatedWidget.dataKey 'sales'",
+        ),
+        (
+            {"generatedWidget": {**BAR, "colors": ["#8884d8", "not-a-colour"]}},
+            None,
+            "generatedWidget.colors",
+        ),
         ({"generatedWidget": {**BAR, "colors": {"a": 1}}}, None, "generatedWidget.colors"),
         ({"generatedWidget": {**BAR, "data": "month,sales"}}, None, "generatedWidget.data"),
         ({"generatedWidget": {**BAR, "data": [1, 2]}}, None, r"generatedWidget.data\[0\]"),
         ({"generatedWidget": {**BAR, "data": []}}, None, "generatedWidget.data is empty"),
         ({"generatedWidget": {**BAR, "data": None}}, [1], r"input\[0\]"),
         ({"generatedWidget": {**BAR, "data": None}}, "text", "generatedWidget.data is empty"),
-        ({"generatedWidget": {**WIDGETS["pie"], "data": [{"month": "Jan", "sales": -1}]}}, None,
-         "generatedWidget.dataKey 'sales'"),
-        ({"generatedWidget": {**WIDGETS["pie"], "nameKey": None}}, None,
-         "generatedWidget.nameKey"),
-        ({"generatedWidget": {**WIDGETS["scatter"], "xAxisKey": "month"}}, None,
-         "generatedWidget.xAxisKey 'month'"),
+        (
+            {"generatedWidget": {**WIDGETS["pie"], "data": [{"month": "Jan", "sales": -1}]}},
+            None,
+            "generatedWidget.dataKey 'sales'",
+        ),
+        ({"generatedWidget": {**WIDGETS["pie"], "nameKey": None}}, None, "generatedWidget.nameKey"),
+        (
+            {"generatedWidget": {**WIDGETS["scatter"], "xAxisKey": "month"}},
+            None,
+            "generatedWidget.xAxisKey 'month'",
+        ),
         ({"generatedWidget": "{not json"}, None, "generatedWidget"),
         ({"generatedWidget": ["bar"]}, None, "generatedWidget"),
         ({}, None, "generatedWidget is not configured"),
@@ -180,17 +230,29 @@ async def test_visualization_refuses_a_node_id_unfit_for_a_file_name(viz_ctx: An
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("exec_1", True), ("a1b2c3d4e5f6a7b8", True), ("node-17.x", True), ("..", False),
-     (".hidden", False), ("a/b", False), ("a\\b", False), ("a..b", False), ("", False),
-     ("x" * 129, False), ("sp ace", False), ("é", False)],
+    [
+        ("exec_1", True),
+        ("a1b2c3d4e5f6a7b8", True),
+        ("node-17.x", True),
+        ("..", False),
+        (".hidden", False),
+        ("a/b", False),
+        ("a\\b", False),
+        ("a..b", False),
+        ("", False),
+        ("x" * 129, False),
+        ("sp ace", False),
+        ("é", False),
+    ],
 )
 def test_safe_id(value: str, ok: bool) -> None:
     assert safe_id(value) is ok
 
 
 @pytest.fixture
-async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
-        httpx.AsyncClient]:
+async def client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
     """The app in-process (real lifespan) with IMAGE_DIR = `tmp_path / "images"`."""
     from tests.support import node_backend_sqlite
 
@@ -225,9 +287,15 @@ async def test_image_route_serves_the_rendered_png(
 
 
 async def test_debug_node_run_renders_and_the_route_serves_it(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/nodes/execute", json={
-        "nodeId": "viz1", "nodeType": "dataVisualization", "inputData": SALES,
-        "node": {"config": {"generatedWidget": BAR, "renderImage": True}}})
+    r = await client.post(
+        "/api/nodes/execute",
+        json={
+            "nodeId": "viz1",
+            "nodeType": "dataVisualization",
+            "inputData": SALES,
+            "node": {"config": {"generatedWidget": BAR, "renderImage": True}},
+        },
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["success"] is True, body

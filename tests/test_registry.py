@@ -11,8 +11,20 @@ from tasks import registry
 from tasks.registry import DuplicateNodeType, NodeConfig, UnknownNodeType, get_spec, node
 
 TASKS_DIR = Path(tasks.__file__).parent
-V1_TYPES = ["trigger", "manualInput", "output", "http", "llm", "condition", "addField", "join",
-            "webhook", "comment", "splitColumns", "excelInput"]
+V1_TYPES = [
+    "trigger",
+    "manualInput",
+    "output",
+    "http",
+    "llm",
+    "condition",
+    "addField",
+    "join",
+    "webhook",
+    "comment",
+    "splitColumns",
+    "excelInput",
+]
 
 
 async def _handler(config: Any, data: Any, ctx: Any) -> dict[str, Any]:

@@ -23,32 +23,51 @@ def slow() -> Iterator[MockServer]:
 
 
 async def test_limit_and_submission_order(tmp_path: Path, slow: MockServer) -> None:
-    settings = Settings(_env_file=None, DATABASE_PATH=str(tmp_path / "db.sqlite"),  # type: ignore[call-arg]
-                        EXECUTION_MODE="inline", MAX_CONCURRENT_EXECUTIONS=2)
+    settings = Settings(
+        _env_file=None,
+        DATABASE_PATH=str(tmp_path / "db.sqlite"),  # type: ignore[call-arg]
+        EXECUTION_MODE="inline",
+        MAX_CONCURRENT_EXECUTIONS=2,
+    )
     store = await open_store(settings.database_url)
     resources = open_resources(settings, store)
-    definition = parse_workflow({"nodes": [{"id": "h", "type": "http", "config": {
-        "httpUrl": f"http://127.0.0.1:{slow.port}/slow"}}]}).model_dump_json()
+    definition = parse_workflow(
+        {
+            "nodes": [
+                {
+                    "id": "h",
+                    "type": "http",
+                    "config": {"httpUrl": f"http://127.0.0.1:{slow.port}/slow"},
+                }
+            ]
+        }
+    ).model_dump_json()
     ids = [f"e{i}" for i in range(6)]
     for eid in ids:
-        await store.create_execution(execution_id=eid, workflow_id="w", workflow_name=None,
-                                     organization_id=None, inputs={}, definition=definition,
-                                     mode="inline")
+        await store.create_execution(
+            execution_id=eid,
+            workflow_id="w",
+            workflow_name=None,
+            organization_id=None,
+            inputs={},
+            definition=definition,
+            mode="inline",
+        )
     worker = Worker(settings, store, Runner(settings, store, resources, PrefectProbe(None)))
     stop = asyncio.Event()
     serving = asyncio.create_task(worker.serve(stop))
     peak, rows = 0, []
     for _ in range(300):
-        rows = [await store.get_execution(eid) for eid in ids]
-        peak = max(peak, sum(1 for r in rows if r and r["status"] == "running"))
-        if all(r and r["status"] == "completed" for r in rows):
+        rows, _total = await store.list_executions("w", 10)  # one consistent snapshot
+        peak = max(peak, sum(1 for r in rows if r["status"] == "running"))
+        if all(r["status"] == "completed" for r in rows):
             break
         await asyncio.sleep(0.02)
     stop.set()
     await serving
     await resources.aclose()
     await store.close()
-    assert [r["status"] for r in rows if r] == ["completed"] * 6
+    assert [r["status"] for r in rows] == ["completed"] * 6
     assert peak == 2
-    started = [r["startedAt"] for r in rows if r]
+    started = [r["startedAt"] for r in sorted(rows, key=lambda r: r["id"])]
     assert started == sorted(started)  # pending executions start in submission order
