@@ -1,9 +1,12 @@
 """The HTTP API of contract §1: thin routes over the store; the worker process runs executions."""
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -37,14 +40,36 @@ VERSION = "1.0.0"
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
+class WorkerWakeup:
+    """Pings the worker processes' UDP ports (WOS_WAKE_PORTS, set by start_service.py) after a
+    submit, so an idle worker starts the execution at once instead of at its next poll."""
+
+    def __init__(self, ports: str | None) -> None:
+        self.ports = [int(p) for p in (ports or "").split(",") if p.strip()]
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if self.ports else None
+        if self.sock is not None:
+            self.sock.setblocking(False)
+
+    def __call__(self) -> None:
+        for port in self.ports:
+            with contextlib.suppress(OSError):  # a worker restarting: it polls anyway
+                self.sock.sendto(b"1", ("127.0.0.1", port))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.store = await open_store(settings.database_url)
     app.state.resources = open_resources(settings, app.state.store)
+    app.state.wake_workers = WorkerWakeup(os.environ.get("WOS_WAKE_PORTS"))
     try:
         yield
     finally:
+        app.state.wake_workers.close()
         await app.state.resources.aclose()
         await app.state.store.close()
 
@@ -145,7 +170,13 @@ def get_store(request: Request) -> Store:
     return store
 
 
+def get_wake(request: Request) -> WorkerWakeup:
+    wake: WorkerWakeup = request.app.state.wake_workers
+    return wake
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
+WakeDep = Annotated[WorkerWakeup, Depends(get_wake)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 api = [Depends(require_key)]
 app.include_router(images_router, dependencies=api)
@@ -174,6 +205,7 @@ def _definition(raw: Any) -> str:
 
 async def queue(
     store: Store,
+    wake: Callable[[], None],
     *,
     workflow_id: str,
     name: str | None,
@@ -217,6 +249,7 @@ async def queue(
             if attempt or key is None:
                 raise
     if earlier is None:
+        wake()
         return response
     earlier_id, earlier_hash = earlier
     if key is not None and earlier_hash != key[1]:
@@ -237,6 +270,7 @@ async def execute_workflow(
     body: ExecutionCreate,
     store: StoreDep,
     settings: SettingsDep,
+    wake: WakeDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     name: str | None = None
@@ -254,6 +288,7 @@ async def execute_workflow(
     mode = body.mode if body.mode in ("prefect", "inline") else settings.EXECUTION_MODE
     return await queue(
         store,
+        wake,
         workflow_id=workflow_id,
         name=name,
         definition=_definition(raw),
@@ -265,7 +300,7 @@ async def execute_workflow(
 
 @app.post("/api/executions/{execution_id}/retry", dependencies=api)
 async def retry_execution(
-    execution_id: str, store: StoreDep, body: RetryRequest | None = None
+    execution_id: str, store: StoreDep, wake: WakeDep, body: RetryRequest | None = None
 ) -> dict[str, Any]:
     """A new execution of a failed/cancelled one, with the same definition and inputs, reusing
     the results of the nodes that completed (unless `fromScratch`)."""
@@ -298,6 +333,7 @@ async def retry_execution(
     )
     response = await queue(
         store,
+        wake,
         workflow_id=row["workflowId"],
         name=row.get("workflowName"),
         definition=row["definition"],

@@ -48,8 +48,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
@@ -186,8 +186,11 @@ class Supervisor:
         if settings.EXECUTION_MODE == "prefect" and not api_url:
             api_url = self.start_prefect()
         worker_env = {**prefect_env(settings, api_url), "WOS_INSTANCE": instance_id(settings)}
-        for i in range(settings.WORKER_PROCESSES):
-            self.spawn(f"worker-{i + 1}", ["-m", "flows.worker"], worker_env)
+        wake_ports = [str(free_port(socket.SOCK_DGRAM)) for _ in range(settings.WORKER_PROCESSES)]
+        for i, port in enumerate(wake_ports):
+            self.spawn(
+                f"worker-{i + 1}", ["-m", "flows.worker"], {**worker_env, "WOS_WAKE_PORT": port}
+            )
         self.spawn(
             "api",
             [
@@ -202,7 +205,7 @@ class Supervisor:
                 "--log-level",
                 settings.LOG_LEVEL.lower(),
             ],
-            {},
+            {"WOS_WAKE_PORTS": ",".join(wake_ports)},
         )
         logger.info(
             "service starting on http://%s:%d (mode %s)",
@@ -217,7 +220,8 @@ class Supervisor:
                     continue
                 if name.startswith("worker-"):
                     logger.error("%s exited with %s; restarting it", name, code)
-                    self.spawn(name, ["-m", "flows.worker"], worker_env)
+                    port = wake_ports[int(name.split("-")[1]) - 1]
+                    self.spawn(name, ["-m", "flows.worker"], {**worker_env, "WOS_WAKE_PORT": port})
                 elif name == "prefect-server":
                     logger.error(
                         "the Prefect server exited with %s; executions run inline "

@@ -16,7 +16,7 @@ from tasks.context import open_resources
 
 logger = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.05
+IDLE_POLL_S = 0.1  # fallback; the API wakes workers with a datagram on every submit (WOS_WAKE_PORT)
 CANCEL_POLL_S = 0.25
 
 
@@ -45,12 +45,12 @@ class Worker:
         try:
             while not stop.is_set():
                 free = self.settings.MAX_CONCURRENT_EXECUTIONS - len(self.tasks)
-                claims = await self._claim(free) if free > 0 else []
-                for claim in claims:
-                    self._spawn(claim)
-                if claims and len(claims) == free:
-                    await asyncio.sleep(0)
-                    continue
+                if free > 0 and await self._has_work():
+                    claims = await self._claim(free)
+                    for claim in claims:
+                        self._spawn(claim)
+                    if claims:
+                        continue
                 self.wake.clear()
                 waits = [
                     asyncio.ensure_future(stop.wait()),
@@ -63,6 +63,15 @@ class Worker:
         finally:
             for helper in helpers:
                 helper.cancel()
+
+    async def _has_work(self) -> bool:
+        """A cheap read first, so an idle worker polls often without taking the write lock."""
+        try:
+            return await self.store.has_queued()
+        except Exception:  # noqa: BLE001 - a store hiccup must not kill the worker
+            logger.exception("queue poll failed; retrying")
+            await asyncio.sleep(1)
+            return False
 
     async def _claim(self, limit: int) -> list[Claim]:
         try:
@@ -135,6 +144,25 @@ class Worker:
         await self.store.release(self.owner)
 
 
+class _Wake(asyncio.DatagramProtocol):
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.event.set()
+
+
+async def listen_for_wakeups(worker: Worker) -> asyncio.BaseTransport | None:
+    """Bind the UDP port start_service.py gave this worker; the API pings it after each submit."""
+    port = os.environ.get("WOS_WAKE_PORT")
+    if not port:
+        return None
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _Wake(worker.wake), local_addr=("127.0.0.1", int(port))
+    )
+    return transport
+
+
 async def main() -> None:
     settings = get_settings()
     store = await open_store(settings.database_url)
@@ -145,9 +173,12 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    wakeups = await listen_for_wakeups(worker)
     try:
         await worker.serve(stop)
     finally:
+        if wakeups is not None:
+            wakeups.close()
         await resources.aclose()
         await store.close()
 

@@ -116,6 +116,17 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.close()
 
 
+class _InProcessWake:
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    def __call__(self) -> None:
+        self.event.set()
+
+    def close(self) -> None:
+        pass
+
+
 class Service:
     """The API in-process (httpx ASGI transport) with an inline worker on the same event loop."""
 
@@ -172,6 +183,7 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     stop = asyncio.Event()
     serving = asyncio.create_task(worker.serve(stop))
     async with LifespanManager(app):
+        app.state.wake_workers = _InProcessWake(worker.wake)  # not UDP: same event loop
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield Service(client, db)
