@@ -46,6 +46,18 @@ class PrefectProbe:
         return self._result
 
 
+def _fallback(execution_id: str, cause: str) -> str:
+    """Log (and return, for `modeReason`) why an execution runs inline instead of in Prefect."""
+    reason = f"{cause}; ran inline"
+    logger.warning(
+        "execution %s: %s",
+        execution_id,
+        reason,
+        extra={"execution_id": execution_id, "action": "fallback"},
+    )
+    return reason
+
+
 def _decode(text: str | None, default: Any) -> Any:
     try:
         value = json.loads(text) if text else default
@@ -87,13 +99,7 @@ class Runner:
         if mode == "prefect":
             ok, why = await self.probe.available()
             if not ok:
-                mode, reason = "inline", f"Prefect API unreachable ({why}); ran inline"
-                logger.warning(
-                    "execution %s: %s",
-                    eid,
-                    reason,
-                    extra={"execution_id": eid, "action": "fallback"},
-                )
+                mode, reason = "inline", _fallback(eid, f"Prefect API unreachable ({why})")
         started = False
 
         async def body(flow_run_id: str | None) -> str:
@@ -144,14 +150,8 @@ class Runner:
             raise
         except Exception as exc:  # noqa: BLE001 - Prefect itself failed around our body
             if not started:
-                mode = "inline"
-                reason = f"Prefect flow could not start ({type(exc).__name__}: {exc}); ran inline"
-                logger.warning(
-                    "execution %s: %s",
-                    eid,
-                    reason,
-                    extra={"execution_id": eid, "action": "fallback"},
-                )
+                cause = f"Prefect flow could not start ({type(exc).__name__}: {exc})"
+                mode, reason = "inline", _fallback(eid, cause)
                 return await self._guarded(eid, body(None))
             logger.warning(
                 "execution %s: Prefect failed around the run: %s",
