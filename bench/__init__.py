@@ -1,0 +1,1 @@
+"""Benchmark suite of the workflow service: `python -m bench.run --help`."""
