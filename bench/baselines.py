@@ -75,11 +75,15 @@ class DurableLog:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("CREATE TABLE executions (id TEXT PRIMARY KEY, status TEXT, "
-                     "currentNodeId TEXT, completedNodes INTEGER DEFAULT 0, startedAt REAL, "
-                     "completedAt REAL)")
-        conn.execute("CREATE TABLE logs (id INTEGER PRIMARY KEY, executionId TEXT, nodeId TEXT, "
-                     "status TEXT, outputData TEXT, ts REAL)")
+        conn.execute(
+            "CREATE TABLE executions (id TEXT PRIMARY KEY, status TEXT, "
+            "currentNodeId TEXT, completedNodes INTEGER DEFAULT 0, startedAt REAL, "
+            "completedAt REAL)"
+        )
+        conn.execute(
+            "CREATE TABLE logs (id INTEGER PRIMARY KEY, executionId TEXT, nodeId TEXT, "
+            "status TEXT, outputData TEXT, ts REAL)"
+        )
         conn.execute("CREATE INDEX logs_execution ON logs(executionId)")
         self.conn = conn
 
@@ -94,22 +98,47 @@ class DurableLog:
         await asyncio.get_running_loop().run_in_executor(self.pool, self._tx, statements)
 
     async def begin_execution(self, eid: str) -> None:
-        await self.commit([("INSERT INTO executions (id, status, startedAt) VALUES (?, ?, ?)",
-                            (eid, "running", time.time()))])
+        await self.commit(
+            [
+                (
+                    "INSERT INTO executions (id, status, startedAt) VALUES (?, ?, ?)",
+                    (eid, "running", time.time()),
+                )
+            ]
+        )
 
     async def node_done(self, eid: str, nid: str, result: Result) -> None:
         output = dump_json(result)  # the checkpoint holds the node's output (resume needs it)
-        await self.commit([
-            ("INSERT INTO logs (executionId, nodeId, status, outputData, ts) VALUES (?,?,?,?,?)",
-             (eid, nid, "completed" if result.get("success") is not False else "error", output,
-              time.time())),
-            ("UPDATE executions SET currentNodeId = ?, completedNodes = completedNodes + 1 "
-             "WHERE id = ?", (nid, eid)),
-        ])
+        await self.commit(
+            [
+                (
+                    "INSERT INTO logs (executionId, nodeId, status, outputData, ts) "
+                    "VALUES (?,?,?,?,?)",
+                    (
+                        eid,
+                        nid,
+                        "completed" if result.get("success") is not False else "error",
+                        output,
+                        time.time(),
+                    ),
+                ),
+                (
+                    "UPDATE executions SET currentNodeId = ?, completedNodes = completedNodes + 1 "
+                    "WHERE id = ?",
+                    (nid, eid),
+                ),
+            ]
+        )
 
     async def finish_execution(self, eid: str, status: str) -> None:
-        await self.commit([("UPDATE executions SET status = ?, completedAt = ? WHERE id = ?",
-                            (status, time.time(), eid))])
+        await self.commit(
+            [
+                (
+                    "UPDATE executions SET status = ?, completedAt = ? WHERE id = ?",
+                    (status, time.time(), eid),
+                )
+            ]
+        )
 
 
 class NullRecorder:
@@ -157,8 +186,9 @@ async def w1(runner: Runner, spec: dict[str, Any]) -> Result:
     return out
 
 
-async def closed_loop(runner: Runner, plan: Plan, total: int, concurrency: int,
-                      budget_s: float) -> Result:
+async def closed_loop(
+    runner: Runner, plan: Plan, total: int, concurrency: int, budget_s: float
+) -> Result:
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     issued = 0
@@ -182,8 +212,10 @@ async def w2(runner: Runner, spec: dict[str, Any]) -> Result:
     plan = plan_of(spec["workflow"])
     p = spec["params"]
     await closed_loop(runner, plan, p["warmup"], 1, 30)
-    return {f"c{c}": await closed_loop(runner, plan, p["counts"][str(c)], c, p["budget_s"])
-            for c in p["concurrency"]}
+    return {
+        f"c{c}": await closed_loop(runner, plan, p["counts"][str(c)], c, p["budget_s"])
+        for c in p["concurrency"]
+    }
 
 
 async def w3(runner: Runner, spec: dict[str, Any]) -> Result:
@@ -192,8 +224,10 @@ async def w3(runner: Runner, spec: dict[str, Any]) -> Result:
     n = spec["params"]["executions"]
     t0 = time.perf_counter()
     statuses = await asyncio.gather(*(runner.run(plan) for _ in range(n)))
-    return {"elapsed": time.perf_counter() - t0,
-            "statuses": {s: statuses.count(s) for s in set(statuses)}}
+    return {
+        "elapsed": time.perf_counter() - t0,
+        "statuses": {s: statuses.count(s) for s in set(statuses)},
+    }
 
 
 async def w5(runner: Runner, spec: dict[str, Any]) -> Result:
@@ -212,8 +246,9 @@ async def w5_ladder(runner: Runner, spec: dict[str, Any]) -> Result:
 
     out = []
     for n in spec["params"]["sizes"]:
-        workflow = w5_bigdata(n, inline_source(w5_rows(n, "A"), "a.csv"),
-                              inline_source(w5_rows(n, "B"), "b.csv"))
+        workflow = w5_bigdata(
+            n, inline_source(w5_rows(n, "A"), "a.csv"), inline_source(w5_rows(n, "B"), "b.csv")
+        )
         t0 = time.perf_counter()
         status = await runner.run(plan_of(workflow))
         out.append({"rows": n, "elapsed": time.perf_counter() - t0, "status": status})

@@ -49,8 +49,13 @@ class RawClient:
         reader, writer = await asyncio.open_connection(self.host, self.port, limit=2**24)
         return _Conn(reader, writer)
 
-    async def request(self, method: str, path: str, body: bytes | None = None,
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         async with self.slots:
             for attempt in range(2):
                 conn = self._idle_conn() if attempt == 0 else None
@@ -58,7 +63,8 @@ class RawClient:
                     conn = await self._open()
                 try:
                     status, data, keep = await asyncio.wait_for(
-                        self._exchange(conn, method, path, body, headers), self.timeout)
+                        self._exchange(conn, method, path, body, headers), self.timeout
+                    )
                 except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                     conn.close()
                     if attempt:  # a stale keep-alive socket gets one retry on a fresh one
@@ -84,8 +90,14 @@ class RawClient:
             conn.close()
         return None
 
-    async def _exchange(self, conn: _Conn, method: str, path: str, body: bytes | None,
-                        headers: dict[str, str] | None) -> tuple[int, bytes, bool]:
+    async def _exchange(
+        self,
+        conn: _Conn,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+    ) -> tuple[int, bytes, bool]:
         lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + self.host_header]
         if body is not None:
             lines.append(b"Content-Type: application/json")
@@ -148,8 +160,12 @@ def percentile(values: list[float], p: float) -> float | None:
 def summary_ms(seconds: list[float]) -> dict[str, float | None]:
     """p50/p99/max in milliseconds of a list of durations in seconds."""
     ms = [s * 1000 for s in seconds]
-    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99),
-            "max": max(ms) if ms else None, "n": len(ms)}
+    return {
+        "p50": percentile(ms, 50),
+        "p99": percentile(ms, 99),
+        "max": max(ms) if ms else None,
+        "n": len(ms),
+    }
 
 
 class Stopwatch:

@@ -42,8 +42,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     delay_ms = float(path[7:].split(b"?")[0])
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(BODY)).encode()
+                + b"\r\n\r\n"
+                + BODY
+            )
             await writer.drain()
             if close:
                 return

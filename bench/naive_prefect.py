@@ -106,8 +106,13 @@ async def execute(request: Request) -> dict[str, Any]:
     if body.get("workflow") is not None:
         WORKFLOWS[workflow_id] = body["workflow"]
     execution_id = secrets.token_hex(8)
-    EXECUTIONS[execution_id] = {"status": "pending", "createdAt": time.time(),
-                                "startedAt": None, "completedAt": None, "error": None}
+    EXECUTIONS[execution_id] = {
+        "status": "pending",
+        "createdAt": time.time(),
+        "startedAt": None,
+        "completedAt": None,
+        "error": None,
+    }
     job = asyncio.create_task(_run(execution_id, workflow_id))
     RUNNING.add(job)
     job.add_done_callback(RUNNING.discard)

@@ -54,8 +54,11 @@ async def main(port: int, concurrency: int, max_seconds: float) -> dict[str, obj
             codes[status] = codes.get(status, 0) + 1
 
     reading = asyncio.create_task(read_ids())
-    await asyncio.wait([asyncio.ensure_future(have_ids.wait()), reading], timeout=max_seconds,
-                       return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [asyncio.ensure_future(have_ids.wait()), reading],
+        timeout=max_seconds,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
     t0 = time.perf_counter()
     if ids:
         pollers = [asyncio.create_task(poll(k)) for k in range(concurrency)]
@@ -65,9 +68,15 @@ async def main(port: int, concurrency: int, max_seconds: float) -> dict[str, obj
     elapsed = time.perf_counter() - t0
     reading.cancel()
     await client.close()
-    return {"elapsed": elapsed, "requests": len(latencies), "errors": errors, "codes": codes,
-            "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
-            "latency_ms": summary_ms(latencies), "concurrency": concurrency}
+    return {
+        "elapsed": elapsed,
+        "requests": len(latencies),
+        "errors": errors,
+        "codes": codes,
+        "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
+        "latency_ms": summary_ms(latencies),
+        "concurrency": concurrency,
+    }
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def _stat(pid: int) -> tuple[int, float] | None:
             raw = f.read()
     except OSError:
         return None
-    rest = raw[raw.rfind(b")") + 2:].split()
+    rest = raw[raw.rfind(b")") + 2 :].split()
     # rest[0]=state, [1]=ppid, [2]=pgrp, ..., [11]=utime, [12]=stime
     return int(rest[2]), (int(rest[11]) + int(rest[12])) / TICK
 
@@ -46,10 +46,15 @@ def cmdline(pid: int) -> str:
 def role(pid: int) -> str:
     """A short name for a service process, from its command line."""
     cmd = cmdline(pid)
-    for needle, name in (("flows.prefect_server", "prefect-server"), ("flows.worker", "worker"),
-                         ("api_service:app", "api"), ("naive_prefect:app", "naive-api"),
-                         ("start_service.py", "supervisor"), ("bench.baselines", "baseline"),
-                         ("py-spy", "py-spy")):
+    for needle, name in (
+        ("flows.prefect_server", "prefect-server"),
+        ("flows.worker", "worker"),
+        ("api_service:app", "api"),
+        ("naive_prefect:app", "naive-api"),
+        ("start_service.py", "supervisor"),
+        ("bench.baselines", "baseline"),
+        ("py-spy", "py-spy"),
+    ):
         if needle in cmd:
             return name
     return cmd.split(" ")[0].rsplit("/", 1)[-1] or str(pid)

@@ -29,7 +29,8 @@ PLUMBING = re.compile(
     r"_run_code|<module>|Command\.|Context\.invoke|^main |^run |asyncio_run|Server\.|"
     r"Handle\._run|^_worker |_WorkItem\.run|Middleware|middleware|wrap_app_handling|"
     r"Router\.|APIRouter|_IncludedRouter|Route\.handle|APIRoute\.handle|request_response|"
-    r"Starlette\.__call__|FastAPI\.__call__|RequestResponseCycle\.run_asgi|BodyLimit")
+    r"Starlette\.__call__|FastAPI\.__call__|RequestResponseCycle\.run_asgi|BodyLimit"
+)
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -45,7 +46,7 @@ def _short(path: str) -> tuple[str, str]:
         rel = path.split("site-packages/", 1)[1]
         return rel.split("/", 1)[0].removesuffix(".py"), rel
     if path.startswith(root):
-        rel = path[len(root):]
+        rel = path[len(root) :]
         return "service:" + rel.split("/", 1)[0].removesuffix(".py"), rel
     m = re.search(r"lib/python3\.\d+/(.+)$", path)
     if m:
@@ -85,8 +86,12 @@ def summarise(raw_file: Path, top: int = 20) -> dict[str, Any]:
     def pct(counter: Counter[str], n: int) -> list[tuple[str, float]]:
         return [(k, round(100 * v / total, 1)) for k, v in counter.most_common(n)] if total else []
 
-    return {"samples": total, "top_own": pct(own, top), "top_inclusive": pct(inclusive, top + 10),
-            "own_by_package": pct(packages, 15)}
+    return {
+        "samples": total,
+        "top_own": pct(own, top),
+        "top_inclusive": pct(inclusive, top + 10),
+        "own_by_package": pct(packages, 15),
+    }
 
 
 class Profiler:
@@ -112,9 +117,24 @@ class Profiler:
                 name = role_name + (f"{i + 1}" if len(pids) > 1 else "")
                 out = self.outdir / f"{self.label}-{name}.txt"
                 proc = subprocess.Popen(
-                    [self.exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
-                     str(self.rate), "--nonblocking", "--gil", "--full-filenames", "-o", str(out)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [
+                        self.exe,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        str(self.rate),
+                        "--nonblocking",
+                        "--gil",
+                        "--full-filenames",
+                        "-o",
+                        str(out),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 self.running.append((name, out, proc))
 
     def stop(self) -> dict[str, Any]:
@@ -140,9 +160,14 @@ class Profiler:
 
 
 def render_summary(name: str, summary: dict[str, Any]) -> str:
-    lines = [f"# {name}: {summary['samples']} samples (GIL-holding samples only)", "", "## own time"]  # noqa: E501
+    lines = [
+        f"# {name}: {summary['samples']} samples (GIL-holding samples only)",
+        "",
+        "## own time",
+    ]  # noqa: E501
     lines += [f"{p:5.1f}%  {f}" for f, p in summary["top_own"]]
     lines += ["", "## inclusive time"] + [f"{p:5.1f}%  {f}" for f, p in summary["top_inclusive"]]
-    lines += ["", "## own time by package"] + [f"{p:5.1f}%  {f}" for f, p in
-                                                summary["own_by_package"]]
+    lines += ["", "## own time by package"] + [
+        f"{p:5.1f}%  {f}" for f, p in summary["own_by_package"]
+    ]
     return "\n".join(lines) + "\n"

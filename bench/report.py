@@ -81,9 +81,12 @@ def _err(row: dict[str, Any] | None) -> str | None:
 
 
 def w1_table(res: dict[str, Any]) -> list[str]:
-    lines = ["| target | 40 × addField: total ms | ms/node (node phase) | × plain | "
-             "40 × http 10 ms: total s | overhead ms/node (− 10 ms) | vs Hatchet 1.22 s | "
-             "target | met |", "|" + "---|" * 9]
+    lines = [
+        "| target | 40 × addField: total ms | ms/node (node phase) | × plain | "
+        "40 × http 10 ms: total s | overhead ms/node (− 10 ms) | vs Hatchet 1.22 s | "
+        "target | met |",
+        "|" + "---|" * 9,
+    ]
     plain = get(res, "plain", "noop", "phase_s")
     for t in order(list(res)):
         row = res[t]
@@ -107,14 +110,18 @@ def w1_table(res: dict[str, Any]) -> list[str]:
             ok = per <= limit and h_over <= limit
         incomplete = ""
         if noop.get("completed", 1) < noop.get("runs", 1) or http.get("completed", 1) < http.get(
-                "runs", 1):
+            "runs", 1
+        ):
             incomplete = f" (runs: {noop.get('statuses')}, {http.get('statuses')})"
         lines.append(
             f"| {label(t, row)}{incomplete} | {f(noop.get('total_s') and noop['total_s'] * 1000)} | "  # noqa: E501
             f"{f(per, 2)} | {ratio(per, plain and plain * 1000 / n)} | {f(h_total, 2)} | "
-            f"{f(h_over, 2)} | {ratio(h_total, 1.22, 2)} | {target or '–'} | {met(ok)} |")
+            f"{f(h_over, 2)} | {ratio(h_total, 1.22, 2)} | {target or '–'} | {met(ok)} |"
+        )
     lines.append("")
-    lines.append("40 × ~10 ms tasks, total seconds (published figures vs this run's http workflow):")  # noqa: E501
+    lines.append(
+        "40 × ~10 ms tasks, total seconds (published figures vs this run's http workflow):"
+    )  # noqa: E501
     lines.append("")
     lines.append("| system | 40 × ~10 ms tasks (s) |")
     lines.append("|---|---|")
@@ -128,9 +135,12 @@ def w1_table(res: dict[str, Any]) -> list[str]:
 
 
 def w2_table(res: dict[str, Any]) -> list[str]:
-    lines = ["| target | c=1 exec/s | c=1 e2e p50 / p99 ms | c=50 exec/s | % of durable c=50 | "
-             "× naive c=50 | c=50 submit p50 / p99 ms | c=50 e2e p50 / p99 ms | "
-             "CPU ms per execution (c=50) | target | met |", "|" + "---|" * 11]
+    lines = [
+        "| target | c=1 exec/s | c=1 e2e p50 / p99 ms | c=50 exec/s | % of durable c=50 | "
+        "× naive c=50 | c=50 submit p50 / p99 ms | c=50 e2e p50 / p99 ms | "
+        "CPU ms per execution (c=50) | target | met |",
+        "|" + "---|" * 11,
+    ]
     durable = get(res, "durable", "c50", "exec_s")
     naive = get(res, "naive-prefect", "c50", "exec_s")
     for t in order(list(res)):
@@ -156,36 +166,50 @@ def w2_table(res: dict[str, Any]) -> list[str]:
 
         extra = ""
         if c50.get("failed") or c50.get("unfinished") or c50.get("submit_errors"):
-            extra = (f" ({c50.get('completed')} ok, {c50.get('failed')} failed, "
-                     f"{c50.get('unfinished')} unfinished, {c50.get('submit_errors')} submit errors)")  # noqa: E501
+            extra = (
+                f" ({c50.get('completed')} ok, {c50.get('failed')} failed, "
+                f"{c50.get('unfinished')} unfinished, {c50.get('submit_errors')} submit errors)"
+            )  # noqa: E501
         lines.append(
             f"| {label(t, row)} | {f(c1.get('exec_s'))} | {lat(c1, 'e2e_ms')} | {f(x)}{extra} | {pct} | "  # noqa: E501
             f"{ratio(x, naive)} | {lat(c50, 'submit_ms')} | {lat(c50, 'e2e_ms')} | {cpu_text} | "
-            f"{target} | {met(ok)} |")
-    lines += ["", "Open loop: submissions at a fixed rate regardless of answers (submit latency is "
-              "POST → 200 with the execution id):", "",
-              "| target | offered | achieved rate /s | submit p50 / p99 / max ms | submit errors | "
-              "completed (drain window) | exec/s while draining | target | met |",
-              "|" + "---|" * 9]
+            f"{target} | {met(ok)} |"
+        )
+    lines += [
+        "",
+        "Open loop: submissions at a fixed rate regardless of answers (submit latency is "
+        "POST → 200 with the execution id):",
+        "",
+        "| target | offered | achieved rate /s | submit p50 / p99 / max ms | submit errors | "
+        "completed (drain window) | exec/s while draining | target | met |",
+        "|" + "---|" * 9,
+    ]
     for t in order(list(res)):
         o = get(res, t, "open")
         if not o:
             continue
         s = o.get("submit_ms") or {}
         p99 = s.get("p99")
-        ok = (p99 is not None and p99 < 10 and not o.get("submit_errors")) if base(t) in MODES else None  # noqa: E501
+        ok = (
+            (p99 is not None and p99 < 10 and not o.get("submit_errors"))
+            if base(t) in MODES
+            else None
+        )  # noqa: E501
         lines.append(
             f"| {label(t, res[t])} | {o['offered']} at {o['rate']:.0f}/s | {f(o.get('achieved_rate'))} | "  # noqa: E501
             f"{f(s.get('p50'))} / {f(p99)} / {f(s.get('max'))} | {o.get('submit_errors')} | "
             f"{o.get('completed')} of {o['offered']} in {f(o.get('drain_s'))} s | "
-            f"{f(o.get('exec_s'))} | {'p99 < 10 ms' if base(t) in MODES else '–'} | {met(ok)} |")
+            f"{f(o.get('exec_s'))} | {'p99 < 10 ms' if base(t) in MODES else '–'} | {met(ok)} |"
+        )
     return lines
 
 
 def w3_table(res: dict[str, Any]) -> list[str]:
-    lines = ["| target | executions | completed / failed / unfinished | total s | × ideal | "
-             "peak RSS MB (sum of processes) | peak RSS by process MB | target | met |",
-             "|" + "---|" * 9]
+    lines = [
+        "| target | executions | completed / failed / unfinished | total s | × ideal | "
+        "peak RSS MB (sum of processes) | peak RSS by process MB | target | met |",
+        "|" + "---|" * 9,
+    ]
     for t in order(list(res)):
         row = res[t]
         if (e := _err(row)) is not None:
@@ -200,19 +224,28 @@ def w3_table(res: dict[str, Any]) -> list[str]:
         ok, target = None, "–"
         if base(t) in MODES:
             target = "≤ 1.3× ideal, < 500 MB"
-            ok = (total is not None and a.get("complete") and total <= 1.3 * ideal
-                  and peak is not None and peak < 500)
+            ok = (
+                total is not None
+                and a.get("complete")
+                and total <= 1.3 * ideal
+                and peak is not None
+                and peak < 500
+            )
         fails = f" ({a['failed_sample'][:80]})" if a.get("failed_sample") else ""
         lines.append(
             f"| {label(t, row)} | {a.get('executions')} | {st.get('completed', 0)} / "
             f"{st.get('failed', 0)}{fails} / {a.get('unfinished', 0)} | {f(total, 2)} | "
-            f"{ratio(total, ideal)} | {f(peak, 0)} | {by or '–'} | {target} | {met(ok)} |")
+            f"{ratio(total, ideal)} | {f(peak, 0)} | {by or '–'} | {target} | {met(ok)} |"
+        )
     return lines
 
 
 def w4_table(res: dict[str, Any]) -> list[str]:
-    lines = ["| target | pollers | GET /api/executions/{id} per s | p50 ms | p99 ms | errors / "
-             "non-200 | W3 total under polling s | × ideal | peak RSS MB |", "|" + "---|" * 9]
+    lines = [
+        "| target | pollers | GET /api/executions/{id} per s | p50 ms | p99 ms | errors / "
+        "non-200 | W3 total under polling s | × ideal | peak RSS MB |",
+        "|" + "---|" * 9,
+    ]
     for t in order(list(res)):
         row = get(res, t, "polled")
         if not row:
@@ -226,13 +259,17 @@ def w4_table(res: dict[str, Any]) -> list[str]:
             f"| {label(t, res[t])} | {poll.get('concurrency')} | {f(poll.get('rps'))} | "
             f"{f(lat.get('p50'))} | {f(lat.get('p99'))} | {poll.get('errors')} / {non200} | "
             f"{f(row.get('elapsed'), 2)} | {ratio(row.get('elapsed'), ideal)} | "
-            f"{f(row.get('peak_mb'), 0)} |")
+            f"{f(row.get('peak_mb'), 0)} |"
+        )
     return lines
 
 
 def w5_table(res: dict[str, Any]) -> list[str]:
-    lines = ["| target | rows (A + B) | input source | status | time s | × plain | peak RSS MB | "
-             "target | met |", "|" + "---|" * 9]
+    lines = [
+        "| target | rows (A + B) | input source | status | time s | × plain | peak RSS MB | "
+        "target | met |",
+        "|" + "---|" * 9,
+    ]
     plain = get(res, "plain", "elapsed")
     for t in order(list(res)):
         row = res[t]
@@ -249,28 +286,42 @@ def w5_table(res: dict[str, Any]) -> list[str]:
         ok, target = None, "–"
         if base(t) in MODES:
             target = "< 10 s, < 1 GB"
-            ok = (row.get("status") == "completed" and row.get("elapsed") is not None
-                  and row["elapsed"] < 10 and (row.get("peak_mb") or 0) < 1024)
+            ok = (
+                row.get("status") == "completed"
+                and row.get("elapsed") is not None
+                and row["elapsed"] < 10
+                and (row.get("peak_mb") or 0) < 1024
+            )
         rows = row.get("rows")
         lines.append(
             f"| {label(t, row)} | {rows:,} + {rows:,} | {row.get('source')} | {status} | "
             f"{f(row.get('elapsed'), 2)} | {ratio(row.get('elapsed'), plain)} | "
-            f"{f(row.get('peak_mb'), 0)} | {target} | {met(ok)} |" if rows else
-            f"| {label(t)} | – | – | {status} | – | – | – | {target} | {met(ok)} |")
+            f"{f(row.get('peak_mb'), 0)} | {target} | {met(ok)} |"
+            if rows
+            else f"| {label(t)} | – | – | {status} | – | – | – | {target} | {met(ok)} |"
+        )
     ladder = get(res, "ladder", "ladder")
     if ladder:
-        lines += ["", "Size ladder of the same graph in the plain baseline (where the time goes "
-                  "as rows grow; the join is the dominant node):", "",
-                  "| rows (A + B) | time s | growth vs previous |", "|---|---|---|"]
+        lines += [
+            "",
+            "Size ladder of the same graph in the plain baseline (where the time goes "
+            "as rows grow; the join is the dominant node):",
+            "",
+            "| rows (A + B) | time s | growth vs previous |",
+            "|---|---|---|",
+        ]
         prev = None
         for step in ladder:
             growth = ratio(step["elapsed"], prev[1]) if prev else "–"
-            lines.append(f"| {step['rows']:,} + {step['rows']:,} | {step['elapsed']:.2f} | "
-                         f"{growth} |")
+            lines.append(
+                f"| {step['rows']:,} + {step['rows']:,} | {step['elapsed']:.2f} | {growth} |"
+            )
             prev = (step["rows"], step["elapsed"])
         if len(ladder) >= 2:
-            (n1, t1), (n2, t2) = (ladder[0]["rows"], ladder[0]["elapsed"]), (
-                ladder[-1]["rows"], ladder[-1]["elapsed"])
+            (n1, t1), (n2, t2) = (
+                (ladder[0]["rows"], ladder[0]["elapsed"]),
+                (ladder[-1]["rows"], ladder[-1]["elapsed"]),
+            )
             if t1 > 0 and t2 > 0 and n2 > n1:
                 import math
 
@@ -281,7 +332,8 @@ def w5_table(res: dict[str, Any]) -> list[str]:
                     f"Measured growth exponent {k:.2f} (time ∝ rows^{k:.2f}, first to last "
                     f"step). Extrapolated to {target_rows:,} + {target_rows:,} rows: "
                     f"≈ {t2 * (target_rows / n2) ** k:,.0f} s at the measured exponent, "
-                    f"≈ {t2 * (target_rows / n2) ** 2:,.0f} s if quadratic.")
+                    f"≈ {t2 * (target_rows / n2) ** 2:,.0f} s if quadratic."
+                )
     return lines
 
 
@@ -293,9 +345,14 @@ def profile_section(profiles: dict[str, Any]) -> list[str]:
             if "error" in summary:
                 lines.append(f"- {name}: {summary['error']}")
                 continue
-            lines += [f"**{name}** ({summary['samples']} samples; own time by package: " +
-                      ", ".join(f"{p} {v}%" for p, v in summary["own_by_package"][:8]) + ")", "",
-                      "| own % | function |", "|---|---|"]
+            lines += [
+                f"**{name}** ({summary['samples']} samples; own time by package: "
+                + ", ".join(f"{p} {v}%" for p, v in summary["own_by_package"][:8])
+                + ")",
+                "",
+                "| own % | function |",
+                "|---|---|",
+            ]
             lines += [f"| {v} | `{fn}` |" for fn, v in summary["top_own"][:12]]
             lines += ["", "| inclusive % | function |", "|---|---|"]
             lines += [f"| {v} | `{fn}` |" for fn, v in summary["top_inclusive"][:25]]
@@ -306,11 +363,13 @@ def profile_section(profiles: dict[str, Any]) -> list[str]:
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
-        "# Benchmark results", "",
+        "# Benchmark results",
+        "",
         f"Generated by `{results['command']}` on {m['date']} "
         f"({'QUICK smoke run: tiny sizes, numbers meaningless' if results['quick'] else 'full run'}).",  # noqa: E501
         "",
-        "## Machine", "",
+        "## Machine",
+        "",
         f"- CPU: {m['cpu']} × {m['nproc']} cores (nproc {m['nproc']})",
         f"- RAM: {m['ram_gb']:.1f} GB",
         f"- Python {m['python']}, Prefect {m['prefect']}, SQLite {m['sqlite']}",
@@ -318,13 +377,15 @@ def render(results: dict[str, Any]) -> str:
         f"- Load average before / after: {m['load_before']} / {m.get('load_after', '?')}"
         " — the machine is shared with other sessions running tests, so figures are noisy "
         "(±30 % is normal between runs); compare rows within a table, all measured in this run.",
-        f"- Wall time of the whole run: {results.get('wall_s', 0):.0f} s", "",
-        "## How it was measured", "",
+        f"- Wall time of the whole run: {results.get('wall_s', 0):.0f} s",
+        "",
+        "## How it was measured",
+        "",
         "- Service rows: `start_service.py` started as `./start.sh` would (venv python, own "
         "process group, free API_PORT, fresh DATABASE_PATH and PREFECT_HOME in a temp dir, "
         "EXECUTION_MODE per row, LOG_LEVEL=WARNING, every other setting at its default: "
         "1 worker process, MAX_CONCURRENT_EXECUTIONS=50). Executions are submitted as "
-        "`POST /api/workflows/execute {\"workflowId\"}` of workflows stored in the `workflows` "
+        '`POST /api/workflows/execute {"workflowId"}` of workflows stored in the `workflows` '
         "table; completion is detected in bulk by reading the service's SQLite file (read-only) "
         "every 5–10 ms, so detection does not load the API.",
         "- e2e = POST sent → terminal status observed. W1 ms/node uses the service's own "
@@ -347,14 +408,27 @@ def render(results: dict[str, Any]) -> str:
     ]
     lines += ["## Targets", ""]
     lines += [f"- {t}" for t in results.get("target_summary", [])] + [""]
-    sections = [("W1 — per-node overhead", "W1", w1_table),
-                ("W2 — throughput (10-node no-op workflow: trigger + 9 addField)", "W2", w2_table),
-                ("W3 — I/O fan-out (executions × trigger → 5 http nodes in a chain, upstream "
-                 "answers in 100 ms; ideal = 5 × 100 ms = 0.5 s)", "W3", w3_table),
-                ("W4 — polling under load (GET status flat out from a separate process while W3 "
-                 "runs again)", "W3", w4_table),
-                ("W5 — big data (excelInput A + excelInput B → join mergeByKey → splitColumns → "
-                 "output)", "W5", w5_table)]
+    sections = [
+        ("W1 — per-node overhead", "W1", w1_table),
+        ("W2 — throughput (10-node no-op workflow: trigger + 9 addField)", "W2", w2_table),
+        (
+            "W3 — I/O fan-out (executions × trigger → 5 http nodes in a chain, upstream "
+            "answers in 100 ms; ideal = 5 × 100 ms = 0.5 s)",
+            "W3",
+            w3_table,
+        ),
+        (
+            "W4 — polling under load (GET status flat out from a separate process while W3 "
+            "runs again)",
+            "W3",
+            w4_table,
+        ),
+        (
+            "W5 — big data (excelInput A + excelInput B → join mergeByKey → splitColumns → output)",
+            "W5",
+            w5_table,
+        ),
+    ]
     for title, key, fn in sections:
         lines += [f"## {title}", ""]
         if key in results["workloads"]:
@@ -386,30 +460,42 @@ def target_summary(results: dict[str, Any]) -> list[str]:
     for group, rows in w.items():
         for t, row in rows.items():
             used = row.get("modes_used") if isinstance(row, dict) else None
-            other = {m: n for m, n in (used or {}).get("counts", {}).items()
-                     if m not in (base(t), "-")}
+            other = {
+                m: n for m, n in (used or {}).get("counts", {}).items() if m not in (base(t), "-")
+            }
             if other:
-                out.append(f"**{t} {group} is not a {base(t)}-mode measurement**: executions ran "
-                           f"as {other} ({used.get('fallback_reason')})")
+                out.append(
+                    f"**{t} {group} is not a {base(t)}-mode measurement**: executions ran "
+                    f"as {other} ({used.get('fallback_reason')})"
+                )
 
     if inline is not None and durable:
-        out.append(f"inline W2 c=50 ≥ 25% of durable limit: {inline:.1f}/s = "
-                   f"{100 * inline / durable:.0f}% of {durable:.0f}/s — "
-                   f"{mark(inline >= 0.25 * durable)}")
+        out.append(
+            f"inline W2 c=50 ≥ 25% of durable limit: {inline:.1f}/s = "
+            f"{100 * inline / durable:.0f}% of {durable:.0f}/s — "
+            f"{mark(inline >= 0.25 * durable)}"
+        )
     for mode, limit in (("inline", 0.5), ("prefect", 10.0)):
         noop = get(w, "W1", mode, "noop")
         http = get(w, "W1", mode, "http")
         if noop and noop.get("phase_s") is not None:
             per = noop["phase_s"] * 1000 / noop["nodes"]
-            over = (http["phase_s"] * 1000 / http["nodes"] - 10) if http and http.get(
-                "phase_s") is not None else None
+            over = (
+                (http["phase_s"] * 1000 / http["nodes"] - 10)
+                if http and http.get("phase_s") is not None
+                else None
+            )
             ok = per <= limit and (over is None or over <= limit)
-            out.append(f"{mode} W1 ≤ {limit:g} ms/node: addField {per:.2f} ms/node, http overhead "
-                       f"{f(over, 2)} ms/node — {mark(ok)}")
+            out.append(
+                f"{mode} W1 ≤ {limit:g} ms/node: addField {per:.2f} ms/node, http overhead "
+                f"{f(over, 2)} ms/node — {mark(ok)}"
+            )
     if prefect is not None:
         ok = prefect >= 40 and (naive is None or prefect >= 5 * naive)
-        out.append(f"prefect W2 c=50 ≥ 40/s and ≥ 5× naive: {prefect:.1f}/s, naive "
-                   f"{f(naive)}/s ({ratio(prefect, naive)}) — {mark(ok)}")
+        out.append(
+            f"prefect W2 c=50 ≥ 40/s and ≥ 5× naive: {prefect:.1f}/s, naive "
+            f"{f(naive)}/s ({ratio(prefect, naive)}) — {mark(ok)}"
+        )
     for mode in MODES:
         o = get(w, "W2", mode, "open")
         if o:
@@ -421,18 +507,33 @@ def target_summary(results: dict[str, Any]) -> list[str]:
         if a:
             ideal = get(w, "W3", mode, "ideal_s") or 0.5
             total, peak = a.get("elapsed"), a.get("peak_mb")
-            ok = bool(a.get("complete") and total is not None and total <= 1.3 * ideal
-                      and peak is not None and peak < 500)
-            out.append(f"{mode} W3 ≤ 1.3× ideal and < 500 MB: {f(total, 2)} s = "
-                       f"{ratio(total, ideal)} ideal, {f(peak, 0)} MB"
-                       f"{'' if a.get('complete') else ' (not all completed)'} — {mark(ok)}")
+            ok = bool(
+                a.get("complete")
+                and total is not None
+                and total <= 1.3 * ideal
+                and peak is not None
+                and peak < 500
+            )
+            out.append(
+                f"{mode} W3 ≤ 1.3× ideal and < 500 MB: {f(total, 2)} s = "
+                f"{ratio(total, ideal)} ideal, {f(peak, 0)} MB"
+                f"{'' if a.get('complete') else ' (not all completed)'} — {mark(ok)}"
+            )
     for mode in MODES:
         r = get(w, "W5", mode)
         if isinstance(r, dict) and "status" in r:
-            ok = r.get("status") == "completed" and (r.get("elapsed") or 1e9) < 10 and (
-                r.get("peak_mb") or 0) < 1024
-            what = (f"{r['elapsed']:.2f} s" if r.get("elapsed") is not None
-                    else f"not finished in {r.get('timeout_s')} s")
-            out.append(f"{mode} W5 < 10 s and < 1 GB ({r.get('rows'):,} rows per input): {what}, "
-                       f"{f(r.get('peak_mb'), 0)} MB — {mark(ok)}")
+            ok = (
+                r.get("status") == "completed"
+                and (r.get("elapsed") or 1e9) < 10
+                and (r.get("peak_mb") or 0) < 1024
+            )
+            what = (
+                f"{r['elapsed']:.2f} s"
+                if r.get("elapsed") is not None
+                else f"not finished in {r.get('timeout_s')} s"
+            )
+            out.append(
+                f"{mode} W5 < 10 s and < 1 GB ({r.get('rows'):,} rows per input): {what}, "
+                f"{f(r.get('peak_mb'), 0)} MB — {mark(ok)}"
+            )
     return out

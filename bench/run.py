@@ -42,15 +42,29 @@ MB = 1024 * 1024
 
 FULL: dict[str, dict[str, Any]] = {
     "W1": {"nodes": 40, "repeats": 5, "timeout_s": 120},
-    "W2": {"warmup": 5, "concurrency": [1, 50], "counts": {"1": 200, "50": 1000},
-           "budget_s": 60, "rate": 200.0, "open_count": 1000, "drain_s": 60},
+    "W2": {
+        "warmup": 5,
+        "concurrency": [1, 50],
+        "counts": {"1": 200, "50": 1000},
+        "budget_s": 60,
+        "rate": 200.0,
+        "open_count": 1000,
+        "drain_s": 60,
+    },
     "W3": {"executions": 500, "nodes": 5, "delay_ms": 100, "budget_s": 180, "pollers": 50},
     "W5": {"rows": 100_000, "timeout_s": 60, "ladder": [1000, 2000, 4000]},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "W1": {"nodes": 40, "repeats": 1, "timeout_s": 60},
-    "W2": {"warmup": 1, "concurrency": [1, 50], "counts": {"1": 3, "50": 3},
-           "budget_s": 30, "rate": 200.0, "open_count": 3, "drain_s": 30},
+    "W2": {
+        "warmup": 1,
+        "concurrency": [1, 50],
+        "counts": {"1": 3, "50": 3},
+        "budget_s": 30,
+        "rate": 200.0,
+        "open_count": 3,
+        "drain_s": 30,
+    },
     "W3": {"executions": 3, "nodes": 5, "delay_ms": 100, "budget_s": 60, "pollers": 4},
     "W5": {"rows": 200, "timeout_s": 60, "ladder": [100, 200]},
 }
@@ -67,6 +81,7 @@ def log(msg: str) -> None:
 
 # -- machine ----------------------------------------------------------------------------------
 
+
 def machine(service_root: str | None = None) -> dict[str, Any]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -81,12 +96,24 @@ def machine(service_root: str | None = None) -> dict[str, Any]:
                 ram = int(line.split()[1]) / 1024 / 1024
     git = "?"
     with contextlib.suppress(Exception):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
-        git = f"commit {head}" + (" + uncommitted changes to " + ", ".join(
-            sorted({ln[3:] for ln in dirty.splitlines()})) if dirty else "")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+        ).stdout.strip()
+        git = f"commit {head}" + (
+            " + uncommitted changes to " + ", ".join(sorted({ln[3:] for ln in dirty.splitlines()}))
+            if dirty
+            else ""
+        )
     if service_root:
         git += f"; service rows run from {service_root}"
     prefect_version = "?"
@@ -94,19 +121,30 @@ def machine(service_root: str | None = None) -> dict[str, Any]:
         import prefect
 
         prefect_version = prefect.__version__
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": ram,
-            "python": platform.python_version(), "prefect": prefect_version,
-            "sqlite": sqlite3.sqlite_version, "git": git,
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": ram,
+        "python": platform.python_version(),
+        "prefect": prefect_version,
+        "sqlite": sqlite3.sqlite_version,
+        "git": git,
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 # -- upstream ---------------------------------------------------------------------------------
 
+
 class Upstream:
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([venv_python(), "-m", "bench.mockserver"], cwd=ROOT,
-                                     stdout=subprocess.PIPE, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [venv_python(), "-m", "bench.mockserver"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         match = re.match(r"READY (\d+)", line)
@@ -123,6 +161,7 @@ class Upstream:
 
 
 # -- W5 inputs --------------------------------------------------------------------------------
+
 
 def file_source_key() -> str | None:
     """The excelInput config key for a file under UPLOAD_DIR, if the node type has one."""
@@ -154,21 +193,32 @@ def w5_workflow(rows: int, upload_dir: Path) -> tuple[dict[str, Any], str]:
                 writer.writerows(data)
             sources.append({"fileName": name, key: name})
         return wf.w5_bigdata(rows, sources[0], sources[1]), f"CSV files ({key} under UPLOAD_DIR)"
-    return (wf.w5_bigdata(rows, wf.inline_source(a, "a.csv"), wf.inline_source(b, "b.csv")),
-            "inline parsedData (no file-path key in excelInput yet), stored workflow")
+    return (
+        wf.w5_bigdata(rows, wf.inline_source(a, "a.csv"), wf.inline_source(b, "b.csv")),
+        "inline parsedData (no file-path key in excelInput yet), stored workflow",
+    )
 
 
 # -- baselines --------------------------------------------------------------------------------
 
-async def run_baseline(kind: str, spec: dict[str, Any], timeout: float,
-                       env: dict[str, str]) -> dict[str, Any]:
+
+async def run_baseline(
+    kind: str, spec: dict[str, Any], timeout: float, env: dict[str, str]
+) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump({"kind": kind, **spec}, fh)
         path = fh.name
     proc = await asyncio.create_subprocess_exec(
-        venv_python(), "-m", "bench.baselines", path, cwd=ROOT,
+        venv_python(),
+        "-m",
+        "bench.baselines",
+        path,
+        cwd=ROOT,
         env={**os.environ, "LOG_LEVEL": "WARNING", **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -192,9 +242,14 @@ def _w1_from_baseline(raw: dict[str, Any]) -> dict[str, Any]:
         if not r:
             continue
         med = statistics.median(r["times"]) if r["times"] else None
-        out[key] = {"nodes": r["nodes"], "runs": len(r["times"]),
-                    "completed": r["statuses"].count("completed"), "statuses": r["statuses"],
-                    "total_s": med, "phase_s": med}
+        out[key] = {
+            "nodes": r["nodes"],
+            "runs": len(r["times"]),
+            "completed": r["statuses"].count("completed"),
+            "statuses": r["statuses"],
+            "total_s": med,
+            "phase_s": med,
+        }
     return out
 
 
@@ -206,79 +261,138 @@ def _w2_from_baseline(raw: dict[str, Any]) -> dict[str, Any]:
         if not key.startswith("c"):
             continue
         completed = r["statuses"].get("completed", 0)
-        out[key] = {"completed": completed, "failed": r["statuses"].get("failed", 0),
-                    "unfinished": 0, "submit_errors": 0, "elapsed": r["elapsed"],
-                    "exec_s": completed / r["elapsed"] if r["elapsed"] else None,
-                    "e2e_ms": summary_ms(r["e2e"])}
+        out[key] = {
+            "completed": completed,
+            "failed": r["statuses"].get("failed", 0),
+            "unfinished": 0,
+            "submit_errors": 0,
+            "elapsed": r["elapsed"],
+            "exec_s": completed / r["elapsed"] if r["elapsed"] else None,
+            "e2e_ms": summary_ms(r["e2e"]),
+        }
     return out
 
 
-async def baselines(kinds: list[str], workloads: list[str], p: dict[str, dict[str, Any]],
-                    quick: bool, upstream: int, w5: tuple[dict[str, Any], str, Path] | None,
-                    results: dict[str, Any]) -> None:
+async def baselines(
+    kinds: list[str],
+    workloads: list[str],
+    p: dict[str, dict[str, Any]],
+    quick: bool,
+    upstream: int,
+    w5: tuple[dict[str, Any], str, Path] | None,
+    results: dict[str, Any],
+) -> None:
     size = "quick" if quick else "full"
     url = f"http://127.0.0.1:{upstream}/delay/"
     for kind in kinds:
         env = {"UPLOAD_DIR": str(w5[2])} if w5 else {}
         if "W1" in workloads:
             log(f"baseline {kind}: W1")
-            raw = await run_baseline(kind, {"workload": "W1", "workflows": {
-                "noop": wf.w1_noop(p["W1"]["nodes"]),
-                "http": wf.w1_http(url + "10", p["W1"]["nodes"])},
-                "params": {"repeats": BASELINE_W1_REPEATS[size]}}, 600, env)
+            raw = await run_baseline(
+                kind,
+                {
+                    "workload": "W1",
+                    "workflows": {
+                        "noop": wf.w1_noop(p["W1"]["nodes"]),
+                        "http": wf.w1_http(url + "10", p["W1"]["nodes"]),
+                    },
+                    "params": {"repeats": BASELINE_W1_REPEATS[size]},
+                },
+                600,
+                env,
+            )
             results["W1"][kind] = _w1_from_baseline(raw) if "error" not in raw else raw
         if "W2" in workloads:
             log(f"baseline {kind}: W2")
-            raw = await run_baseline(kind, {"workload": "W2", "workflow": wf.w2_noop(), "params": {
-                "warmup": 20, "concurrency": p["W2"]["concurrency"],
-                "counts": BASELINE_W2_COUNTS[size], "budget_s": 20}}, 300, env)
+            raw = await run_baseline(
+                kind,
+                {
+                    "workload": "W2",
+                    "workflow": wf.w2_noop(),
+                    "params": {
+                        "warmup": 20,
+                        "concurrency": p["W2"]["concurrency"],
+                        "counts": BASELINE_W2_COUNTS[size],
+                        "budget_s": 20,
+                    },
+                },
+                300,
+                env,
+            )
             results["W2"][kind] = _w2_from_baseline(raw) if "error" not in raw else raw
         if "W3" in workloads:
             log(f"baseline {kind}: W3")
             w3p = p["W3"]
-            raw = await run_baseline(kind, {"workload": "W3", "workflow": wf.w3_fanout(
-                url + str(w3p["delay_ms"]), w3p["nodes"]),
-                "params": {"executions": w3p["executions"]}}, w3p["budget_s"] + 30, env)
+            raw = await run_baseline(
+                kind,
+                {
+                    "workload": "W3",
+                    "workflow": wf.w3_fanout(url + str(w3p["delay_ms"]), w3p["nodes"]),
+                    "params": {"executions": w3p["executions"]},
+                },
+                w3p["budget_s"] + 30,
+                env,
+            )
             if "error" in raw or raw.get("status") == "timeout":
                 results["W3"][kind] = raw
             else:
                 st = raw["statuses"]
                 results["W3"][kind] = {
                     "ideal_s": w3p["nodes"] * w3p["delay_ms"] / 1000,
-                    "alone": {"executions": w3p["executions"], "statuses": st,
-                              "elapsed": raw["elapsed"], "unfinished": 0,
-                              "complete": st.get("completed", 0) == w3p["executions"],
-                              "peak_mb": raw["max_rss"] / MB}}
+                    "alone": {
+                        "executions": w3p["executions"],
+                        "statuses": st,
+                        "elapsed": raw["elapsed"],
+                        "unfinished": 0,
+                        "complete": st.get("completed", 0) == w3p["executions"],
+                        "peak_mb": raw["max_rss"] / MB,
+                    },
+                }
         if "W5" in workloads and w5 is not None and kind != "engine":
             log(f"baseline {kind}: W5 ({p['W5']['rows']:,} rows per input)")
             path = w5[2] / "w5_workflow.json"
             if not path.exists():
                 path.write_text(json.dumps(w5[0]))
-            raw = await run_baseline(kind, {"workload": "W5", "workflow": None,
-                                            "workflow_file": str(path)},
-                                     p["W5"]["timeout_s"] + 30, env)
+            raw = await run_baseline(
+                kind,
+                {"workload": "W5", "workflow": None, "workflow_file": str(path)},
+                p["W5"]["timeout_s"] + 30,
+                env,
+            )
             row = {"rows": p["W5"]["rows"], "source": w5[1], "timeout_s": p["W5"]["timeout_s"]}
             if raw.get("status") == "timeout":
                 row.update(status="timeout", timeout_s=p["W5"]["timeout_s"] + 30)
             elif "error" in raw:
                 row.update(status="error", error=raw["error"])
             else:
-                row.update(status=raw["status"], elapsed=raw["elapsed"],
-                           peak_mb=raw["max_rss"] / MB)
+                row.update(
+                    status=raw["status"], elapsed=raw["elapsed"], peak_mb=raw["max_rss"] / MB
+                )
             results["W5"][kind] = row
             if kind == "plain" and p["W5"].get("ladder"):
                 log("baseline plain: W5 size ladder")
-                raw = await run_baseline("plain", {"workload": "W5ladder",
-                                                   "params": {"sizes": p["W5"]["ladder"]}},
-                                         300, env)
+                raw = await run_baseline(
+                    "plain",
+                    {"workload": "W5ladder", "params": {"sizes": p["W5"]["ladder"]}},
+                    300,
+                    env,
+                )
                 results["W5"]["ladder"] = raw
 
 
 # -- HTTP targets -----------------------------------------------------------------------------
 
-async def run_target(make: Any, groups: list[str], params: dict[str, dict[str, Any]],
-                     upstream: int, fresh: bool, profiler: Any,
-                     results: dict[str, Any], notes: list[str]) -> None:
+
+async def run_target(
+    make: Any,
+    groups: list[str],
+    params: dict[str, dict[str, Any]],
+    upstream: int,
+    fresh: bool,
+    profiler: Any,
+    results: dict[str, Any],
+    notes: list[str],
+) -> None:
     target: Target | None = None
     sampler: MemSampler | None = None
     tracker: Tracker | None = None
@@ -316,25 +430,36 @@ async def run_target(make: Any, groups: list[str], params: dict[str, dict[str, A
                 starts.append((time.perf_counter() - t0, idle))
             assert target is not None and sampler is not None and tracker is not None
             log(f"{name}: {group}")
-            ctx = Ctx(target, tracker, sampler, upstream, params[group],
-                      profiler if group == "W2" else None)
+            ctx = Ctx(
+                target,
+                tracker,
+                sampler,
+                upstream,
+                params[group],
+                profiler if group == "W2" else None,
+            )
             try:
                 timeout = GROUP_TIMEOUT_S.get(group, params[group].get("timeout_s", 60) + 120)
                 results[group][name] = await asyncio.wait_for(GROUPS[group](ctx), timeout)
                 used = target.modes_used()
                 if used is not None:
                     results[group][name]["modes_used"] = used
-                    wrong = {m: n for m, n in used["counts"].items()
-                             if m not in (target.mode, "-")}  # "-": never started (cancelled)
+                    wrong = {
+                        m: n for m, n in used["counts"].items() if m not in (target.mode, "-")
+                    }  # "-": never started (cancelled)
                     if wrong:
-                        msg = (f"{name} {group}: executions ran in mode(s) {wrong}, not "
-                               f"{target.mode}: {used['fallback_reason']}")
+                        msg = (
+                            f"{name} {group}: executions ran in mode(s) {wrong}, not "
+                            f"{target.mode}: {used['fallback_reason']}"
+                        )
                         log("WARNING " + msg)
                         if msg not in notes:
                             notes.append("**WARNING** " + msg)
             except TimeoutError:
-                results[group][name] = {"error": f"not finished within the {group} time limit "
-                                                  "(target stopped answering)"}
+                results[group][name] = {
+                    "error": f"not finished within the {group} time limit "
+                    "(target stopped answering)"
+                }
                 log(f"{name}: {group} timed out")
             except Exception as exc:  # noqa: BLE001 - recorded in the table
                 results[group][name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -345,25 +470,46 @@ async def run_target(make: Any, groups: list[str], params: dict[str, dict[str, A
 
 # -- main -------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--workloads", default="W1,W2,W3,W4,W5")
-    parser.add_argument("--modes", default="inline,prefect",
-                        help="service modes to run; a mode may carry settings for a variant "
-                             "row, e.g. prefect:PREFECT_TASK_NODES=network+WORKER_PROCESSES=2")
-    parser.add_argument("--service-root", default=None,
-                        help="run start_service.py from this directory instead of the repo "
-                             "(e.g. a patched copy); the venv stays the repo's")
-    parser.add_argument("--baselines", default="plain,durable,naive,engine",
-                        help="plain, durable, naive, engine (or 'none')")
+    parser.add_argument(
+        "--modes",
+        default="inline,prefect",
+        help="service modes to run; a mode may carry settings for a variant "
+        "row, e.g. prefect:PREFECT_TASK_NODES=network+WORKER_PROCESSES=2",
+    )
+    parser.add_argument(
+        "--service-root",
+        default=None,
+        help="run start_service.py from this directory instead of the repo "
+        "(e.g. a patched copy); the venv stays the repo's",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="plain,durable,naive,engine",
+        help="plain, durable, naive, engine (or 'none')",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
     parser.add_argument("--json", default=None, help="also write the raw results as JSON")
-    parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="py-spy profiles of the service during W2 c=50 into DIR")
-    parser.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=None,
-                        help="restart each target per workload (default: yes, no with --quick)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="py-spy profiles of the service during W2 c=50 into DIR",
+    )
+    parser.add_argument(
+        "--fresh",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="restart each target per workload (default: yes, no with --quick)",
+    )
     parser.add_argument("--w5-rows", type=int, default=None)
     parser.add_argument("--w5-timeout", type=float, default=None)
     return parser.parse_args(argv)
@@ -384,8 +530,12 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     fresh = (not args.quick) if args.fresh is None else args.fresh
     results: dict[str, Any] = {
         "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "quick": args.quick, "machine": machine(args.service_root), "params": params,
-        "workloads": {g: {} for g in groups}, "notes": [], "profiles": {},
+        "quick": args.quick,
+        "machine": machine(args.service_root),
+        "params": params,
+        "workloads": {g: {} for g in groups},
+        "notes": [],
+        "profiles": {},
     }
     notes: list[str] = results["notes"]
     workdir = Path(tempfile.mkdtemp(prefix="wos-bench-"))
@@ -404,31 +554,51 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             notes.append("--profile: py-spy not found (pip install -r requirements-dev.txt)")
             profiler = None
     upstream = Upstream()
-    log(f"upstream on 127.0.0.1:{upstream.port}; groups {groups}, modes {modes}, "
-        f"baselines {kinds}, workdir {workdir}")
+    log(
+        f"upstream on 127.0.0.1:{upstream.port}; groups {groups}, modes {modes}, "
+        f"baselines {kinds}, workdir {workdir}"
+    )
     try:
         local = [k for k in ("plain", "engine", "durable") if k in kinds]
         if local:
-            await baselines(local, groups, params, args.quick, upstream.port, w5,
-                            results["workloads"])
+            await baselines(
+                local, groups, params, args.quick, upstream.port, w5, results["workloads"]
+            )
         for mode in modes:
             env = {"UPLOAD_DIR": str(workdir / "uploads")} if w5 else {}
             root = Path(args.service_root).resolve() if args.service_root else None
-            await run_target(lambda mode=mode, env=env, root=root: ServiceTarget(mode, env, root),
-                             groups, params, upstream.port, fresh,
-                profiler, results["workloads"], notes)
+            await run_target(
+                lambda mode=mode, env=env, root=root: ServiceTarget(mode, env, root),
+                groups,
+                params,
+                upstream.port,
+                fresh,
+                profiler,
+                results["workloads"],
+                notes,
+            )
             if profiler is not None:
                 results["profiles"].update(_collect_profiles(results, mode))
         if "naive" in kinds:
             env = {"UPLOAD_DIR": str(workdir / "uploads")} if w5 else {}
-            await run_target(lambda env=env: NaiveTarget(env), groups, params, upstream.port,
-                             fresh, None, results["workloads"], notes)
+            await run_target(
+                lambda env=env: NaiveTarget(env),
+                groups,
+                params,
+                upstream.port,
+                fresh,
+                None,
+                results["workloads"],
+                notes,
+            )
     finally:
         upstream.stop()
     for name, starts in results["workloads"].pop("_starts", {}).items():
         secs = [t for t, _ in starts]
-        notes.append(f"{name}: ready in {min(secs):.1f}–{max(secs):.1f} s after start "
-                     f"({len(starts)} starts), idle RSS {starts[0][1]:.0f} MB (all processes)")
+        notes.append(
+            f"{name}: ready in {min(secs):.1f}–{max(secs):.1f} s after start "
+            f"({len(starts)} starts), idle RSS {starts[0][1]:.0f} MB (all processes)"
+        )
     for group in groups:  # keep the huge workflow out of the JSON
         params[group].pop("workflow", None)
     results["machine"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

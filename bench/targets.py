@@ -49,9 +49,20 @@ def parse_iso(text: str | None) -> float | None:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "DATABASE_URL", "API_KEYS", "EXECUTION_MODE",
-                        "PREFECT_HOME", "DATABASE_PATH", "API_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PREFECT_API_URL",
+            "DATABASE_URL",
+            "API_KEYS",
+            "EXECUTION_MODE",
+            "PREFECT_HOME",
+            "DATABASE_PATH",
+            "API_PORT",
+        )
+    }
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -80,8 +91,9 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> Non
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def wait_http(client: RawClient, path: str, timeout: float,
-                    procs: list[subprocess.Popen[bytes]], log: Path) -> None:
+async def wait_http(
+    client: RawClient, path: str, timeout: float, procs: list[subprocess.Popen[bytes]], log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
@@ -119,13 +131,13 @@ class Target:
     async def timestamps(self, eid: str) -> dict[str, float | None]: ...
 
     def submit_body(self, wid: str) -> bytes:
-        return json.dumps({"workflowId": wid, "inputs": {},
-                           "organizationId": "org_bench"}).encode()
+        return json.dumps({"workflowId": wid, "inputs": {}, "organizationId": "org_bench"}).encode()
 
     async def submit(self, wid: str) -> tuple[str | None, str | None]:
         """(execution id, error)."""
-        status, data = await self.client.request("POST", "/api/workflows/execute",
-                                                 self.submit_body(wid))
+        status, data = await self.client.request(
+            "POST", "/api/workflows/execute", self.submit_body(wid)
+        )
         if status != 200:
             return None, f"HTTP {status}: {data[:200]!r}"
         return json.loads(data)["executionId"], None
@@ -143,8 +155,9 @@ class ServiceTarget(Target):
     """`start_service.py` via the venv python, in its own process group, with a fresh SQLite
     database and Prefect home in a temp dir: what ./start.sh runs."""
 
-    def __init__(self, spec: str, env: dict[str, str] | None = None,
-                 root: Path | None = None) -> None:
+    def __init__(
+        self, spec: str, env: dict[str, str] | None = None, root: Path | None = None
+    ) -> None:
         """`spec` is a mode, optionally with settings: `prefect:PREFECT_TASK_NODES=network+X=Y`."""
         self.name = spec
         self.mode, _, settings = spec.partition(":")
@@ -165,18 +178,29 @@ class ServiceTarget(Target):
             conn.close()
         self.port = free_port()
         self.log = self.workdir / "service.log"
-        env = clean_env(API_PORT=str(self.port), DATABASE_PATH=str(self.db_path),
-                        PREFECT_HOME=str(self.workdir / "prefect"), EXECUTION_MODE=self.mode,
-                        LOG_LEVEL="WARNING", **self.extra_env)
+        env = clean_env(
+            API_PORT=str(self.port),
+            DATABASE_PATH=str(self.db_path),
+            PREFECT_HOME=str(self.workdir / "prefect"),
+            EXECUTION_MODE=self.mode,
+            LOG_LEVEL="WARNING",
+            **self.extra_env,
+        )
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([venv_python(), "start_service.py"], cwd=self.root,
-                                         env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [venv_python(), "start_service.py"],
+                cwd=self.root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pgids = {self.proc.pid}
         self.client = RawClient("127.0.0.1", self.port, max_conns=600)
         await wait_http(self.client, "/", 240, [self.proc], self.log)
-        self._db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(
+            f"file:{self.db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False
+        )
 
     def stop(self) -> None:
         if self._db is not None:
@@ -186,8 +210,10 @@ class ServiceTarget(Target):
 
     async def register_workflow(self, wid: str, data: dict[str, Any]) -> None:
         conn = sqlite3.connect(self.db_path, timeout=30)
-        conn.execute("INSERT OR REPLACE INTO workflows (id, organizationId, name, data) "
-                     "VALUES (?, ?, ?, ?)", (wid, "org_bench", f"bench {wid}", json.dumps(data)))
+        conn.execute(
+            "INSERT OR REPLACE INTO workflows (id, organizationId, name, data) VALUES (?, ?, ?, ?)",
+            (wid, "org_bench", f"bench {wid}", json.dumps(data)),
+        )
         conn.commit()
         conn.close()
 
@@ -195,18 +221,21 @@ class ServiceTarget(Target):
         assert self._db is not None
         out: dict[str, str] = {}
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
                 f"SELECT id, status FROM workflow_executions WHERE id IN ({marks}) "
-                "AND status IN ('completed','failed','cancelled')", chunk).fetchall()
+                "AND status IN ('completed','failed','cancelled')",
+                chunk,
+            ).fetchall()
             out.update(rows)
         return out
 
     async def timestamps(self, eid: str) -> dict[str, float | None]:
         assert self._db is not None
-        row = self._db.execute("SELECT createdAt, startedAt, completedAt FROM "
-                               "workflow_executions WHERE id = ?", (eid,)).fetchone()
+        row = self._db.execute(
+            "SELECT createdAt, startedAt, completedAt FROM workflow_executions WHERE id = ?", (eid,)
+        ).fetchone()
         if row is None:
             return {}
         return dict(zip(("created", "started", "completed"), map(parse_iso, row), strict=True))
@@ -215,15 +244,18 @@ class ServiceTarget(Target):
         """Which mode the executions really ran in (prefect mode falls back to inline)."""
         assert self._db is not None
         rows = self._db.execute(
-            "SELECT COALESCE(mode, '-'), COUNT(*), MAX(modeReason) FROM wos_executions "
-            "GROUP BY 1").fetchall()
-        return {"counts": {m: n for m, n, _ in rows},
-                "fallback_reason": next((r for _, _, r in rows if r), None)}
+            "SELECT COALESCE(mode, '-'), COUNT(*), MAX(modeReason) FROM wos_executions GROUP BY 1"
+        ).fetchall()
+        return {
+            "counts": {m: n for m, n, _ in rows},
+            "fallback_reason": next((r for _, _, r in rows if r), None),
+        }
 
     async def error_of(self, eid: str) -> str | None:
         assert self._db is not None
-        row = self._db.execute("SELECT error FROM workflow_executions WHERE id = ?",
-                               (eid,)).fetchone()
+        row = self._db.execute(
+            "SELECT error FROM workflow_executions WHERE id = ?", (eid,)
+        ).fetchone()
         return row[0] if row else None
 
 
@@ -250,10 +282,21 @@ class NaiveTarget(Target):
         api_url = f"http://127.0.0.1:{prefect_port}/api"
         with self.log.open("ab") as log:
             self.server = subprocess.Popen(
-                [venv_python(), "-m", "flows.prefect_server", "--host", "127.0.0.1",
-                 "--port", str(prefect_port)], cwd=ROOT,
-                env=clean_env(**prefect_env(settings, None)), stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    venv_python(),
+                    "-m",
+                    "flows.prefect_server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(prefect_port),
+                ],
+                cwd=ROOT,
+                env=clean_env(**prefect_env(settings, None)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pgids = {self.server.pid}
         prefect_client = RawClient("127.0.0.1", prefect_port)
         await wait_http(prefect_client, "/api/health", 240, [self.server], self.log)
@@ -261,11 +304,25 @@ class NaiveTarget(Target):
         self.port = free_port()
         with self.log.open("ab") as log:
             self.app = subprocess.Popen(
-                [venv_python(), "-m", "uvicorn", "bench.naive_prefect:app", "--host",
-                 "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level",
-                 "warning"], cwd=ROOT,
+                [
+                    venv_python(),
+                    "-m",
+                    "uvicorn",
+                    "bench.naive_prefect:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
                 env=clean_env(**prefect_env(settings, api_url), **self.extra_env),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pgids.add(self.app.pid)
         self.client = RawClient("127.0.0.1", self.port, max_conns=600)
         await wait_http(self.client, "/", 120, [self.server, self.app], self.log)
@@ -277,8 +334,9 @@ class NaiveTarget(Target):
     async def register_workflow(self, wid: str, data: dict[str, Any]) -> None:
         client = RawClient("127.0.0.1", self.port, timeout=300)
         try:
-            status, body = await client.request("PUT", f"/bench/workflows/{wid}",
-                                                json.dumps(data).encode())
+            status, body = await client.request(
+                "PUT", f"/bench/workflows/{wid}", json.dumps(data).encode()
+            )
         finally:
             await client.close()
         if status != 200:
@@ -293,8 +351,11 @@ class NaiveTarget(Target):
     async def timestamps(self, eid: str) -> dict[str, float | None]:
         status, data = await self.client.json("POST", "/bench/status", {"ids": [eid]})
         row = data.get(eid, {}) if isinstance(data, dict) else {}
-        return {"created": row.get("createdAt"), "started": row.get("startedAt"),
-                "completed": row.get("completedAt")}
+        return {
+            "created": row.get("createdAt"),
+            "started": row.get("startedAt"),
+            "completed": row.get("completedAt"),
+        }
 
     async def error_of(self, eid: str) -> str | None:
         status, data = await self.client.json("POST", "/bench/status", {"ids": [eid]})

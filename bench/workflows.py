@@ -17,14 +17,22 @@ def chain(nodes: list[dict[str, Any]]) -> Workflow:
 
 
 def add_field(i: int) -> dict[str, Any]:
-    return {"id": f"f{i}", "type": "addField", "label": f"field {i}",
-            "config": {"addFieldName": f"k{i}", "addFieldValue": "v"}}
+    return {
+        "id": f"f{i}",
+        "type": "addField",
+        "label": f"field {i}",
+        "config": {"addFieldName": f"k{i}", "addFieldValue": "v"},
+    }
 
 
 def http_node(i: int, url: str) -> dict[str, Any]:
     # retries 0: a failed request is a failed run (the bench counts it), not a hidden retry
-    return {"id": f"h{i}", "type": "http", "label": f"http {i}",
-            "config": {"httpUrl": url, "httpMethod": "GET", "retries": 0}}
+    return {
+        "id": f"h{i}",
+        "type": "http",
+        "label": f"http {i}",
+        "config": {"httpUrl": url, "httpMethod": "GET", "retries": 0},
+    }
 
 
 def trigger() -> dict[str, Any]:
@@ -54,10 +62,24 @@ def w3_fanout(url: str, n: int = 5) -> Workflow:
 def w5_rows(n: int, side: str) -> list[dict[str, Any]]:
     """`n` spreadsheet-like rows keyed by `id` (strings, as parsed CSV cells are)."""
     if side == "A":
-        return [{"id": str(i), "name": f"customer {i}", "amount": str(i % 997),
-                 "region": ("north", "south", "east", "west")[i % 4]} for i in range(n)]
-    return [{"id": str(i), "score": str(i % 101), "tier": ("gold", "silver", "bronze")[i % 3],
-             "active": "yes" if i % 2 else "no"} for i in range(n)]
+        return [
+            {
+                "id": str(i),
+                "name": f"customer {i}",
+                "amount": str(i % 997),
+                "region": ("north", "south", "east", "west")[i % 4],
+            }
+            for i in range(n)
+        ]
+    return [
+        {
+            "id": str(i),
+            "score": str(i % 101),
+            "tier": ("gold", "silver", "bronze")[i % 3],
+            "active": "yes" if i % 2 else "no",
+        }
+        for i in range(n)
+    ]
 
 
 def w5_bigdata(n: int, source_a: dict[str, Any], source_b: dict[str, Any]) -> Workflow:
@@ -67,20 +89,36 @@ def w5_bigdata(n: int, source_a: dict[str, Any], source_b: dict[str, Any]) -> Wo
     nodes = [
         {"id": "xa", "type": "excelInput", "label": "customers.csv", "config": source_a},
         {"id": "xb", "type": "excelInput", "label": "scores.csv", "config": source_b},
-        {"id": "j", "type": "join", "label": "Join on id",
-         "config": {"joinStrategy": "mergeByKey", "joinType": "inner", "joinKey": "id"}},
-        {"id": "s", "type": "splitColumns", "label": "Split",
-         "config": {"columnsOutputA": ["id", "name", "amount"],
-                    "columnsOutputB": ["id", "score", "tier"]}},
+        {
+            "id": "j",
+            "type": "join",
+            "label": "Join on id",
+            "config": {"joinStrategy": "mergeByKey", "joinType": "inner", "joinKey": "id"},
+        },
+        {
+            "id": "s",
+            "type": "splitColumns",
+            "label": "Split",
+            "config": {
+                "columnsOutputA": ["id", "name", "amount"],
+                "columnsOutputB": ["id", "score", "tier"],
+            },
+        },
         {"id": "o", "type": "output", "label": "Output"},
     ]
     connections = [
-        _edge("xa", "j", inputPort="A"), _edge("xb", "j", inputPort="B"),
-        _edge("j", "s"), _edge("s", "o", outputType="A"),
+        _edge("xa", "j", inputPort="A"),
+        _edge("xb", "j", inputPort="B"),
+        _edge("j", "s"),
+        _edge("s", "o", outputType="A"),
     ]
     return {"nodes": nodes, "connections": connections}
 
 
 def inline_source(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return {"fileName": name, "headers": list(rows[0]) if rows else [], "parsedData": rows,
-            "rowCount": len(rows)}
+    return {
+        "fileName": name,
+        "headers": list(rows[0]) if rows else [],
+        "parsedData": rows,
+        "rowCount": len(rows),
+    }

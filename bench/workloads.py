@@ -117,6 +117,7 @@ async def settle(ctx: Ctx, leftovers: list[str], wait_s: float) -> int:
 
 # -- W1 ---------------------------------------------------------------------------------------
 
+
 async def w1(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params
     out: dict[str, Any] = {}
@@ -139,8 +140,11 @@ async def w1(ctx: Ctx) -> dict[str, Any]:
         totals = [r["e2e"] for r in ok]
         phases = [r["phase"] for r in ok if "phase" in r]
         out[key] = {
-            "nodes": p["nodes"], "runs": len(runs), "completed": len(ok),
-            "statuses": [r["status"] for r in runs], "warmup_status": warm["status"],
+            "nodes": p["nodes"],
+            "runs": len(runs),
+            "completed": len(ok),
+            "statuses": [r["status"] for r in runs],
+            "warmup_status": warm["status"],
             "errors": [r.get("error") for r in runs if r.get("error")][:2],
             "total_s": statistics.median(totals) if totals else None,
             "phase_s": statistics.median(phases) if phases else None,
@@ -150,8 +154,10 @@ async def w1(ctx: Ctx) -> dict[str, Any]:
 
 # -- W2 ---------------------------------------------------------------------------------------
 
-async def closed_loop(ctx: Ctx, wid: str, total: int, concurrency: int,
-                      budget_s: float) -> dict[str, Any]:
+
+async def closed_loop(
+    ctx: Ctx, wid: str, total: int, concurrency: int, budget_s: float
+) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     issued = 0
     deadline = time.perf_counter() + budget_s
@@ -172,17 +178,22 @@ async def closed_loop(ctx: Ctx, wid: str, total: int, concurrency: int,
     completed = [r for r in done if r["status"] == "completed"]
     cancelled = await settle(ctx, [r["eid"] for r in results if r["status"] == "unfinished"], 5)
     return {
-        "concurrency": concurrency, "issued": issued, "completed": len(completed),
+        "concurrency": concurrency,
+        "issued": issued,
+        "completed": len(completed),
         "failed": sum(1 for r in done if r["status"] == "failed"),
         "unfinished": cancelled,
         "submit_errors": sum(1 for r in results if r["status"] == "submit-error"),
-        "submit_error_sample": [r.get("error") for r in results
-                                if r["status"] == "submit-error"][:3],
-        "elapsed": elapsed, "exec_s": len(completed) / elapsed if elapsed > 0 else 0.0,
+        "submit_error_sample": [r.get("error") for r in results if r["status"] == "submit-error"][
+            :3
+        ],
+        "elapsed": elapsed,
+        "exec_s": len(completed) / elapsed if elapsed > 0 else 0.0,
         "submit_ms": summary_ms([r["submit"] for r in results if "submit" in r]),
         "e2e_ms": summary_ms([r["e2e"] for r in completed]),
-        "cpu_ms_per_exec": {k: (cpu1.get(k, 0) - v) * 1000 / max(1, len(done))
-                            for k, v in cpu0.items()},
+        "cpu_ms_per_exec": {
+            k: (cpu1.get(k, 0) - v) * 1000 / max(1, len(done)) for k, v in cpu0.items()
+        },
     }
 
 
@@ -223,11 +234,17 @@ async def open_loop(ctx: Ctx, wid: str, rate: float, count: int, drain_s: float)
     completed = sum(1 for status, _ in done if status == "completed")
     last = max((t for _, t in done), default=t0)
     return {
-        "rate": rate, "offered": count, "offered_s": offered_s,
+        "rate": rate,
+        "offered": count,
+        "offered_s": offered_s,
         "achieved_rate": count / offered_s if offered_s > 0 else 0.0,
-        "submit_ms": summary_ms(submits), "submit_errors": len(errors),
-        "errors": errors[:3], "completed": completed, "unfinished": cancelled,
-        "drain_s": drained, "exec_s": completed / (last - t0) if completed and last > t0 else 0.0,
+        "submit_ms": summary_ms(submits),
+        "submit_errors": len(errors),
+        "errors": errors[:3],
+        "completed": completed,
+        "unfinished": cancelled,
+        "drain_s": drained,
+        "exec_s": completed / (last - t0) if completed and last > t0 else 0.0,
     }
 
 
@@ -254,8 +271,8 @@ async def w2(ctx: Ctx) -> dict[str, Any]:
 
 # -- W3 / W4 ----------------------------------------------------------------------------------
 
-async def fan_out(ctx: Ctx, wid: str, n: int, budget_s: float,
-                  on_id: Any = None) -> dict[str, Any]:
+
+async def fan_out(ctx: Ctx, wid: str, n: int, budget_s: float, on_id: Any = None) -> dict[str, Any]:
     ctx.sampler.reset()
     ctx.sampler.sample()
     cpu0 = cpu_by_role(ctx.target.pgids)
@@ -275,8 +292,11 @@ async def fan_out(ctx: Ctx, wid: str, n: int, budget_s: float,
     submitted = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
     submit_s = time.perf_counter() - t0
     ids = [s[0] for s in submitted if isinstance(s, tuple) and s[0]]
-    errors = [str(s[1] if isinstance(s, tuple) else s) for s in submitted
-              if not (isinstance(s, tuple) and s[0])]
+    errors = [
+        str(s[1] if isinstance(s, tuple) else s)
+        for s in submitted
+        if not (isinstance(s, tuple) and s[0])
+    ]
     futs = [ctx.tracker.watch(eid) for eid in ids]
     if futs:
         await asyncio.wait(futs, timeout=max(1.0, budget_s - submit_s))
@@ -288,15 +308,21 @@ async def fan_out(ctx: Ctx, wid: str, n: int, budget_s: float,
     for status, _ in done:
         statuses[status] = statuses.get(status, 0) + 1
     unfinished = len(ids) - len(done)
-    failed_ids = [eid for eid, f in zip(ids, futs, strict=True)
-                  if f.done() and f.result()[0] == "failed"]
+    failed_ids = [
+        eid for eid, f in zip(ids, futs, strict=True) if f.done() and f.result()[0] == "failed"
+    ]
     sample_error = await ctx.target.error_of(failed_ids[0]) if failed_ids else None
     await settle(ctx, [eid for eid, f in zip(ids, futs, strict=True) if not f.done()], 0)
     return {
-        "executions": n, "submitted": len(ids), "submit_errors": len(errors),
-        "submit_error_sample": errors[:2], "submit_s": submit_s,
-        "elapsed": (last - t0) if done else None, "statuses": statuses,
-        "unfinished": unfinished, "complete": unfinished == 0 and not errors,
+        "executions": n,
+        "submitted": len(ids),
+        "submit_errors": len(errors),
+        "submit_error_sample": errors[:2],
+        "submit_s": submit_s,
+        "elapsed": (last - t0) if done else None,
+        "statuses": statuses,
+        "unfinished": unfinished,
+        "complete": unfinished == 0 and not errors,
         "failed_sample": (sample_error or "")[:300] or None,
         "peak_mb": ctx.sampler.peak / MB,
         "peak_by_role_mb": {k: v / MB for k, v in ctx.sampler.peak_by_role.items()},
@@ -320,9 +346,19 @@ async def w3_with_w4(ctx: Ctx, wid: str) -> dict[str, Any]:
     """W3 again while a separate process polls GET /api/executions/{id} flat out (W4)."""
     p = ctx.params
     proc = await asyncio.create_subprocess_exec(
-        venv_python(), "-m", "bench.poller", "--port", str(ctx.target.port),
-        "--concurrency", str(p["pollers"]), "--max-seconds", str(p["budget_s"] + 30),
-        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        venv_python(),
+        "-m",
+        "bench.poller",
+        "--port",
+        str(ctx.target.port),
+        "--concurrency",
+        str(p["pollers"]),
+        "--max-seconds",
+        str(p["budget_s"] + 30),
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
 
     def feed(eid: str) -> None:
@@ -345,6 +381,7 @@ async def w3_with_w4(ctx: Ctx, wid: str) -> dict[str, Any]:
 
 # -- W5 ---------------------------------------------------------------------------------------
 
+
 async def w5(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params
     wid = "bench_w5"
@@ -356,9 +393,14 @@ async def w5(ctx: Ctx) -> dict[str, Any]:
     r = await submit_and_wait(ctx, wid, p["timeout_s"])
     ctx.sampler.sample()
     out: dict[str, Any] = {
-        "rows": p["rows"], "source": p["source"], "status": r["status"],
-        "elapsed": r.get("e2e"), "submit_s": r.get("submit"), "register_s": register_s,
-        "timeout_s": p["timeout_s"], "peak_mb": ctx.sampler.peak / MB,
+        "rows": p["rows"],
+        "source": p["source"],
+        "status": r["status"],
+        "elapsed": r.get("e2e"),
+        "submit_s": r.get("submit"),
+        "register_s": register_s,
+        "timeout_s": p["timeout_s"],
+        "peak_mb": ctx.sampler.peak / MB,
         "peak_by_role_mb": {k: v / MB for k, v in ctx.sampler.peak_by_role.items()},
     }
     if r["status"] == "failed" and "eid" in r:
