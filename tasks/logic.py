@@ -128,11 +128,14 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _strict_equal(a: Any, b: Any) -> bool:
-    """JS `===` on JSON values: `"1"` is not `1`, `1` is `1.0`, objects never match."""
-    if isinstance(a, dict | list) or isinstance(b, dict | list):
-        return a is b
-    return _kind(a) == _kind(b) and a == b
+def _strict_key(value: Any) -> tuple[str, Any] | None:
+    """A hashable identity for JS `===` on JSON values: `"1"` is not `1`, `1` is `1.0`, objects
+    and arrays only equal themselves, NaN equals nothing (None)."""
+    if isinstance(value, dict | list):
+        return ("object", id(value))
+    if isinstance(value, float) and value != value:
+        return None
+    return (_kind(value), value)
 
 
 def _columns(rows: list[Any]) -> list[str]:
@@ -140,22 +143,24 @@ def _columns(rows: list[Any]) -> list[str]:
 
 
 def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict[str, Any]]:
-    """FE semantics: B columns that collide with A's first row become `B_<name>`; every row is
-    rebuilt with A's first-row columns, then B's, missing values as ""."""
+    """FE semantics: each A row takes the first B row whose key is `===` its own; B columns that
+    collide with A's first row become `B_<name>`; every row is rebuilt with A's first-row columns,
+    then B's, missing values as "". Linear: B is indexed by key once."""
     a_cols = _columns(a)
     rename = {c: (f"B_{c}" if c in a_cols else c) for c in _columns(b) if c != key}
     b_rows = [r for r in b if isinstance(r, dict)]
+    first_b: dict[tuple[str, Any], int] = {}
+    for i, r in enumerate(b_rows):
+        if key in r and (k := _strict_key(r[key])) is not None:
+            first_b.setdefault(k, i)
     merged: list[dict[str, Any]] = []
     matched_b: set[int] = set()
+    a_keys: set[tuple[str, Any]] = set()
     for row in (r for r in a if isinstance(r, dict)):
-        index = next(
-            (
-                i
-                for i, r in enumerate(b_rows)
-                if key in r and key in row and _strict_equal(r[key], row[key])
-            ),
-            None,
-        )
+        k = _strict_key(row[key]) if key in row else None
+        if k is not None:
+            a_keys.add(k)
+        index = first_b.get(k) if k is not None else None
         if index is None:
             if outer:
                 merged.append(dict(row))
@@ -168,11 +173,9 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
         }
         merged.append({**row, **extra})
     if outer:
-        a_keys = [r[key] for r in a if isinstance(r, dict) and key in r]
         for i, row in enumerate(b_rows):
-            if i not in matched_b and not any(
-                key in row and _strict_equal(k, row[key]) for k in a_keys
-            ):
+            k = _strict_key(row[key]) if key in row else None
+            if i not in matched_b and (k is None or k not in a_keys):
                 merged.append(
                     {key: row.get(key), **{rename.get(c, c): v for c, v in row.items() if c != key}}
                 )

@@ -298,6 +298,12 @@ async def test_join_fixture_02_inner_variant(call_node: CallNode) -> None:
             [{"k": 2, "x": 9}, {"k": 1, "x": 8}],
             [{"k": 1, "v": 1, "x": 8}, {"k": 2, "v": 2, "x": 9}],
         ),
+        (
+            {"joinStrategy": "mergeByKey", "joinKey": "k"},
+            [{"k": True, "a": 1}, {"k": None, "a": 2}, {"k": {"o": 1}, "a": 3}],
+            [{"k": 1, "b": "one"}, {"k": None, "b": "null"}, {"k": {"o": 1}, "b": "obj"}],
+            [{"k": None, "a": 2, "b": "null"}],
+        ),
     ],
 )
 async def test_join_strategies(
