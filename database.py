@@ -330,7 +330,14 @@ class Store:
             yield conn
 
     async def create_all(self) -> None:
-        await self._run(lambda conn: metadata.create_all(conn, checkfirst=True), write=True)
+        def op(conn: sa.Connection) -> None:
+            metadata.create_all(conn, checkfirst=True)
+            # create_all skips the indexes of tables that already exist (the Node backend's)
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+
+        await self._run(op, write=True)
 
     # -- API side -------------------------------------------------------------------------
 

@@ -159,3 +159,6 @@ async def test_node_backend_schema_is_used_as_is(tmp_path: Path) -> None:
     assert before == after
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("SELECT status FROM workflow_executions").fetchall() == [("pending",)]
+    # the service's index on the log rows is added to the Node backend's existing table
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list('execution_logs')")}
+    assert "idx_wos_logs_execution" in indexes
