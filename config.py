@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     PREFECT_TASK_NODES: Literal["all", "network"] = "all"
     MAX_CONCURRENT_EXECUTIONS: int = Field(default=50, ge=1)
     WORKER_PROCESSES: int = Field(default=1, ge=1)
+    HTTP_MAX_CONNECTIONS: int = Field(default=1000, ge=1)
     LOG_LEVEL: str = "INFO"
     API_KEYS: str | None = None
     MAX_REQUEST_BYTES: int = Field(default=10 * 1024 * 1024, ge=1024)
