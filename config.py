@@ -27,8 +27,8 @@ class Settings(BaseSettings):
     PREFECT_API_URL: str | None = None
     PREFECT_HOME: str | None = None
     EXECUTION_MODE: Literal["prefect", "inline"] = "prefect"
-    PREFECT_TASK_NODES: Literal["all", "network"] = "all"
-    MAX_CONCURRENT_EXECUTIONS: int = Field(default=50, ge=1)
+    PREFECT_TASK_NODES: Literal["all", "network"] = "network"
+    MAX_CONCURRENT_EXECUTIONS: int | None = Field(default=None, ge=1)
     WORKER_PROCESSES: int = Field(default=1, ge=1)
     HTTP_MAX_CONNECTIONS: int = Field(default=1000, ge=1)
     LOG_LEVEL: str = "INFO"
@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def concurrency_limit(self) -> int:
+        """MAX_CONCURRENT_EXECUTIONS; by default 500 inline (an execution waiting on I/O costs a
+        coroutine) and 50 in prefect mode (each one is a flow run the Prefect server tracks)."""
+        if self.MAX_CONCURRENT_EXECUTIONS:
+            return self.MAX_CONCURRENT_EXECUTIONS
+        return 500 if self.EXECUTION_MODE == "inline" else 50
 
     @property
     def database_url(self) -> str:

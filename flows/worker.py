@@ -39,12 +39,10 @@ class Worker:
             asyncio.create_task(self._renew_leases()),
             asyncio.create_task(self._watch_cancels()),
         ]
-        logger.info(
-            "worker %s started (limit %d)", self.owner, self.settings.MAX_CONCURRENT_EXECUTIONS
-        )
+        logger.info("worker %s started (limit %d)", self.owner, self.settings.concurrency_limit)
         try:
             while not stop.is_set():
-                free = self.settings.MAX_CONCURRENT_EXECUTIONS - len(self.tasks)
+                free = self.settings.concurrency_limit - len(self.tasks)
                 if free > 0 and await self._has_work():
                     claims = await self._claim(free)
                     for claim in claims:

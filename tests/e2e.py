@@ -46,7 +46,7 @@ class MockServer:
                     "method": self.command,
                     "path": self.path,
                     "body": raw,
-                    "headers": dict(self.headers),
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
                 }
                 outer.requests.append(req)
                 route = outer.routes.get((self.command, self.path.split("?")[0]))
@@ -80,6 +80,9 @@ class MockServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
 class RunningService:
@@ -133,18 +136,32 @@ class RunningService:
             time.sleep(0.2)
         raise RuntimeError(f"service did not start in {timeout} s; see {self.log.name}")
 
-    def prefect_runs(self, execution_id: str) -> list[dict[str, Any]]:
-        """The Prefect flow runs tagged with this execution, read from the embedded server."""
+    def _prefect(self, path: str, query: dict[str, Any]) -> list[dict[str, Any]]:
         text = Path(self.log.name).read_text()
         url = text.rsplit("Prefect API ready at ", 1)[1].split()[0]
-        r = httpx.post(
-            f"{url}/flow_runs/filter",
-            json={"flow_runs": {"tags": {"all_": [f"execution:{execution_id}"]}}},
-            timeout=10,
-        )
+        r = httpx.post(f"{url}{path}", json=query, timeout=10)
         r.raise_for_status()
         runs: list[dict[str, Any]] = r.json()
         return runs
+
+    def prefect_runs(self, execution_id: str) -> list[dict[str, Any]]:
+        """The Prefect flow runs tagged with this execution, read from the embedded server."""
+        return self._prefect(
+            "/flow_runs/filter",
+            {"flow_runs": {"tags": {"all_": [f"execution:{execution_id}"]}}},
+        )
+
+    def prefect_task_runs(self, flow_run_id: str, count: int) -> list[dict[str, Any]]:
+        """The task runs of one flow run, oldest first, once `count` of them are in a final
+        state (task run states reach the server as events, recorded within a few seconds)."""
+        query = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
+        deadline = time.monotonic() + 20
+        while True:
+            runs = self._prefect("/task_runs/filter", query)
+            final = [r for r in runs if r["state"] and r["state"]["type"] in FINAL_STATES]
+            if len(final) >= count or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.3)
 
     def add_workflow(self, wid: str, data: Any, name: str = "Fixture") -> None:
         conn = sqlite3.connect(self.db, timeout=10)

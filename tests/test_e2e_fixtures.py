@@ -223,7 +223,7 @@ def test_03_http_per_row(svc: RunningService, mock: MockServer) -> None:
     assert res["falseRecords"] == [SENSORS[0]]
     posts = mock.calls("POST", "/api/alerts")[before_post:]
     assert len(posts) == 1 and json.loads(posts[0]["body"]) == over
-    assert posts[0]["headers"]["Content-Type"] == "application/json"
+    assert posts[0]["headers"]["content-type"] == "application/json"
     assert out(row, "n_post_alerts") == {"received": 2}
     assert row["nodeResults"]["n_post_alerts"]["statusCode"] == 201
     normal = [{"sensor": "S1", "value": 42, "status": "normal"}]

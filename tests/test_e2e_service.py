@@ -57,11 +57,32 @@ def test_fifty_executions_at_once_all_complete_through_prefect(
             assert row["run"]["mode"] == "prefect", row["run"]["modeReason"]
             assert row["run"]["flowRunId"]
             assert row["nodeResults"]["o"]["outputData"] == {"value": 21, "ok": "yes"}
+        # PREFECT_TASK_NODES=network (the default): the http node is the flow run's one task run
+        tasks = svc.prefect_task_runs(svc.row(ids[0])["run"]["flowRunId"], 1)
+        assert [(t["name"], t["state"]["type"]) for t in tasks] == [("http:h", "COMPLETED")]
     finally:
         svc.stop()
     log = Path(svc.log.name).read_text()
     assert "database is locked" not in log
     assert "retryable status code 503" not in log
+
+
+def test_every_node_is_a_task_run_with_prefect_task_nodes_all(
+    tmp_path: Path, mock: MockServer
+) -> None:
+    svc = RunningService(tmp_path, "prefect", PREFECT_TASK_NODES="all")
+    try:
+        svc.add_workflow("wf", small_workflow(mock.port))
+        eid = svc.execute("wf", {})
+        assert svc.wait(eid)["status"] == "completed"
+        [flow_run] = svc.prefect_runs(eid)
+        tasks = svc.prefect_task_runs(flow_run["id"], 4)
+    finally:
+        svc.stop()
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert [(t["name"], t["state"]["type"]) for t in tasks] == [
+        (name, "COMPLETED") for name in ("trigger:t", "http:h", "addField:a", "output:o")
+    ]
 
 
 def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path, mock: MockServer) -> None:

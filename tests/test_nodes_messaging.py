@@ -628,7 +628,7 @@ class Twilio:
         }
 
     def messages(self, request: dict[str, Any]) -> tuple[int, Any]:
-        auth = request["headers"].get("Authorization", "")
+        auth = request["headers"].get("authorization", "")
         expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
         if auth != expected:
             return self.error(
@@ -712,7 +712,7 @@ async def test_sms_posts_the_form_with_basic_auth(
     }
     [request] = twilio.server.requests
     assert (request["method"], request["path"]) == ("POST", twilio.path)
-    assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request["headers"]["content-type"] == "application/x-www-form-urlencoded"
     assert twilio.forms() == [{"To": "+34600111222", "From": FROM_NUMBER, "Body": "Hello"}]
 
 
