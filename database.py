@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -888,21 +889,54 @@ def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list
     return results
 
 
-def _sqlite_pragmas(engine: sa.Engine) -> None:
+BUSY_TIMEOUT_MS = 30000
+LOCK_POLL_S = 0.0005
+
+
+def _begin_immediate(dbapi_conn: Any) -> None:
+    """BEGIN IMMEDIATE, polling the write lock every 0.5 ms while another process holds it.
+    SQLite's own busy handler sleeps 1, 2, 5, 10 … 100 ms between tries, so a writer of another
+    process that commits every few ms (a worker's group commits) kept the API's inserts waiting
+    for tens of ms; a blocked thread's sleep releases the GIL, so the poll costs little."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout = 0")
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    try:
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(LOCK_POLL_S)
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+
+def _sqlite_pragmas(engine: sa.Engine, *, poll_lock: bool) -> None:
+    """`poll_lock` for the thread-pool engine only: the async engine's statements run on the
+    event loop's behalf and must not sleep; it waits in SQLite's busy handler instead."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = OFF")  # Decision 11
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        write = conn.get_execution_options().get("wos_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not conn.get_execution_options().get("wos_write"):
+            conn.exec_driver_sql("BEGIN")
+        elif poll_lock:
+            _begin_immediate(conn.connection.dbapi_connection)
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_engines(url: sa.URL) -> tuple[AsyncEngine, sa.Engine]:
@@ -917,8 +951,8 @@ def _sqlite_engines(url: sa.URL) -> tuple[AsyncEngine, sa.Engine]:
         max_overflow=4,
         connect_args={"timeout": 30, "check_same_thread": False},
     )
-    _sqlite_pragmas(engine.sync_engine)
-    _sqlite_pragmas(sync_engine)
+    _sqlite_pragmas(engine.sync_engine, poll_lock=False)
+    _sqlite_pragmas(sync_engine, poll_lock=True)
     return engine, sync_engine
 
 
