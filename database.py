@@ -375,55 +375,56 @@ class Store:
         """
         now = now_iso()
         org = organization_id or ""
-        inputs_json = dump_json(inputs)
+        rows = {
+            "execution": {
+                "id": execution_id,
+                "workflowId": workflow_id,
+                "organizationId": organization_id,
+                "status": "pending",
+                "inputs": dump_json(inputs),
+                "createdAt": now,
+                "nodeResults": node_results,
+            },
+            "run": {
+                "executionId": execution_id,
+                "seq": time.time_ns(),
+                "workflowName": workflow_name,
+                "definition": definition,
+                "requestedMode": mode,
+                "state": QUEUED,
+                "createdAt": now,
+                "retryOf": retry_of,
+            },
+        }
+        if idempotency_key is None:  # the common case: group-committed with concurrent submits
+            await self._batched(_Op("create", execution_id, rows))
+            return None
 
         def op(conn: sa.Connection) -> tuple[str, str] | None:
-            if idempotency_key is not None:
-                key, request_hash, ttl_s = idempotency_key
-                match = idempotency.c.key == key, idempotency.c.organizationId == org
-                earlier = conn.execute(
-                    sa.select(
-                        idempotency.c.executionId,
-                        idempotency.c.requestHash,
-                        idempotency.c.expiresAt,
-                    ).where(*match)
-                ).first()
-                if earlier is not None and earlier.expiresAt > time.time():
-                    return earlier.executionId, earlier.requestHash
-                if earlier is not None:
-                    conn.execute(idempotency.delete().where(*match))
-                conn.execute(
-                    idempotency.insert().values(
-                        key=key,
-                        organizationId=org,
-                        requestHash=request_hash,
-                        executionId=execution_id,
-                        expiresAt=time.time() + ttl_s,
-                    )
-                )
+            key, request_hash, ttl_s = idempotency_key
+            match = idempotency.c.key == key, idempotency.c.organizationId == org
+            earlier = conn.execute(
+                sa.select(
+                    idempotency.c.executionId,
+                    idempotency.c.requestHash,
+                    idempotency.c.expiresAt,
+                ).where(*match)
+            ).first()
+            if earlier is not None and earlier.expiresAt > time.time():
+                return earlier.executionId, earlier.requestHash
+            if earlier is not None:
+                conn.execute(idempotency.delete().where(*match))
             conn.execute(
-                executions.insert().values(
-                    id=execution_id,
-                    workflowId=workflow_id,
-                    organizationId=organization_id,
-                    status="pending",
-                    inputs=inputs_json,
-                    createdAt=now,
-                    nodeResults=node_results,
-                )
-            )
-            conn.execute(
-                runs.insert().values(
+                idempotency.insert().values(
+                    key=key,
+                    organizationId=org,
+                    requestHash=request_hash,
                     executionId=execution_id,
-                    seq=time.time_ns(),
-                    workflowName=workflow_name,
-                    definition=definition,
-                    requestedMode=mode,
-                    state=QUEUED,
-                    createdAt=now,
-                    retryOf=retry_of,
+                    expiresAt=time.time() + ttl_s,
                 )
             )
+            conn.execute(executions.insert().values(rows["execution"]))
+            conn.execute(runs.insert().values(rows["run"]))
             return None
 
         return await self._run(op, write=True)
@@ -798,15 +799,19 @@ _FINISH_RUN = (
 
 
 def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list[bool]:
-    """One transaction for a batch of start/checkpoint/finish operations (at most one per
+    """One transaction for a batch of create/start/checkpoint/finish operations (at most one per
     execution: each execution awaits its previous operation). The statuses are read first
     under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten."""
-    query = sa.select(executions.c.id, executions.c.status).where(
-        executions.c.id.in_({op.execution_id for op in batch})
-    )
-    if not is_sqlite:
-        query = query.with_for_update()
-    status = dict(conn.execute(query).all())
+    creates = [op.params for op in batch if op.kind == "create"]
+    if creates:
+        conn.execute(executions.insert(), [p["execution"] for p in creates])
+        conn.execute(runs.insert(), [p["run"] for p in creates])
+    status: dict[str, str] = {}
+    if ids := {op.execution_id for op in batch if op.kind != "create"}:
+        query = sa.select(executions.c.id, executions.c.status).where(executions.c.id.in_(ids))
+        if not is_sqlite:
+            query = query.with_for_update()
+        status = dict(conn.execute(query).all())
     now = now_iso()
     params: dict[Any, list[dict[str, Any]]] = {
         stmt: []
@@ -823,6 +828,9 @@ def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list
     results = []
     for op in batch:
         eid, p = op.execution_id, op.params
+        if op.kind == "create":  # inserted above
+            results.append(True)
+            continue
         live = status.get(eid) in _LIVE[op.kind]
         results.append(live)
         if op.kind == "start":

@@ -21,6 +21,16 @@ async def add(store: Store, eid: str, **kw: object) -> None:
     )
 
 
+async def test_concurrent_submits_are_group_committed_in_submission_order(store: Store) -> None:
+    ids = [f"e{i:02d}" for i in range(40)]
+    await asyncio.gather(*(add(store, eid) for eid in ids))
+    claims = await store.claim("w1", 100, 15.0)
+    assert [c.execution_id for c in claims] == ids
+    for eid in ids:
+        row = await store.get_execution(eid)
+        assert row is not None and row["status"] == "pending"
+
+
 async def test_create_execution_commits_pending_row(store: Store) -> None:
     await add(store, "e1")
     row = await store.get_execution("e1")
