@@ -288,12 +288,15 @@ class Store:
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._write_conn: sa.Connection | None = None
         self._readers: ThreadPoolExecutor | None = None
         if sync_engine is not None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="wos-sqlite-write")
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="wos-sqlite-read")
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._close_write_conn)
         for pool in (self._writer, self._readers):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -311,10 +314,24 @@ class Store:
 
     def _call(self, op: Callable[[sa.Connection], R], write: bool) -> R:
         assert self.sync_engine is not None
+        if write:  # the writer thread keeps its connection (no pool checkout per transaction)
+            if self._write_conn is None:
+                self._write_conn = self.sync_engine.connect().execution_options(wos_write=True)
+            try:
+                with self._write_conn.begin():
+                    return op(self._write_conn)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    self._close_write_conn()
+                raise
         with self.sync_engine.connect() as conn:
-            conn = conn.execution_options(wos_write=write)
             with conn.begin():
                 return op(conn)
+
+    def _close_write_conn(self) -> None:
+        if self._write_conn is not None:
+            self._write_conn.close()
+            self._write_conn = None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
