@@ -257,6 +257,7 @@ class Claim:
     attempts: int
     flow_run_id: str | None
     """The Prefect flow run of the previous attempt, if any (to be marked Crashed)."""
+    workflow_name: str | None
 
 
 def async_url(url: str) -> sa.URL:
@@ -609,6 +610,7 @@ class Store:
                     runs.c.requestedMode,
                     runs.c.attempts,
                     runs.c.flowRunId,
+                    runs.c.workflowName,
                 )
                 .join(runs, runs.c.executionId == executions.c.id)
                 .where(executions.c.id.in_(ids))

@@ -141,7 +141,7 @@ class Runner:
             await run_as_flow(
                 eid,
                 claim.workflow_id,
-                claim.workflow_id or "workflow",
+                claim.workflow_name or claim.workflow_id or "workflow",
                 claim.attempts,
                 recording_body,
                 result_dir,

@@ -6,6 +6,7 @@ attempt is visible as a task-run state. Large inputs are `quote`d so Prefect doe
 """
 
 import contextvars
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -46,14 +47,37 @@ async def run_node_as_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelop
     if not spec.network and ctx.settings.PREFECT_TASK_NODES == "network":
         return await run_with_retries(node, data, ctx)
     policy = retry_policy(spec, node)
-    delays = [policy.delay_s * 2**i for i in range(policy.retries)] or 0
-    configured = node_task.with_options(
-        task_run_name=f"{node.type}:{node.id}",
-        retries=policy.retries,
-        retry_delay_seconds=delays,
-        retry_jitter_factor=0.5 if policy.retries else None,
+    token = _RUN_NAME.set(f"{node.type}:{node.id}")
+    try:
+        configured = _node_task(policy.retries, policy.delay_s)
+        return await configured(quote(node), quote(data), quote(ctx))
+    finally:
+        _RUN_NAME.reset(token)
+
+
+# Configured copies of the flow and the task are built once per option set (`with_options`
+# builds a whole new Flow/Task, a sizeable share of a flow run's CPU) and take their run names
+# from _RUN_NAME, set per call.
+_RUN_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("wos_run_name")
+
+
+def _run_name() -> str:
+    return _RUN_NAME.get()
+
+
+@functools.lru_cache(maxsize=64)  # retryDelayMs is the node's own: bounded
+def _node_task(retries: int, delay_s: float) -> Any:
+    return node_task.with_options(
+        task_run_name=_run_name,
+        retries=retries,
+        retry_delay_seconds=[delay_s * 2**i for i in range(retries)] or 0,
+        retry_jitter_factor=0.5 if retries else None,
     )
-    return await configured(quote(node), quote(data), quote(ctx))
+
+
+@functools.cache
+def _flow(result_dir: Path) -> Any:
+    return workflow_flow.with_options(flow_run_name=_run_name, result_storage=result_dir)
 
 
 @flow(name="workflow-execution", persist_result=False, validate_parameters=False, log_prints=False)
@@ -96,11 +120,11 @@ async def run_as_flow(
 ) -> None:
     """Run `body(flow_run_id)` as the flow run `<label> · <execution id>`, tagged with the
     execution id and attempt so a resumed execution's runs are found together in Prefect."""
-    token = _BODY.set(body)
+    name = f"{label} · {execution_id}" + (f" · resume {attempt - 1}" if attempt > 1 else "")
+    body_token, name_token = _BODY.set(body), _RUN_NAME.set(name)
     try:
-        name = f"{label} · {execution_id}" + (f" · resume {attempt - 1}" if attempt > 1 else "")
-        configured = workflow_flow.with_options(flow_run_name=name, result_storage=result_dir)
         with tags(f"execution:{execution_id}", f"attempt:{attempt}"):
-            await configured(execution_id, workflow_id, return_state=True)
+            await _flow(result_dir)(execution_id, workflow_id, return_state=True)
     finally:
-        _BODY.reset(token)
+        _RUN_NAME.reset(name_token)
+        _BODY.reset(body_token)

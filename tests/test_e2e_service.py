@@ -80,6 +80,7 @@ def test_every_node_is_a_task_run_with_prefect_task_nodes_all(
     finally:
         svc.stop()
     assert flow_run["state"]["type"] == "COMPLETED"
+    assert flow_run["name"] == f"Fixture · {eid}"
     assert [(t["name"], t["state"]["type"]) for t in tasks] == [
         (name, "COMPLETED") for name in ("trigger:t", "http:h", "addField:a", "output:o")
     ]
