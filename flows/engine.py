@@ -113,20 +113,26 @@ class _Run:
         return LogRow(nid, node.type, node.display_label, status, **kw)
 
     def counts(self) -> dict[str, int]:
-        done = list(self.results.values())
-        return {
-            "completedNodes": sum(1 for r in done if not is_failed(r) and not is_skipped(r)),
-            "failedNodes": sum(1 for r in done if is_failed(r)),
-            "skippedNodes": sum(1 for r in done if is_skipped(r)),
-        }
+        failed = skipped = 0
+        for r in self.results.values():
+            if is_failed(r):
+                failed += 1
+            elif is_skipped(r):
+                skipped += 1
+        done = len(self.results) - failed - skipped
+        return {"completedNodes": done, "failedNodes": failed, "skippedNodes": skipped}
 
     def node_results_json(self) -> str:
-        return "{" + ",".join(f"{dump_json(k)}:{v}" for k, v in self.encoded.items()) + "}"
+        """`encoded` holds each node's `"id":{result}` member, encoded once when it settled."""
+        return "{" + ",".join(self.encoded.values()) + "}"
+
+    def encode(self, nid: str, encoded: str) -> None:
+        self.encoded[nid] = f"{dump_json(nid)}:{encoded}"
 
     def settle(self, nid: str, result: Envelope, encoded: str | None = None) -> None:
         plan = self.job.plan
         self.results[nid] = result
-        self.encoded[nid] = encoded or dump_json(result)
+        self.encode(nid, encoded or dump_json(result))
         self.dirty = True
         for edge in plan.outgoing[nid]:
             live, payload = edge_payload(edge, plan.nodes[nid], result)
@@ -245,7 +251,7 @@ class _Run:
                 )
             )
             self.results[nid] = error_result(CANCELLED_TEXT)
-            self.encoded[nid] = dump_json(self.results[nid])
+            self.encode(nid, dump_json(self.results[nid]))
         self.dirty = True
         await self.flush()
 
