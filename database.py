@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -290,6 +291,7 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._write_conn: sa.Connection | None = None
+        self._write_lock = threading.Lock()
         self._readers: ThreadPoolExecutor | None = None
         if sync_engine is not None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="wos-sqlite-write")
@@ -315,19 +317,41 @@ class Store:
 
     def _call(self, op: Callable[[sa.Connection], R], write: bool) -> R:
         assert self.sync_engine is not None
-        if write:  # the writer thread keeps its connection (no pool checkout per transaction)
-            if self._write_conn is None:
-                self._write_conn = self.sync_engine.connect().execution_options(wos_write=True)
-            try:
-                with self._write_conn.begin():
-                    return op(self._write_conn)
-            except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    self._close_write_conn()
-                raise
+        if write:
+            with self._write_lock:
+                return self._write(op, wait=True)  # type: ignore[return-value]
         with self.sync_engine.connect() as conn:
             with conn.begin():
                 return op(conn)
+
+    def _write(self, op: Callable[[sa.Connection], R], *, wait: bool) -> R | None:
+        """`op` in a write transaction on the connection the writer keeps (no pool checkout per
+        transaction); with `wait=False`, None at once when another process holds the lock.
+        The caller holds `_write_lock`."""
+        assert self.sync_engine is not None
+        if self._write_conn is None:
+            self._write_conn = self.sync_engine.connect().execution_options(wos_write=True)
+        conn = self._write_conn
+        try:
+            if not _try_begin_immediate(conn.connection.dbapi_connection, wait=wait):
+                return None
+            with conn.begin():  # the BEGIN hook sees the open transaction and adds none
+                return op(conn)
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                self._close_write_conn()
+            raise
+
+    def _write_now(self, op: Callable[[sa.Connection], R]) -> R | None:
+        """A small write on the calling (event loop) thread when neither this process's writer
+        thread nor another process holds the write lock (~0.1 ms, where the thread round trip
+        costs more than the write); None, at once, when either does."""
+        if self.sync_engine is None or not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._write(op, wait=False)
+        finally:
+            self._write_lock.release()
 
     def _close_write_conn(self) -> None:
         if self._write_conn is not None:
@@ -738,11 +762,11 @@ class Store:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
+            apply = functools.partial(_apply_batch, batch=batch, is_sqlite=self.is_sqlite)
             try:
-                results = await self._run(
-                    functools.partial(_apply_batch, batch=batch, is_sqlite=self.is_sqlite),
-                    write=True,
-                )
+                results = self._write_now(apply) if len(batch) <= INLINE_BATCH_MAX else None
+                if results is None:
+                    results = await self._run(apply, write=True)
             except Exception as exc:  # noqa: BLE001 - every waiter gets the error
                 for op in batch:
                     if not op.future.done():
@@ -754,6 +778,8 @@ class Store:
 
 
 BATCH_MAX = 500
+INLINE_BATCH_MAX = 4
+"""Batches up to this size may be written on the event loop (`Store._write_now`)."""
 _LIVE = {
     "start": ("pending", "running"),
     "checkpoint": ("running",),
@@ -817,6 +843,10 @@ _FINISH_RUN = (
 )
 
 
+_STATUS = sa.select(executions.c.id, executions.c.status).where(
+    executions.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_STATUS_FOR_UPDATE = _STATUS.with_for_update()
 _INSERT_EXEC = executions.insert()
 _INSERT_RUN = runs.insert()
 _INSERT_LOG = logs.insert()
@@ -861,11 +891,9 @@ def _apply_batch(conn: sa.Connection, batch: list[_Op], is_sqlite: bool) -> list
         run(_INSERT_EXEC, [p["execution"] for p in creates])
         run(_INSERT_RUN, [p["run"] for p in creates])
     status: dict[str, str] = {}
-    if ids := {op.execution_id for op in batch if op.kind != "create"}:
-        query = sa.select(executions.c.id, executions.c.status).where(executions.c.id.in_(ids))
-        if not is_sqlite:
-            query = query.with_for_update()
-        status = dict(conn.execute(query).all())
+    if ids := [op.execution_id for op in batch if op.kind != "create"]:
+        query = _STATUS if is_sqlite else _STATUS_FOR_UPDATE
+        status = dict(conn.execute(query, {"ids": ids}).all())
     now = now_iso()
     params: dict[Any, list[dict[str, Any]]] = {
         stmt: []
@@ -955,11 +983,12 @@ BUSY_TIMEOUT_MS = 30000
 LOCK_POLL_S = 0.0005
 
 
-def _begin_immediate(dbapi_conn: Any) -> None:
-    """BEGIN IMMEDIATE, polling the write lock every 0.5 ms while another process holds it.
-    SQLite's own busy handler sleeps 1, 2, 5, 10 … 100 ms between tries, so a writer of another
-    process that commits every few ms (a worker's group commits) kept the API's inserts waiting
-    for tens of ms; a blocked thread's sleep releases the GIL, so the poll costs little."""
+def _try_begin_immediate(dbapi_conn: Any, *, wait: bool) -> bool:
+    """BEGIN IMMEDIATE on a raw sqlite3 connection; False when the write lock is taken and
+    `wait` is off. Waiting polls the lock every 0.5 ms: SQLite's own busy handler sleeps 1, 2, 5,
+    10 … 100 ms between tries, so a writer of another process that commits every few ms (a
+    worker's group commits) kept the API's inserts waiting for tens of ms; the poller's sleep
+    releases the GIL, so it costs little."""
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA busy_timeout = 0")
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
@@ -967,19 +996,22 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         while True:
             try:
                 cursor.execute("BEGIN IMMEDIATE")
-                return
+                return True
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
+                if not wait:
+                    return False
             time.sleep(LOCK_POLL_S)
     finally:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.close()
 
 
-def _sqlite_pragmas(engine: sa.Engine, *, poll_lock: bool) -> None:
-    """`poll_lock` for the thread-pool engine only: the async engine's statements run on the
-    event loop's behalf and must not sleep; it waits in SQLite's busy handler instead."""
+def _sqlite_pragmas(engine: sa.Engine, *, thread_engine: bool) -> None:
+    """Write transactions of the thread-pool engine are begun by `Store._write` (it polls the
+    lock); the async engine's run on the event loop's behalf and must not sleep, so they wait
+    in SQLite's busy handler."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -995,9 +1027,7 @@ def _sqlite_pragmas(engine: sa.Engine, *, poll_lock: bool) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         if not conn.get_execution_options().get("wos_write"):
             conn.exec_driver_sql("BEGIN")
-        elif poll_lock:
-            _begin_immediate(conn.connection.dbapi_connection)
-        else:
+        elif not (thread_engine and conn.connection.dbapi_connection.in_transaction):  # type: ignore[union-attr]
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -1013,8 +1043,8 @@ def _sqlite_engines(url: sa.URL) -> tuple[AsyncEngine, sa.Engine]:
         max_overflow=4,
         connect_args={"timeout": 30, "check_same_thread": False},
     )
-    _sqlite_pragmas(engine.sync_engine, poll_lock=False)
-    _sqlite_pragmas(sync_engine, poll_lock=True)
+    _sqlite_pragmas(engine.sync_engine, thread_engine=False)
+    _sqlite_pragmas(sync_engine, thread_engine=True)
     return engine, sync_engine
 
 

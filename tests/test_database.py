@@ -172,3 +172,21 @@ async def test_node_backend_schema_is_used_as_is(tmp_path: Path) -> None:
     # the service's index on the log rows is added to the Node backend's existing table
     indexes = {r[1] for r in conn.execute("PRAGMA index_list('execution_logs')")}
     assert "idx_wos_logs_execution" in indexes
+
+
+async def test_group_commit_waits_off_the_loop_while_another_process_writes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite"
+    store = await open_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. the Node backend in the middle of a write
+    pending = asyncio.create_task(add(store, "e1"))
+    await asyncio.sleep(0.2)  # the event loop keeps running while the write waits for the lock
+    assert not pending.done()
+    other.execute("COMMIT")
+    await asyncio.wait_for(pending, 5)
+    row = await store.get_execution("e1")
+    assert row is not None and row["status"] == "pending"
+    other.close()
+    await store.close()
