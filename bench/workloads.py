@@ -223,7 +223,10 @@ async def open_loop(ctx: Ctx, wid: str, rate: float, count: int, drain_s: float)
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one()))
-    await asyncio.wait(tasks, timeout=60)
+    _, unanswered = await asyncio.wait(tasks, timeout=60)
+    for task in unanswered:  # no answer within 60 s: a submit error (and no late ids below)
+        task.cancel()
+        errors.append("no answer within 60 s")
     offered_s = time.perf_counter() - t0
     futs = [ctx.tracker.watch(eid) for eid in ids]
     if futs:
