@@ -253,9 +253,24 @@ async def prepare_store(settings: Settings) -> None:
         await store.close()
 
 
+def raise_open_file_limit(wanted: int = 65536) -> None:
+    """Up to 500 running executions and HTTP_MAX_CONNECTIONS sockets per worker need more than
+    the common soft limit of 1024 descriptors; the children inherit the raised soft limit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main() -> int:
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL)
+    raise_open_file_limit()
     supervisor = Supervisor(settings)
 
     def on_signal(signum: int, _frame: object) -> None:
