@@ -1,6 +1,7 @@
 """The HTTP API of contract §1: thin routes over the store; the worker process runs executions."""
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config import Settings, get_settings
+from config import Settings, get_settings, settings_dependency
 from database import Store, new_execution_id, open_store
 from errors import (
     Conflict,
@@ -86,9 +87,12 @@ class BodyLimit:
         limit = get_settings().MAX_REQUEST_BYTES
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"0")
-        too_big = JSONResponse({"detail": f"Request body larger than {limit} bytes"}, 413)
+
+        def too_big() -> JSONResponse:
+            return JSONResponse({"detail": f"Request body larger than {limit} bytes"}, 413)
+
         if declared.isdigit() and int(declared) > limit:
-            return await too_big(scope, receive, send)
+            return await too_big()(scope, receive, send)
         seen = 0
 
         async def limited() -> Message:
@@ -102,7 +106,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await too_big(scope, receive, send)
+            await too_big()(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -165,19 +169,21 @@ async def require_key(
         )
 
 
-def get_store(request: Request) -> Store:
+# Dependencies are `async def`: FastAPI runs a plain `def` in a worker thread, one thread round
+# trip per dependency per request.
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_wake(request: Request) -> WorkerWakeup:
+async def get_wake(request: Request) -> WorkerWakeup:
     wake: WorkerWakeup = request.app.state.wake_workers
     return wake
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 WakeDep = Annotated[WorkerWakeup, Depends(get_wake)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
 api = [Depends(require_key)]
 app.include_router(images_router, dependencies=api)
 
@@ -193,7 +199,22 @@ async def health() -> dict[str, Any]:
 
 
 def _definition(raw: Any) -> str:
-    """Validate a workflow definition and return it as stored for the run (refuses Decision 3)."""
+    """Validate a workflow definition and return it as stored for the run (refuses Decision 3).
+    A stored workflow's text is validated once while it stays unchanged (LRU)."""
+    if isinstance(raw, str) and len(raw) <= DEFINITION_CACHE_MAX_BYTES:
+        return _definition_of_text(raw)
+    return _validated(raw)
+
+
+DEFINITION_CACHE_MAX_BYTES = 64 * 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _definition_of_text(raw: str) -> str:
+    return _validated(raw)
+
+
+def _validated(raw: Any) -> str:
     workflow = parse_workflow(raw)
     known = set(node_types())
     unsupported = [n for n in workflow.nodes if n.type not in known]

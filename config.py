@@ -90,3 +90,9 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+async def settings_dependency() -> Settings:
+    """`get_settings` for FastAPI's `Depends`: an `async def` runs on the event loop, a plain
+    `def` dependency would cost a worker-thread round trip per request."""
+    return get_settings()

@@ -292,12 +292,16 @@ class Store:
         self._writer: ThreadPoolExecutor | None = None
         self._write_conn: sa.Connection | None = None
         self._write_lock = threading.Lock()
+        self._loop_conn: sa.Connection | None = None
         self._readers: ThreadPoolExecutor | None = None
         if sync_engine is not None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="wos-sqlite-write")
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="wos-sqlite-read")
 
     async def close(self) -> None:
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._close_write_conn)
         for pool in (self._writer, self._readers):
@@ -353,6 +357,23 @@ class Store:
         finally:
             self._write_lock.release()
 
+    def _read_now(self, op: Callable[[sa.Connection], R]) -> R | object:
+        """A one-row read on the event loop thread, on a connection of its own that never
+        waits (busy_timeout 0): WAL readers take no lock, so only SQLite's rare busy cases (WAL
+        recovery) return `_BUSY`, and the caller falls back to a reader thread."""
+        if self.sync_engine is None:
+            return _BUSY
+        if self._loop_conn is None:
+            self._loop_conn = self.sync_engine.connect()
+            self._loop_conn.connection.dbapi_connection.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+        try:
+            with self._loop_conn.begin():
+                return op(self._loop_conn)
+        except sa.exc.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return _BUSY
+            raise
+
     def _close_write_conn(self) -> None:
         if self._write_conn is not None:
             self._write_conn.close()
@@ -393,6 +414,8 @@ class Store:
             row = conn.execute(query).mappings().first()
             return dict(row) if row else None
 
+        if (found := self._read_now(op)) is not _BUSY:  # the submit path: no thread hop
+            return found  # type: ignore[return-value]
         return await self._run(op, write=False)
 
     async def create_execution(
@@ -777,6 +800,7 @@ class Store:
                     op.future.set_result(live)
 
 
+_BUSY = object()
 BATCH_MAX = 500
 INLINE_BATCH_MAX = 4
 """Batches up to this size may be written on the event loop (`Store._write_now`)."""

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from config import Settings, get_settings
+from config import Settings, settings_dependency
 from tasks.visualization import image_path
 
 router = APIRouter(tags=["images"])
@@ -19,7 +19,7 @@ router = APIRouter(tags=["images"])
 async def get_node_image(
     execution_id: str,
     node_id: str,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(settings_dependency)],
 ) -> Response:
     """The chart a dataVisualization node rendered in this execution; 404 when there is none."""
     path = image_path(settings, execution_id, node_id)
