@@ -70,11 +70,14 @@ class _Transport(AiohttpTransport):
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
     """The shared client of the network nodes. Cookies are never kept: executions of different
-    workflows and organisations share it."""
+    workflows and organisations share it. HTTP(S)_PROXY / NO_PROXY apply, as with httpx."""
 
     def session() -> aiohttp.ClientSession:  # built lazily, inside the running event loop
-        connector = aiohttp.TCPConnector(limit=settings.HTTP_MAX_CONNECTIONS)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.HTTP_MAX_CONNECTIONS),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=True,
+        )
 
     return httpx.AsyncClient(
         transport=_Transport(client=session),
