@@ -128,9 +128,13 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _strict_key(value: Any) -> tuple[str, Any] | None:
-    """A hashable identity for JS `===` on JSON values: `"1"` is not `1`, `1` is `1.0`, objects
-    and arrays only equal themselves, NaN equals nothing (None)."""
+def _strict_key(row: dict[str, Any], key: str) -> tuple[str, Any] | None:
+    """A hashable identity of `row[key]` for JS `===` on JSON values: `"1"` is not `1`, `1` is
+    `1.0`, objects and arrays only equal themselves; None (equal to nothing) when the row has
+    no such key or it holds NaN."""
+    if key not in row:
+        return None
+    value = row[key]
     if isinstance(value, dict | list):
         return ("object", id(value))
     if isinstance(value, float) and value != value:
@@ -149,33 +153,29 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
     a_cols = _columns(a)
     rename = {c: (f"B_{c}" if c in a_cols else c) for c in _columns(b) if c != key}
     b_rows = [r for r in b if isinstance(r, dict)]
-    first_b: dict[tuple[str, Any], int] = {}
-    for i, r in enumerate(b_rows):
-        if key in r and (k := _strict_key(r[key])) is not None:
-            first_b.setdefault(k, i)
+    first_b: dict[tuple[str, Any], dict[str, Any]] = {}
+    for r in b_rows:
+        if (k := _strict_key(r, key)) is not None:
+            first_b.setdefault(k, r)
     merged: list[dict[str, Any]] = []
-    matched_b: set[int] = set()
     a_keys: set[tuple[str, Any]] = set()
     for row in (r for r in a if isinstance(r, dict)):
-        k = _strict_key(row[key]) if key in row else None
+        k = _strict_key(row, key)
         if k is not None:
             a_keys.add(k)
-        index = first_b.get(k) if k is not None else None
-        if index is None:
+        match = first_b.get(k) if k is not None else None
+        if match is None:
             if outer:
                 merged.append(dict(row))
             continue
-        matched_b.add(index)
         extra = {
-            rename.get(c, f"B_{c}" if c in a_cols else c): v
-            for c, v in b_rows[index].items()
-            if c != key
+            rename.get(c, f"B_{c}" if c in a_cols else c): v for c, v in match.items() if c != key
         }
         merged.append({**row, **extra})
-    if outer:
-        for i, row in enumerate(b_rows):
-            k = _strict_key(row[key]) if key in row else None
-            if i not in matched_b and (k is None or k not in a_keys):
+    if outer:  # B rows whose key no A row has (a matched B row's key is always in a_keys)
+        for row in b_rows:
+            k = _strict_key(row, key)
+            if k is None or k not in a_keys:
                 merged.append(
                     {key: row.get(key), **{rename.get(c, c): v for c, v in row.items() if c != key}}
                 )
