@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import Settings, get_settings, settings_dependency
-from database import Store, new_execution_id, open_store
+from database import IdempotencyKey, NewExecution, Store, new_execution_id, open_store
 from errors import (
     Conflict,
     ExecutionNotFound,
@@ -250,21 +250,21 @@ async def queue(
     key = None
     if idempotency_key:
         digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        key = (idempotency_key, digest, IDEMPOTENCY_TTL_S)
+        key = IdempotencyKey(idempotency_key, digest, IDEMPOTENCY_TTL_S)
+    new = NewExecution(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        workflow_name=name,
+        organization_id=body.organizationId,
+        inputs=body.inputs or {},
+        definition=definition,
+        mode=mode,
+        retry_of=retry_of,
+        node_results=node_results,
+    )
     for attempt in range(2):
         try:
-            earlier = await store.create_execution(
-                execution_id=execution_id,
-                workflow_id=workflow_id,
-                workflow_name=name,
-                organization_id=body.organizationId,
-                inputs=body.inputs or {},
-                definition=definition,
-                mode=mode,
-                retry_of=retry_of,
-                node_results=node_results,
-                idempotency_key=key,
-            )
+            earlier = await store.create_execution(new, idempotency=key)
             break
         except IntegrityError:  # a concurrent submit with the same key won the race
             if attempt or key is None:
@@ -273,7 +273,7 @@ async def queue(
         wake()
         return response
     earlier_id, earlier_hash = earlier
-    if key is not None and earlier_hash != key[1]:
+    if key is not None and earlier_hash != key.request_hash:
         raise Conflict(
             f"Idempotency-Key {idempotency_key!r} was already used with a different request body"
         )
@@ -461,14 +461,14 @@ async def execute_node(body: NodeExecute, request: Request) -> dict[str, Any]:
     try:
         node = NodeDef.model_validate({**body.node, "id": body.nodeId, "type": body.nodeType})
         ctx = RunContext(
-            "single_node",
-            body.workflowId,
-            None,
-            {},
-            node.id,
-            node.type,
-            node.display_label,
-            resources,
+            execution_id="single_node",
+            workflow_id=body.workflowId,
+            organization_id=None,
+            inputs={},
+            node_id=node.id,
+            node_type=node.type,
+            node_label=node.display_label,
+            resources=resources,
         )
         output = await run_with_retries(node, body.inputData, ctx)
     except Exception as exc:  # noqa: BLE001 - answered as success:false, like the original

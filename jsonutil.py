@@ -51,3 +51,13 @@ def now_iso() -> str:
     """UTC now as ISO-8601 with milliseconds and `Z` (contract Decision 7)."""
     now = dt.datetime.now(dt.UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def load_json_column(text: str | None) -> Any:
+    """A stored JSON column decoded: None stays None, text that is not JSON is returned as is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

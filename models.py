@@ -1,23 +1,10 @@
-"""Pydantic schemas of the HTTP API and the workflow JSON, and the execution status enum."""
+"""Pydantic schemas of the HTTP API and the workflow JSON."""
 
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class ExecutionStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_STATUSES = frozenset(
-    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
-)
-ACTIVE_STATUSES = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING})
+from states import ACTIVE_STATUSES, TERMINAL_STATUSES, ExecutionStatus  # noqa: F401
 
 
 class NodeDef(BaseModel):

@@ -48,7 +48,16 @@ async def walk(plan: Plan, eid: str, resources: Resources, on_node: Any = None) 
         if not run:
             result: Result = {"success": True, "skipped": True}
         else:
-            ctx = RunContext(eid, None, None, {}, nid, node.type, node.display_label, resources)
+            ctx = RunContext(
+                execution_id=eid,
+                workflow_id=None,
+                organization_id=None,
+                inputs={},
+                node_id=nid,
+                node_type=node.type,
+                node_label=node.display_label,
+                resources=resources,
+            )
             try:
                 result = await run_attempt(node, data, ctx)
             except NodeError as exc:

@@ -46,7 +46,16 @@ def resources() -> Any:
 @task(name="node")
 async def node_task(node: dict[str, Any], data: Any, execution_id: str) -> dict[str, Any]:
     nd = NodeDef.model_validate(node)
-    ctx = RunContext(execution_id, None, None, {}, nd.id, nd.type, nd.display_label, resources())
+    ctx = RunContext(
+        execution_id=execution_id,
+        workflow_id=None,
+        organization_id=None,
+        inputs={},
+        node_id=nd.id,
+        node_type=nd.type,
+        node_label=nd.display_label,
+        resources=resources(),
+    )
     return await run_attempt(nd, data, ctx)
 
 

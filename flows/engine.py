@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from database import LogRow
+from database.interfaces import LogRow
 from errors import NodeError
 from flows.graph import Plan, assemble_input, edge_payload, is_failed, is_skipped
 from jsonutil import dump_json
@@ -186,14 +186,14 @@ class _Run:
         job = self.job
         node = job.plan.nodes[nid]
         ctx = RunContext(
-            job.execution_id,
-            job.workflow_id,
-            job.organization_id,
-            job.inputs,
-            nid,
-            node.type,
-            node.display_label,
-            job.resources,
+            execution_id=job.execution_id,
+            workflow_id=job.workflow_id,
+            organization_id=job.organization_id,
+            inputs=job.inputs,
+            node_id=nid,
+            node_type=node.type,
+            node_label=node.display_label,
+            resources=job.resources,
         )
         task = asyncio.ensure_future(self.run_node(node, data, ctx))
         self.in_flight[task] = (nid, input_json, time.monotonic())

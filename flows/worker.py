@@ -110,7 +110,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                await self.store.renew_leases(self.owner, self.lease_s)
+                await self.store.renew_leases(self.owner, list(self.tasks), self.lease_s)
             except Exception:  # noqa: BLE001 - retried on the next tick
                 logger.exception("lease renewal failed")
 

@@ -90,7 +90,7 @@ def open_resources(settings: Settings, store: Any = None) -> Resources:
     return Resources(settings, http_client(settings), store)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunContext:
     """Everything about the run a handler may read; `attempt` counts from 1."""
 

@@ -5,19 +5,21 @@ import json
 import sqlite3
 from pathlib import Path
 
-from database import LogRow, Store, open_store
+from database import LogRow, NewExecution, Store, open_store
 from tests.support import node_backend_sqlite
 
 
 async def add(store: Store, eid: str, **kw: object) -> None:
     await store.create_execution(
-        execution_id=eid,
-        workflow_id=str(kw.get("workflow_id", "wf1")),
-        workflow_name="WF",
-        organization_id="org",
-        inputs={"x": 1},
-        definition='{"nodes": []}',
-        mode="inline",
+        NewExecution(
+            execution_id=eid,
+            workflow_id=str(kw.get("workflow_id", "wf1")),
+            workflow_name="WF",
+            organization_id="org",
+            inputs={"x": 1},
+            definition='{"nodes": []}',
+            mode="inline",
+        )
     )
 
 
@@ -66,7 +68,7 @@ async def test_expired_lease_is_claimed_again_as_a_resume(store: Store) -> None:
 async def test_renewed_lease_is_not_stolen(store: Store) -> None:
     await add(store, "e1")
     await store.claim("w:1", 1, 0.2)
-    await store.renew_leases("w:1", 15)
+    await store.renew_leases("w:1", ["e1"], 15)
     await asyncio.sleep(0.3)
     assert await store.claim("w:2", 1, 15) == []
 

@@ -106,7 +106,14 @@ async def ctx_for(server: ApiServer) -> AsyncIterator[Any]:
         resources = open_resources(make_settings(**values))
         opened.append(resources)
         return RunContext(
-            "exec_test", "wf_test", "org_test", {}, node_id, node_type, node_type, resources
+            execution_id="exec_test",
+            workflow_id="wf_test",
+            organization_id="org_test",
+            inputs={},
+            node_id=node_id,
+            node_type=node_type,
+            node_label=node_type,
+            resources=resources,
         )
 
     yield make

@@ -48,7 +48,14 @@ def viz_ctx(make_resources: MakeResources, tmp_path: Path) -> Any:
     def make(node_id: str = "n1", execution_id: str = "exec_test") -> RunContext:
         resources = make_resources(IMAGE_DIR=str(tmp_path / "images"))
         return RunContext(
-            execution_id, "wf", "org", {}, node_id, "dataVisualization", "Chart", resources
+            execution_id=execution_id,
+            workflow_id="wf",
+            organization_id="org",
+            inputs={},
+            node_id=node_id,
+            node_type="dataVisualization",
+            node_label="Chart",
+            resources=resources,
         )
 
     return make

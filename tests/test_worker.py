@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config import Settings
-from database import open_store
+from database import NewExecution, open_store
 from flows.graph import parse_workflow
 from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
@@ -45,13 +45,15 @@ async def test_limit_and_submission_order(tmp_path: Path, slow: MockServer) -> N
     ids = [f"e{i}" for i in range(6)]
     for eid in ids:
         await store.create_execution(
-            execution_id=eid,
-            workflow_id="w",
-            workflow_name=None,
-            organization_id=None,
-            inputs={},
-            definition=definition,
-            mode="inline",
+            NewExecution(
+                execution_id=eid,
+                workflow_id="w",
+                workflow_name=None,
+                organization_id=None,
+                inputs={},
+                definition=definition,
+                mode="inline",
+            )
         )
     worker = Worker(settings, store, Runner(settings, store, resources, PrefectProbe(None)))
     stop = asyncio.Event()

@@ -25,6 +25,19 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from database.interfaces import (  # noqa: F401 - re-exported
+    ApiStore,
+    Claim,
+    EntitySave,
+    EntityStore,
+    IdempotencyKey,
+    LogRow,
+    NewExecution,
+    NewRecord,
+    QueueStore,
+    Recorder,
+    WorkerStore,
+)
 from jsonutil import dump_json, now_iso
 
 logger = logging.getLogger(__name__)
@@ -231,36 +244,6 @@ def new_log_id() -> str:
     return f"{(time.time_ns() >> 12) & 0xFFFFFFFFFFFF:012x}{next(_log_ids) & 0xFFFF:04x}"
 
 
-@dataclass(frozen=True)
-class LogRow:
-    node_id: str
-    node_type: str
-    node_label: str
-    status: str
-    input_json: str | None = None
-    output_json: str | None = None
-    error: str | None = None
-    duration_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """An execution a worker just took ownership of."""
-
-    execution_id: str
-    workflow_id: str
-    organization_id: str | None
-    status: str
-    inputs: str | None
-    node_results: str | None
-    definition: str
-    requested_mode: str
-    attempts: int
-    flow_run_id: str | None
-    """The Prefect flow run of the previous attempt, if any (to be marked Crashed)."""
-    workflow_name: str | None
-
-
 def async_url(url: str) -> sa.URL:
     """Map `sqlite:///` and `postgresql://` URLs to their async drivers."""
     parsed = make_url(url)
@@ -419,54 +402,43 @@ class Store:
         return await self._run(op, write=False)
 
     async def create_execution(
-        self,
-        *,
-        execution_id: str,
-        workflow_id: str,
-        workflow_name: str | None,
-        organization_id: str | None,
-        inputs: dict[str, Any],
-        definition: str,
-        mode: str,
-        retry_of: str | None = None,
-        node_results: str | None = None,
-        idempotency_key: tuple[str, str, float] | None = None,
+        self, new: NewExecution, *, idempotency: IdempotencyKey | None = None
     ) -> tuple[str, str] | None:
         """Insert the pending execution row and queue it, in one transaction.
 
-        With `idempotency_key=(key, request_hash, ttl_s)`, an unexpired earlier submit with the
-        same key and organization wins: nothing is inserted and its (execution id, request hash)
-        is returned instead.
+        With `idempotency`, an unexpired earlier submit with the same key and organization
+        wins: nothing is inserted and its (execution id, request hash) is returned instead.
         """
+        execution_id, organization_id = new.execution_id, new.organization_id
         now = now_iso()
         org = organization_id or ""
         rows = {
             "execution": {
                 "id": execution_id,
-                "workflowId": workflow_id,
+                "workflowId": new.workflow_id,
                 "organizationId": organization_id,
                 "status": "pending",
-                "inputs": dump_json(inputs),
+                "inputs": dump_json(new.inputs),
                 "createdAt": now,
-                "nodeResults": node_results,
+                "nodeResults": new.node_results,
             },
             "run": {
                 "executionId": execution_id,
                 "seq": time.time_ns(),
-                "workflowName": workflow_name,
-                "definition": definition,
-                "requestedMode": mode,
+                "workflowName": new.workflow_name,
+                "definition": new.definition,
+                "requestedMode": new.mode,
                 "state": QUEUED,
                 "createdAt": now,
-                "retryOf": retry_of,
+                "retryOf": new.retry_of,
             },
         }
-        if idempotency_key is None:  # the common case: group-committed with concurrent submits
+        if idempotency is None:  # the common case: group-committed with concurrent submits
             await self._batched(_Op("create", execution_id, rows))
             return None
 
         def op(conn: sa.Connection) -> tuple[str, str] | None:
-            key, request_hash, ttl_s = idempotency_key
+            key, request_hash, ttl_s = idempotency.key, idempotency.request_hash, idempotency.ttl_s
             match = idempotency.c.key == key, idempotency.c.organizationId == org
             earlier = conn.execute(
                 sa.select(
@@ -687,11 +659,13 @@ class Store:
             lambda conn: conn.execute(runs.update().where(where).values(**values)), write=True
         )
 
-    async def renew_leases(self, owner: str, lease_s: float) -> None:
+    async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:
+        ids = list(running)
+        mine = sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING)
         await self._update_runs(
-            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING),
-            leaseExpiresAt=time.time() + lease_s,
+            sa.and_(mine, runs.c.executionId.in_(ids)), leaseExpiresAt=time.time() + lease_s
         )
+        await self._update_runs(sa.and_(mine, runs.c.executionId.not_in(ids)), leaseExpiresAt=0.0)
 
     async def release(self, owner: str) -> None:
         """Give back every unfinished execution of `owner` (graceful shutdown) so that the next

@@ -1,0 +1,247 @@
+"""What each part of the service needs from the store, as Protocols, and the values they pass.
+
+Three audiences, one interface each: the HTTP API (`ApiStore`), the worker's queue and the
+runner around the engine (`QueueStore`), and the engine's checkpoints (`Recorder`). Database-backed
+node types get `EntityStore`. A backend (`database.sql.SqlStore`, `database.memory.MemoryStore`)
+implements all of them; see `Store`. Pure: importing this module touches no database library.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from states import ExecutionStatus, NodeStatus
+
+Row = dict[str, Any]
+"""A stored row as a mapping of column name to value (JSON columns still as text)."""
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One `execution_logs` row the engine asks the store to write."""
+
+    node_id: str
+    node_type: str
+    node_label: str
+    status: NodeStatus
+    input_json: str | None = None
+    output_json: str | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An execution a worker just took ownership of."""
+
+    execution_id: str
+    workflow_id: str
+    organization_id: str | None
+    status: str
+    inputs: str | None
+    node_results: str | None
+    definition: str
+    requested_mode: str
+    attempts: int
+    flow_run_id: str | None
+    """The Prefect flow run of the previous attempt, if any (to be marked Crashed)."""
+    workflow_name: str | None
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An `Idempotency-Key` submit: the key, a hash of the request body, and how long it holds."""
+
+    key: str
+    request_hash: str
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    """A pending execution to insert and queue (`ApiStore.create_execution`)."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_name: str | None
+    organization_id: str | None
+    inputs: dict[str, Any]
+    definition: str
+    """The validated workflow definition the run executes (JSON text)."""
+    mode: str
+    retry_of: str | None = None
+    node_results: str | None = None
+    """Results adopted from an earlier execution (a retry), JSON text."""
+
+
+class Recorder(Protocol):
+    """The engine's checkpoints."""
+
+    async def checkpoint(
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
+    ) -> bool:
+        """Commit settled and started nodes atomically. False when the row left `running`
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows.
+        `counts` is empty or has completedNodes, failedNodes and skippedNodes."""
+        ...
+
+
+class ApiStore(Protocol):
+    """What the HTTP API reads and writes."""
+
+    async def get_workflow(self, workflow_id: str) -> Row | None:
+        """The stored workflow's id, name, data and organizationId."""
+        ...
+
+    async def create_execution(
+        self, new: NewExecution, *, idempotency: IdempotencyKey | None = None
+    ) -> tuple[str, str] | None:
+        """Insert the pending execution row and queue it, in one transaction. With
+        `idempotency`, an unexpired earlier submit with the same key and organization wins:
+        nothing is inserted and its (execution id, request hash) is returned instead."""
+        ...
+
+    async def get_execution(self, execution_id: str) -> Row | None:
+        """The execution row joined with the service's own state (those keys None where the
+        service did not create the row)."""
+        ...
+
+    async def get_logs(self, execution_id: str, last: int | None = None) -> list[Row]:
+        """Log rows oldest first; with `last`, only the `last` most recent."""
+        ...
+
+    async def log_counts(self, execution_id: str) -> dict[str, int]:
+        """Distinct nodes per log status, for rows the service did not create."""
+        ...
+
+    async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
+        """Cancel a pending/running execution: (previous status or None if unknown, cancelled?)."""
+        ...
+
+    async def list_executions(self, workflow_id: str, limit: int) -> tuple[list[Row], int]:
+        """The newest `limit` executions of a workflow, and how many it has in all."""
+        ...
+
+
+class QueueStore(Protocol):
+    """What the worker needs: the store is the queue; leases make a claim expire."""
+
+    async def has_queued(self) -> bool:
+        """Cheap read: is anything claimable (queued, or running with an expired lease)?"""
+        ...
+
+    async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+        """Take up to `limit` claimable executions in submission order."""
+        ...
+
+    async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:
+        """Extend the leases of `owner`'s executions in `running`; give back (lease expired at
+        once) every other unfinished execution `owner` holds."""
+        ...
+
+    async def release(self, owner: str) -> None:
+        """Give back every unfinished execution of `owner` (graceful shutdown)."""
+        ...
+
+    async def release_instance(self, instance: str) -> None:
+        """At start-up: give back what a previous run of this instance (`<instance>:…` owners)
+        still held."""
+        ...
+
+    async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
+        """Those of `execution_ids` whose status is `cancelled`."""
+        ...
+
+    async def start(
+        self,
+        execution_id: str,
+        *,
+        total_nodes: int,
+        mode: str,
+        mode_reason: str | None,
+        flow_run_id: str | None = None,
+    ) -> bool:
+        """Mark the execution running; False when it is no longer pending/running (cancelled)."""
+        ...
+
+    async def finish(
+        self,
+        execution_id: str,
+        *,
+        status: ExecutionStatus,
+        error: str | None,
+        node_results: str | None,
+    ) -> bool:
+        """Write the terminal status unless the row is no longer pending/running (never
+        overwrites `cancelled`); the queue state becomes done either way."""
+        ...
+
+    async def mark_done(self, execution_id: str) -> None:
+        """Take the execution off the queue without touching its status (it was cancelled)."""
+        ...
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """One record to save into an entity: `values` maps record keys to stored strings."""
+
+    created_at: str
+    values: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EntitySave:
+    entity_name: str | None
+    saved_ids: list[str]
+    created_properties: list[tuple[str, str]]
+    """(name, type) of every property created for keys the entity did not have."""
+
+
+class EntityStore(Protocol):
+    """The data of fetchData and saveRecords: the Node backend's entity tables and the generic
+    tables saveRecords creates (contract §2.5). Errors are `EntityStoreError`s."""
+
+    async def fetch_entity_records(self, entity_id: str) -> tuple[str | None, list[Row]]:
+        """(entity name, records) with values keyed by property name, ordered by createdAt
+        then id. Raises EntityNotFound."""
+        ...
+
+    async def save_entity_records(
+        self, entity_id: str, new_records: Sequence[NewRecord], types: dict[str, str]
+    ) -> EntitySave:
+        """Create the properties the entity lacks (name → type), then the records and their
+        values, in one transaction."""
+        ...
+
+    async def save_generic_records(
+        self,
+        table_name: str,
+        rows: Sequence[tuple[str, str]],
+        *,
+        upsert: bool,
+        workflow_id: str | None,
+        execution_id: str | None,
+        now: str,
+    ) -> int:
+        """Write `(id, data JSON)` rows into `table_name` (created if missing) in one
+        transaction; returns how many existing rows were updated (upsert)."""
+        ...
+
+
+class Store(ApiStore, QueueStore, Recorder, Protocol):
+    """A whole backend, as `database.open_store` returns it."""
+
+    @property
+    def entities(self) -> EntityStore: ...
+
+    async def close(self) -> None: ...
+
+
+class WorkerStore(QueueStore, Recorder, Protocol):
+    """What a worker process and its runner need."""

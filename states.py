@@ -1,0 +1,63 @@
+"""The service's vocabulary: the statuses and states every module compares, with their sets."""
+
+from enum import StrEnum
+
+
+class ExecutionStatus(StrEnum):
+    """`workflow_executions.status` (contract §2): what the Node backend and the API show."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+)
+ACTIVE_STATUSES = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING})
+RETRYABLE_STATUSES = frozenset({ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+
+
+class NodeStatus(StrEnum):
+    """`execution_logs.status` of one node's row."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+SETTLED_NODE_STATUSES = frozenset({NodeStatus.COMPLETED, NodeStatus.ERROR, NodeStatus.SKIPPED})
+
+
+class RunState(StrEnum):
+    """`wos_executions.state`: the service's queue state of an execution."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+ACTIVE_RUN_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
+
+
+class Outcome(StrEnum):
+    """How one run of an execution ended, as the engine and the runner report it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    """Drained before the end (shutdown): nothing terminal was written; a later claim resumes."""
+
+
+TERMINAL_OUTCOMES = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED})
+
+
+class ExecutionMode(StrEnum):
+    """Where an execution's nodes run: Prefect flow/task runs, or plain asyncio in the worker."""
+
+    PREFECT = "prefect"
+    INLINE = "inline"
