@@ -1,5 +1,6 @@
 """Service settings, read once from the environment and `.env` (the environment wins)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -8,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
+ENV_FILE_VAR = "WOS_ENV_FILE"
 
 
 class Settings(BaseSettings):
@@ -87,9 +89,18 @@ class Settings(BaseSettings):
         return {k.strip() for k in (self.API_KEYS or "").split(",") if k.strip()}
 
 
+def env_file() -> str | None:
+    """The dotenv file settings are read from: `$WOS_ENV_FILE` when set (empty: none, as the
+    tests and their service processes run), else `.env` in the working directory."""
+    value = os.environ.get(ENV_FILE_VAR)
+    if value is None:
+        return ".env"
+    return value or None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return Settings(_env_file=env_file())  # type: ignore[call-arg]
 
 
 async def settings_dependency() -> Settings:

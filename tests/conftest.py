@@ -3,8 +3,9 @@ on SQLite and PostgreSQL."""
 
 import asyncio
 import json
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 import tasks  # noqa: F401  (registers every node type)
-from config import Settings, get_settings
+from config import ENV_FILE_VAR, Settings, get_settings
 from database import Store, open_store
 from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
@@ -24,6 +25,19 @@ from tests.support import node_backend_sqlite, postgres_database
 MockHandler = Callable[[httpx.Request], httpx.Response]
 MakeResources = Callable[..., Resources]
 MakeCtx = Callable[..., RunContext]
+
+
+@pytest.fixture(autouse=True)
+def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never see a developer's service settings: every variable named like a `Settings`
+    field or `PREFECT_*` is removed, and `.env` is not read (`WOS_ENV_FILE=`)."""
+    for name in list(os.environ):
+        if name in Settings.model_fields or name.startswith("PREFECT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(ENV_FILE_VAR, "")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def _no_network(request: httpx.Request) -> httpx.Response:

@@ -1,11 +1,9 @@
-"""Starts the real service with ./start.sh in a subprocess, and local mock servers (e2e tests)."""
+"""Local mock servers, and the real service (`ServiceProcess`) with the calls the end-to-end
+tests make against it."""
 
 import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,17 +13,9 @@ from typing import Any
 
 import httpx
 
-from tests.support import NODE_SCHEMA
+from tests.service_process import ServiceProcess, free_port, group_alive
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
+__all__ = ["MockServer", "RunningService", "free_port", "group_alive"]
 
 Route = Callable[[dict[str, Any]], tuple[int, Any]]
 
@@ -85,60 +75,21 @@ class MockServer:
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
-class RunningService:
-    """`./start.sh` on a free port with a database the Node backend created first."""
+class RunningService(ServiceProcess):
+    """`./start.sh` in `mode` on a free port (see `ServiceProcess`), started and healthy."""
 
-    def __init__(self, workdir: Path, mode: str, **env: str) -> None:
+    def __init__(self, workdir: Path, mode: str, **settings: str) -> None:
+        super().__init__(workdir, name=f"service-{mode}", EXECUTION_MODE=mode, **settings)
         self.mode = mode
-        self.db = workdir / "database.sqlite"
-        if not self.db.exists():
-            conn = sqlite3.connect(self.db)
-            conn.executescript(NODE_SCHEMA.read_text())
-            conn.close()
-        self.port = int(env.pop("API_PORT", 0)) or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (workdir / f"service-{mode}.log").open("ab")
-        full_env = {
-            **os.environ,
-            "API_PORT": str(self.port),
-            "DATABASE_PATH": str(self.db),
-            "EXECUTION_MODE": mode,
-            "PREFECT_HOME": str(workdir / "prefect"),
-            "LOG_LEVEL": "INFO",
-            **env,
-        }
-        for key in ("PREFECT_API_URL", "DATABASE_URL", "API_KEYS"):
-            if key not in env:
-                full_env.pop(key, None)
-        self.proc = subprocess.Popen(
-            [str(ROOT / "start.sh")],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"service exited with {self.proc.returncode}; see {self.log.name}"
-                )
-            try:
-                if self.client.get("/").json().get("status") == "running":
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"service did not start in {timeout} s; see {self.log.name}")
+        self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+        try:
+            self.start(timeout=180)
+        except BaseException:
+            self.client.close()
+            raise
 
     def _prefect(self, path: str, query: dict[str, Any]) -> list[dict[str, Any]]:
-        text = Path(self.log.name).read_text()
-        url = text.rsplit("Prefect API ready at ", 1)[1].split()[0]
+        url = self.log_text().rsplit("Prefect API ready at ", 1)[1].split()[0]
         r = httpx.post(f"{url}{path}", json=query, timeout=10)
         r.raise_for_status()
         runs: list[dict[str, Any]] = r.json()
@@ -211,23 +162,5 @@ class RunningService:
         return row
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> float:
-        """Signal the whole process group; returns how long it took to go away."""
-        start = time.monotonic()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
         self.client.close()
-        self.log.close()
-        return time.monotonic() - start
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+        return super().stop(sig, timeout)

@@ -62,7 +62,7 @@ def test_fifty_executions_at_once_all_complete_through_prefect(
         assert [(t["name"], t["state"]["type"]) for t in tasks] == [("http:h", "COMPLETED")]
     finally:
         svc.stop()
-    log = Path(svc.log.name).read_text()
+    log = svc.log_text()
     assert "database is locked" not in log
     assert "retryable status code 503" not in log
 
@@ -96,7 +96,7 @@ def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path, mock: 
         assert final["mode"] == "inline" and "Prefect API unreachable" in final["modeReason"]
     finally:
         svc.stop()
-    assert "Prefect API unreachable" in Path(svc.log.name).read_text()
+    assert "Prefect API unreachable" in svc.log_text()
 
 
 def test_sigkill_of_the_group_leaves_nothing_and_a_restart_works(
