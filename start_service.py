@@ -5,7 +5,10 @@
     ├── worker process(es)   python -m flows.worker           (WORKER_PROCESSES)
     └── HTTP API             uvicorn api_service:app          (API_HOST:API_PORT)
 
-SIGTERM/SIGINT: the API stops, workers drain for SHUTDOWN_GRACE_SECONDS, then Prefect stops.
+SIGTERM/SIGINT: the API stops, workers drain for SHUTDOWN_GRACE_SECONDS, then Prefect stops;
+exit status 0. A signal during start-up (store preparation, Prefect start) ends start-up: no API
+or worker is spawned, a started Prefect server is stopped, and the exit status is 128 + the
+signal number (130 for SIGINT, 143 for SIGTERM). Status 1: the API exited on its own.
 """
 
 import asyncio
@@ -112,13 +115,26 @@ def one_cert_pem(folder: Path) -> Path:
     return path
 
 
+class StartupInterrupted(Exception):
+    """A signal arrived before every process was started."""
+
+
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
+        self.signal: int | None = None
+
+    def request_stop(self, signum: int) -> None:
+        """The signal handler: only a flag, acted upon by `run` (start-up or the watch loop)."""
+        if not self.stopping:
+            logger.info("received %s; stopping", signal.Signals(signum).name)
+            self.signal, self.stopping = signum, True
 
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
+        if self.stopping:
+            raise StartupInterrupted(name)
         env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
         self.procs[name] = subprocess.Popen(
             [sys.executable, *args],
@@ -148,6 +164,8 @@ class Supervisor:
                     logger.info("Prefect API ready at %s (data in %s)", url, home)
                     return url
             time.sleep(0.25)
+        if self.stopping:
+            raise StartupInterrupted("Prefect server starting")
         logger.error("the embedded Prefect server did not start; executions will run inline")
         self.stop_one("prefect-server", 3)
         return None
@@ -180,8 +198,20 @@ class Supervisor:
         self.stop_one("prefect-server", 2)
 
     def run(self) -> int:
+        """Start everything and watch it until a signal; returns the exit status."""
+        try:
+            return self._run()
+        except StartupInterrupted:
+            self.stop_all()
+            name = signal.Signals(self.signal).name if self.signal else "a signal"
+            logger.info("start-up interrupted by %s; nothing left running", name)
+            return 128 + self.signal if self.signal else 1
+
+    def _run(self) -> int:
         settings = self.settings
         asyncio.run(prepare_store(settings))
+        if self.stopping:
+            raise StartupInterrupted("store prepared")
         api_url = settings.PREFECT_API_URL
         if settings.EXECUTION_MODE == "prefect" and not api_url:
             api_url = self.start_prefect()
@@ -216,7 +246,7 @@ class Supervisor:
         while not self.stopping:
             for name, proc in list(self.procs.items()):
                 code = proc.poll()
-                if code is None:
+                if code is None or self.stopping:
                     continue
                 if name.startswith("worker-"):
                     logger.error("%s exited with %s; restarting it", name, code)
@@ -234,6 +264,7 @@ class Supervisor:
                     self.stop_all()
                     return 1
             time.sleep(0.5)
+        self.stop_all()
         return 0
 
 
@@ -274,9 +305,7 @@ def main() -> int:
     supervisor = Supervisor(settings)
 
     def on_signal(signum: int, _frame: object) -> None:
-        if not supervisor.stopping:
-            logger.info("received %s; stopping", signal.Signals(signum).name)
-            supervisor.stop_all()
+        supervisor.request_stop(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -1,8 +1,9 @@
 """Walks one execution's graph: ready-queue scheduling, skip rules, checkpoints, cancellation.
 
-Plain asyncio; it knows nothing of Prefect. Nodes run through an injected `run_node` callable
-(the Prefect task wrapper, the inline retry loop, or a test double). Every node's outcome is
-committed through `Recorder.checkpoint` before any child starts and before the final status.
+Plain asyncio; it knows nothing of Prefect nor of any database. Nodes run through an injected
+`run_node` callable (the Prefect task wrapper, the inline retry loop, or a test double). Every
+node's outcome is committed through `Recorder.checkpoint` before any child starts and before the
+final status. No node task outlives `execute`: whatever ends the walk cancels and awaits them.
 """
 
 import asyncio
@@ -11,13 +12,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from database.interfaces import LogRow
+from database.interfaces import LogRow, Recorder
 from errors import NodeError
 from flows.graph import Plan, assemble_input, edge_payload, is_failed, is_skipped
 from jsonutil import dump_json
 from models import EdgeDef, NodeDef
+from states import NodeStatus, Outcome
 from tasks.context import Resources, RunContext
 
 logger = logging.getLogger(__name__)
@@ -26,18 +28,6 @@ Envelope = dict[str, Any]
 RunNode = Callable[[NodeDef, Any, RunContext], Awaitable[Envelope]]
 CANCELLED_TEXT = "Execution cancelled by user"
 LOG_PAYLOAD_MAX_BYTES = 256 * 1024
-
-
-class Recorder(Protocol):
-    async def checkpoint(
-        self,
-        execution_id: str,
-        rows: list[LogRow],
-        *,
-        current_node_id: str | None,
-        node_results: str | None,
-        counts: dict[str, int],
-    ) -> bool: ...
 
 
 @dataclass
@@ -54,8 +44,11 @@ class Job:
 
 
 @dataclass
-class Outcome:
-    status: str
+class RunResult:
+    """How a walk ended: `status`, the error text of a failed/cancelled run, and every settled
+    node's result (as a map, and encoded as the `nodeResults` column)."""
+
+    status: Outcome
     error: str | None
     node_results: str
     results: dict[str, Envelope]
@@ -108,7 +101,7 @@ class _Run:
         self.dirty = False
         self.in_flight: dict[asyncio.Task[Envelope], tuple[str, str | None, float]] = {}
 
-    def _row(self, nid: str, status: str, **kw: Any) -> LogRow:
+    def _row(self, nid: str, status: NodeStatus, **kw: Any) -> LogRow:
         node = self.job.plan.nodes[nid]
         return LogRow(nid, node.type, node.display_label, status, **kw)
 
@@ -135,7 +128,7 @@ class _Run:
         self.encode(nid, encoded or dump_json(result))
         self.dirty = True
         for edge in plan.outgoing[nid]:
-            live, payload = edge_payload(edge, plan.nodes[nid], result)
+            live, payload = edge_payload(edge, plan.rules[nid], result)
             if live:
                 self.active[edge.toNodeId].append((edge, payload))
                 # fan-in merges follow the connections array, not the order parents finished in
@@ -171,12 +164,16 @@ class _Run:
                 self.settle(nid, job.previous[nid])
                 continue
             run, data, reason = assemble_input(
-                node, self.active[nid], bool(job.plan.incoming[nid]), job.inputs
+                node,
+                job.plan.rules[nid],
+                self.active[nid],
+                bool(job.plan.incoming[nid]),
+                job.inputs,
             )
             if not run:
                 marker = {"success": True, "skipped": True, "message": reason}
                 encoded = dump_json(marker)
-                self.rows.append(self._row(nid, "skipped", output_json=encoded))
+                self.rows.append(self._row(nid, NodeStatus.SKIPPED, output_json=encoded))
                 self.settle(nid, marker, encoded)
                 continue
             to_start.append((nid, data))
@@ -214,7 +211,7 @@ class _Run:
             self.rows.append(
                 self._row(
                     nid,
-                    "error",
+                    NodeStatus.ERROR,
                     input_json=input_json,
                     error=str(result.get("error")),
                     duration_ms=duration,
@@ -226,7 +223,7 @@ class _Run:
             self.rows.append(
                 self._row(
                     nid,
-                    "completed",
+                    NodeStatus.COMPLETED,
                     input_json=input_json,
                     output_json=_log_json(result, encoded),
                     duration_ms=duration,
@@ -234,17 +231,26 @@ class _Run:
             )
             self.settle(nid, result, encoded)
 
-    async def abort_in_flight(self) -> None:
-        for task in self.in_flight:
+    async def stop_in_flight(self) -> None:
+        """Cancel the running nodes and wait until each has stopped (none outlives the walk)."""
+        tasks = list(self.in_flight)
+        for task in tasks:
             task.cancel()
-        if self.in_flight:
-            await asyncio.wait(list(self.in_flight))
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: a node that failed meanwhile is not news
+
+    async def abort_in_flight(self) -> None:
+        """Cancellation: stop the running nodes and record them as cancelled."""
+        await self.stop_in_flight()
         for task in list(self.in_flight):
             nid, input_json, started = self.in_flight.pop(task)
             self.rows.append(
                 self._row(
                     nid,
-                    "error",
+                    NodeStatus.ERROR,
                     input_json=input_json,
                     error=CANCELLED_TEXT,
                     duration_ms=int((time.monotonic() - started) * 1000),
@@ -255,16 +261,22 @@ class _Run:
         self.dirty = True
         await self.flush()
 
-    async def walk(self) -> str:
-        """Run until every node settled: "done"; "cancelled"; or "interrupted" when draining
-        stopped new nodes from starting (the in-flight ones finished and were checkpointed)."""
+    def settled_outcome(self) -> Outcome:
+        failed = any(is_failed(r) for r in self.results.values())
+        return Outcome.FAILED if failed else Outcome.COMPLETED
+
+    async def walk(self) -> Outcome:
+        """Run until every node settled (completed/failed), the execution is cancelled, or
+        draining stopped new nodes from starting (interrupted: the in-flight ones finished and
+        were checkpointed). Any exception (a checkpoint that raised, a hard cancel) first
+        cancels and awaits the nodes in flight, then propagates."""
         cancel_wait = asyncio.ensure_future(self.cancel.wait())
         try:
             while True:
                 if self.drain.is_set():
                     if not self.in_flight:
                         await self.flush()
-                        return "interrupted"
+                        return Outcome.INTERRUPTED
                     to_start = []
                 else:
                     to_start = [(nid, data, _log_json(data)) for nid, data in self.take_ready()]
@@ -272,20 +284,20 @@ class _Run:
                     if self.cancel.is_set():
                         await self.flush()
                         await self.abort_in_flight()
-                        return "cancelled"
+                        return Outcome.CANCELLED
                     for nid, _, input_json in to_start:
-                        self.rows.append(self._row(nid, "running", input_json=input_json))
+                        self.rows.append(self._row(nid, NodeStatus.RUNNING, input_json=input_json))
                     self.current = to_start[-1][0]
                 if not await self.flush():
                     await self.abort_in_flight()
-                    return "cancelled"
+                    return Outcome.CANCELLED
                 for nid, data, input_json in to_start:
                     self.start(nid, data, input_json)
                 if not self.in_flight and not self.drain.is_set():
-                    return "done"
-                waits = [*self.in_flight, cancel_wait]
+                    return self.settled_outcome()
                 if self.drain.is_set() and not self.in_flight:
                     continue
+                waits = [*self.in_flight, cancel_wait]
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task is not cancel_wait:
@@ -293,10 +305,11 @@ class _Run:
                 if cancel_wait in done:
                     await self.flush()
                     await self.abort_in_flight()
-                    return "cancelled"
-        except asyncio.CancelledError:
-            for task in self.in_flight:  # hard stop: leave them to be re-run on resume
-                task.cancel()
+                    return Outcome.CANCELLED
+        except BaseException:
+            # a hard stop leaves the nodes to be re-run on resume; a failed checkpoint fails the
+            # execution: either way no node may go on (an http call, an email) unowned
+            await self.stop_in_flight()
             raise
         finally:
             cancel_wait.cancel()
@@ -308,21 +321,20 @@ async def execute(
     run_node: RunNode,
     cancel: asyncio.Event | None = None,
     drain: asyncio.Event | None = None,
-) -> Outcome:
-    """Walk the plan to the end and return the outcome: completed/failed, or cancelled when
-    `cancel` is set, or interrupted when `drain` is set (no new node starts; resumable)."""
+) -> RunResult:
+    """Walk the plan to the end and return the result: completed/failed, or cancelled when
+    `cancel` is set, or interrupted when `drain` is set (no new node starts; resumable).
+    Raises whatever a checkpoint raised, after the nodes in flight were cancelled."""
     run = _Run(job, recorder, run_node, cancel or asyncio.Event(), drain or asyncio.Event())
-    state = await run.walk()
-    if state == "cancelled":
-        return Outcome("cancelled", CANCELLED_TEXT, run.node_results_json(), run.results)
-    if state == "interrupted":
-        return Outcome("interrupted", None, run.node_results_json(), run.results)
-    failed = [nid for nid in job.plan.order if is_failed(run.results.get(nid))]
+    outcome = await run.walk()
     error = None
-    if failed:
+    if outcome == Outcome.CANCELLED:
+        error = CANCELLED_TEXT
+    elif outcome == Outcome.FAILED:
+        failed = [nid for nid in job.plan.order if is_failed(run.results.get(nid))]
         causes = "; ".join(
             f"{nid} ({job.plan.nodes[nid].display_label}): {str(run.results[nid]['error'])[:300]}"
             for nid in failed
         )
         error = f"Nodes failed: {', '.join(failed)} — {causes}"
-    return Outcome("failed" if failed else "completed", error, run.node_results_json(), run.results)
+    return RunResult(outcome, error, run.node_results_json(), run.results)

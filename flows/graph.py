@@ -1,14 +1,19 @@
-"""Pure graph rules of contract §5.2: parsing, executable set, cycles, edge activation, inputs."""
+"""Pure graph rules of contract §5.2: parsing, executable set, cycles, edge activation, inputs.
+
+What a node type does differently (condition's branches, join's ports, a webhook's root input)
+is declared with the type (`models.NodeRules`, via `@node`) and passed in: no wire name here.
+"""
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from errors import CycleDetected, GraphValidationError
-from models import EdgeDef, NodeDef, WorkflowDef
+from models import EdgeDef, NodeDef, NodeRules, WorkflowDef
 
 JSON = Any
 
@@ -41,25 +46,33 @@ def parse_workflow(data: Any) -> WorkflowDef:
     return workflow
 
 
+RulesOf = Callable[[str], NodeRules]
+"""Node type -> its declared graph rules (`tasks.registry.rules_of`)."""
+
+
 @dataclass
 class Plan:
-    """The executable part of a workflow: nodes in topological order and their live edges."""
+    """The executable part of a workflow: nodes in topological order, their live edges, and the
+    graph rules of each node's type."""
 
     nodes: dict[str, NodeDef]
     order: list[str]
     incoming: dict[str, list[EdgeDef]] = field(default_factory=dict)
     outgoing: dict[str, list[EdgeDef]] = field(default_factory=dict)
+    rules: dict[str, NodeRules] = field(default_factory=dict)
+    dropped_connections: int = 0
+    """Connections left out because an endpoint is missing or names no node (rule 1)."""
 
 
-def build_plan(workflow: WorkflowDef) -> Plan:
-    """Drop dangling edges and unconnected comments, then order topologically.
-
-    Raises CycleDetected (no node may run) when the executable nodes contain a cycle.
-    """
+def build_plan(workflow: WorkflowDef, rules_of: RulesOf) -> Plan:
+    """Drop dangling connections and unconnected nodes whose type does not run alone (comments),
+    then order topologically. Raises CycleDetected (no node may run) when the executable nodes
+    contain a cycle."""
     by_id = {n.id: n for n in workflow.nodes}
     edges = [e for e in workflow.connections if e.fromNodeId in by_id and e.toNodeId in by_id]
     connected = {e.fromNodeId for e in edges} | {e.toNodeId for e in edges}
-    nodes = {n.id: n for n in workflow.nodes if n.type != "comment" or n.id in connected}
+    rules = {n.id: rules_of(n.type) for n in workflow.nodes}
+    nodes = {n.id: n for n in workflow.nodes if rules[n.id].runs_unconnected or n.id in connected}
     incoming: dict[str, list[EdgeDef]] = {nid: [] for nid in nodes}
     outgoing: dict[str, list[EdgeDef]] = {nid: [] for nid in nodes}
     for edge in edges:
@@ -80,7 +93,9 @@ def build_plan(workflow: WorkflowDef) -> Plan:
         raise CycleDetected(
             "Circular dependency detected in workflow: nodes " + ", ".join(stuck) + " form a cycle"
         )
-    return Plan(nodes, order, incoming, outgoing)
+    dropped = len(workflow.connections) - len(edges)
+    kept_rules = {nid: rules[nid] for nid in nodes}
+    return Plan(nodes, order, incoming, outgoing, kept_rules, dropped)
 
 
 def is_skipped(result: JSON) -> bool:
@@ -91,19 +106,13 @@ def is_failed(result: JSON) -> bool:
     return isinstance(result, dict) and result.get("success") is False
 
 
-def edge_payload(edge: EdgeDef, source: NodeDef, result: JSON) -> tuple[bool, JSON]:
-    """Rule 6: whether `edge` is active once its source settled with `result`, and its payload."""
+def edge_payload(edge: EdgeDef, source: NodeRules, result: JSON) -> tuple[bool, JSON]:
+    """Rule 6: whether `edge` is active once its source settled with `result`, and its payload.
+    `source` holds the rules of the source's type; by default every edge carries `outputData`."""
     if result is None or is_skipped(result) or is_failed(result):
         return False, None
-    branch = edge.branch
-    if source.type == "condition":
-        if "trueRecords" in result or "falseRecords" in result:  # perRow: every edge is live
-            key = "falseRecords" if branch == "false" else "trueRecords"
-            return True, result.get(key, [])
-        passed = bool(result.get("conditionResult"))
-        return (passed != (branch == "false")), result.get("outputData")
-    if source.type == "splitColumns" and "outputA" in result:
-        return True, result.get("outputB" if branch == "B" else "outputA")
+    if source.route is not None:
+        return source.route(result, edge.branch)
     return True, result.get("outputData")
 
 
@@ -123,39 +132,26 @@ def merge_payloads(payloads: list[JSON]) -> JSON:
     return out
 
 
-def _concat(payloads: list[JSON]) -> JSON:
-    if len(payloads) == 1:
-        return payloads[0]
-    out: list[Any] = []
-    for p in payloads:
-        out.extend(p if isinstance(p, list) else [p])
-    return out
+SKIPPED_NO_INPUT = "Skipped: no active incoming connection (branch not taken or upstream failed)"
 
 
 def assemble_input(
-    node: NodeDef, active: list[tuple[EdgeDef, JSON]], has_parents: bool, inputs: dict[str, Any]
+    node: NodeDef,
+    rules: NodeRules,
+    active: list[tuple[EdgeDef, JSON]],
+    has_parents: bool,
+    inputs: dict[str, Any],
 ) -> tuple[bool, JSON, str]:
-    """Rules 7 and 8. Returns `(run, input, skip_reason)`; `run` False means the node is skipped."""
+    """Rules 7 and 8. Returns `(run, input, skip_reason)`; `run` False means the node is skipped.
+    `rules` (of the node's type) may supply a root input or its own way to gather inputs."""
     if not has_parents:
-        if node.type == "webhook":
-            data = inputs.get("_webhookData")
-            if data is None:
-                data = (node.config or {}).get("webhookData")
-            return True, ({} if data is None else data), ""
+        if rules.root_input is not None:
+            return True, rules.root_input(node.config, inputs), ""
         return True, None, ""
     if not active:
-        return (
-            False,
-            None,
-            "Skipped: no active incoming connection (branch not taken or upstream failed)",
-        )
-    if node.type == "join":
-        a = [p for e, p in active if (e.inputPort or "A") != "B"]
-        b = [p for e, p in active if e.inputPort == "B"]
-        if not a or not b:
-            side = "A" if not a else "B"
-            return False, None, f"Skipped: join input {side} received no data"
-        return True, {"A": _concat(a), "B": _concat(b)}, ""
+        return False, None, SKIPPED_NO_INPUT
+    if rules.gather is not None:
+        return rules.gather(active)
     if len(active) == 1:
         return True, active[0][1], ""
     return True, merge_payloads([p for _, p in active]), ""

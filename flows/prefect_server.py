@@ -26,8 +26,6 @@ Environment:
   by the caller (e.g. PREFECT_SERVER_UI_ENABLED=true) takes precedence.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 from collections.abc import Sequence

@@ -2,20 +2,23 @@
 and drives the engine from `running` to its terminal status."""
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from config import Settings
-from database import Claim, Store
+from database.interfaces import Claim, WorkerStore
 from errors import GraphValidationError
-from flows.engine import Job, Outcome, execute
-from flows.graph import build_plan, parse_workflow
+from flows.engine import Job, RunResult, execute
+from flows.graph import Plan, build_plan, parse_workflow
+from jsonutil import load_json_column
+from states import ExecutionMode, ExecutionStatus, Outcome
 from tasks.context import Resources
+from tasks.registry import rules_of
 from tasks.run_node import run_with_retries
 
 logger = logging.getLogger(__name__)
@@ -58,12 +61,24 @@ def _fallback(execution_id: str, cause: str) -> str:
     return reason
 
 
-def _decode(text: str | None, default: Any) -> Any:
-    try:
-        value = json.loads(text) if text else default
-    except ValueError:
-        return default
-    return value if isinstance(value, type(default)) else default
+def _json_object(text: str | None) -> dict[str, Any]:
+    """A stored JSON object column (inputs, nodeResults); anything else reads as `{}`."""
+    value = load_json_column(text)
+    return value if isinstance(value, dict) else {}
+
+
+def plan_of(definition: str, execution_id: str) -> Plan:
+    """The execution's plan, with the node types' declared graph rules. Connections without
+    existing endpoints are dropped (contract §5.2 step 1) and the execution's log says so."""
+    plan = build_plan(parse_workflow(definition), rules_of)
+    if plan.dropped_connections:
+        logger.warning(
+            "execution %s: %d connection(s) without existing endpoints dropped",
+            execution_id,
+            plan.dropped_connections,
+            extra={"execution_id": execution_id, "action": "drop_connections"},
+        )
+    return plan
 
 
 @dataclass
@@ -71,38 +86,41 @@ class Runner:
     """Shared by every execution a worker process runs."""
 
     settings: Settings
-    store: Store
+    store: WorkerStore
     resources: Resources
     probe: PrefectProbe
     drain: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, claim: Claim, cancel: asyncio.Event) -> str:
-        """Run the claim to a terminal status; returns it ("interrupted" when drained)."""
+    async def run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
+        """Run the claim to a terminal status; returns it (interrupted when drained)."""
         eid = claim.execution_id
         try:
-            plan = build_plan(parse_workflow(claim.definition))
+            plan = plan_of(claim.definition, eid)
         except GraphValidationError as exc:
-            await self.store.start(eid, total_nodes=0, mode="inline", mode_reason=None)
-            await self.store.finish(eid, status="failed", error=str(exc), node_results="{}")
-            return "failed"
-        previous = _decode(claim.node_results, {})
+            await self.store.start(eid, total_nodes=0, mode=ExecutionMode.INLINE, mode_reason=None)
+            await self.store.finish(
+                eid, status=ExecutionStatus.FAILED, error=str(exc), node_results="{}"
+            )
+            return Outcome.FAILED
+        previous = _json_object(claim.node_results)
         job = Job(
             eid,
             claim.workflow_id,
             claim.organization_id,
-            _decode(claim.inputs, {}),
+            _json_object(claim.inputs),
             plan,
             self.resources,
             {k: v for k, v in previous.items() if k in plan.nodes},
         )
         mode, reason = claim.requested_mode, None
-        if mode == "prefect":
+        if mode == ExecutionMode.PREFECT:
             ok, why = await self.probe.available()
             if not ok:
-                mode, reason = "inline", _fallback(eid, f"Prefect API unreachable ({why})")
+                mode = ExecutionMode.INLINE
+                reason = _fallback(eid, f"Prefect API unreachable ({why})")
         started = False
 
-        async def body(flow_run_id: str | None) -> str:
+        async def body(flow_run_id: str | None) -> Outcome:
             nonlocal started
             started = True
             if not await self.store.start(
@@ -113,26 +131,26 @@ class Runner:
                 flow_run_id=flow_run_id,
             ):
                 await self.store.mark_done(eid)
-                return "cancelled"
+                return Outcome.CANCELLED
             run_node = run_with_retries
-            if mode == "prefect":
+            if mode == ExecutionMode.PREFECT:
                 from flows.workflow_flow import run_node_as_task
 
                 run_node = run_node_as_task
-            outcome = await execute(job, self.store, run_node, cancel, self.drain)
-            await self._settle(eid, outcome)
-            return outcome.status
+            result = await execute(job, self.store, run_node, cancel, self.drain)
+            await self._settle(eid, result)
+            return result.status
 
-        if mode != "prefect":
+        if mode != ExecutionMode.PREFECT:
             return await self._guarded(eid, body(None))
         from flows.workflow_flow import mark_crashed, run_as_flow
 
         if claim.attempts > 1 and claim.flow_run_id:
             await mark_crashed(claim.flow_run_id, eid)
 
-        status: list[str] = []
+        status: list[Outcome] = []
 
-        async def recording_body(flow_run_id: str | None) -> str:
+        async def recording_body(flow_run_id: str | None) -> Outcome:
             status.append(await self._guarded(eid, body(flow_run_id)))
             return status[-1]
 
@@ -151,7 +169,7 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - Prefect itself failed around our body
             if not started:
                 cause = f"Prefect flow could not start ({type(exc).__name__}: {exc})"
-                mode, reason = "inline", _fallback(eid, cause)
+                mode, reason = ExecutionMode.INLINE, _fallback(eid, cause)
                 return await self._guarded(eid, body(None))
             logger.warning(
                 "execution %s: Prefect failed around the run: %s",
@@ -159,27 +177,33 @@ class Runner:
                 exc,
                 extra={"execution_id": eid},
             )
-        return status[-1] if status else "interrupted"
+        return status[-1] if status else Outcome.INTERRUPTED
 
-    async def _settle(self, eid: str, outcome: Outcome) -> None:
-        if outcome.status == "interrupted":
-            return  # the lease is released by the worker; a later claim resumes it
-        if outcome.status == "cancelled":
+    async def _settle(self, eid: str, result: RunResult) -> None:
+        if result.status == Outcome.INTERRUPTED:
+            return  # the worker stops renewing its lease; a later claim resumes it
+        if result.status == Outcome.CANCELLED:
             await self.store.mark_done(eid)
             return
         await self.store.finish(
-            eid, status=outcome.status, error=outcome.error, node_results=outcome.node_results
+            eid,
+            status=ExecutionStatus(result.status),
+            error=result.error,
+            node_results=result.node_results,
         )
 
-    async def _guarded(self, eid: str, body: Any) -> str:
+    async def _guarded(self, eid: str, body: Awaitable[Outcome]) -> Outcome:
         """Any unexpected error fails the execution with its message (rule 12)."""
         try:
-            return str(await body)
+            return await body
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the run's last line of defence
             logger.exception("execution %s crashed", eid, extra={"execution_id": eid})
             await self.store.finish(
-                eid, status="failed", error=f"{type(exc).__name__}: {exc}", node_results=None
+                eid,
+                status=ExecutionStatus.FAILED,
+                error=f"{type(exc).__name__}: {exc}",
+                node_results=None,
             )
-            return "failed"
+            return Outcome.FAILED

@@ -10,8 +10,10 @@ import signal
 import socket
 
 from config import Settings, get_settings
-from database import Claim, Store, open_store
+from database import open_store
+from database.interfaces import Claim, WorkerStore
 from flows.runner import PrefectProbe, Runner
+from states import ExecutionStatus, Outcome
 from tasks.context import open_resources
 
 logger = logging.getLogger(__name__)
@@ -21,11 +23,11 @@ CANCEL_POLL_S = 0.25
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
+    def __init__(self, settings: Settings, store: WorkerStore, runner: Runner) -> None:
         self.settings, self.store, self.runner = settings, store, runner
         instance = os.environ.get("WOS_INSTANCE") or socket.gethostname()
         self.owner = f"{instance}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.tasks: dict[str, asyncio.Task[str]] = {}
+        self.tasks: dict[str, asyncio.Task[Outcome]] = {}
         self.cancels: dict[str, asyncio.Event] = {}
         self.wake = asyncio.Event()
 
@@ -90,16 +92,17 @@ class Worker:
                 claim.attempts,
                 extra={"execution_id": eid, "action": "resume"},
             )
-        if claim.status == "cancelled":
-            self.tasks[eid] = asyncio.create_task(self._done(eid))
+        if claim.status == ExecutionStatus.CANCELLED:
+            task = asyncio.create_task(self._done(eid))
         else:
             self.cancels[eid] = asyncio.Event()
-            self.tasks[eid] = asyncio.create_task(self.runner.run(claim, self.cancels[eid]))
-        self.tasks[eid].add_done_callback(lambda _t, eid=eid: self._finished(eid))
+            task = asyncio.create_task(self.runner.run(claim, self.cancels[eid]))
+        self.tasks[eid] = task
+        task.add_done_callback(lambda _t: self._finished(eid))
 
-    async def _done(self, eid: str) -> str:
+    async def _done(self, eid: str) -> Outcome:
         await self.store.mark_done(eid)
-        return "cancelled"
+        return Outcome.CANCELLED
 
     def _finished(self, eid: str) -> None:
         self.tasks.pop(eid, None)
@@ -107,6 +110,9 @@ class Worker:
         self.wake.set()
 
     async def _renew_leases(self) -> None:
+        """Renew the leases of the executions running here, and only those: the store gives
+        back the others this worker holds (a run that ended interrupted is resumed by a later
+        claim once its lease expired)."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
@@ -119,10 +125,17 @@ class Worker:
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
             try:
-                for eid in await self.store.cancelled_among(list(self.cancels)):
-                    self.cancels[eid].set()
+                await self.check_cancels()
             except Exception:  # noqa: BLE001 - retried on the next tick
                 logger.exception("cancel watch failed")
+
+    async def check_cancels(self) -> None:
+        """One tick of the cancel watch. A run may finish while the store is read: its event is
+        gone by then, and the other cancels of the tick still apply."""
+        for eid in await self.store.cancelled_among(list(self.cancels)):
+            event = self.cancels.get(eid)
+            if event is not None:
+                event.set()
 
     async def shutdown(self) -> None:
         """Stop new nodes, give in-flight ones the grace period, then leave the rest resumable."""

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, runtime, tags, task
 from prefect.cache_policies import NO_CACHE
@@ -19,6 +20,7 @@ from prefect.states import Cancelled, Failed
 from prefect.utilities.annotations import quote
 
 from models import NodeDef
+from states import Outcome
 from tasks.context import RunContext
 from tasks.registry import Envelope, get_spec
 from tasks.run_node import retry_policy, run_attempt, run_with_retries
@@ -50,7 +52,8 @@ async def run_node_as_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelop
     token = _RUN_NAME.set(f"{node.type}:{node.id}")
     try:
         configured = _node_task(policy.retries, policy.delay_s)
-        return await configured(quote(node), quote(data), quote(ctx))
+        result: Envelope = await configured(quote(node), quote(data), quote(ctx))
+        return result
     finally:
         _RUN_NAME.reset(token)
 
@@ -71,7 +74,7 @@ def _node_task(retries: int, delay_s: float) -> Any:
         task_run_name=_run_name,
         retries=retries,
         retry_delay_seconds=[delay_s * 2**i for i in range(retries)] or 0,
-        retry_jitter_factor=0.5 if retries else None,
+        retry_jitter_factor=0.5 if retries else None,  # type: ignore[arg-type]
     )
 
 
@@ -83,9 +86,9 @@ def _flow(result_dir: Path) -> Any:
 @flow(name="workflow-execution", persist_result=False, validate_parameters=False, log_prints=False)
 async def workflow_flow(execution_id: str, workflow_id: str | None) -> Any:
     status = await _BODY.get()(str(runtime.flow_run.id))
-    if status == "cancelled":
+    if status == Outcome.CANCELLED:
         return Cancelled(message="Execution cancelled by user")
-    if status == "failed":
+    if status == Outcome.FAILED:
         return Failed(message=f"Execution {execution_id} failed (see its nodeResults)")
     return status
 
@@ -98,7 +101,7 @@ async def mark_crashed(flow_run_id: str, execution_id: str) -> None:
 
     try:
         async with get_client() as client:
-            previous = await client.read_flow_run(flow_run_id)
+            previous = await client.read_flow_run(UUID(flow_run_id))
             if previous.state is not None and previous.state.is_final():
                 return
             await client.set_flow_run_state(

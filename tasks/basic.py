@@ -50,9 +50,16 @@ class WebhookConfig(NodeConfig):
     webhookId: str | None = None
 
 
-@node("webhook", config=WebhookConfig)
+def webhook_input(config: dict[str, Any] | None, inputs: dict[str, Any]) -> Any:
+    """A webhook root gets `inputs._webhookData` ?? `config.webhookData` ?? `{}`."""
+    data = inputs.get("_webhookData")
+    if data is None:
+        data = (config or {}).get("webhookData")
+    return {} if data is None else data
+
+
+@node("webhook", config=WebhookConfig, root_input=webhook_input)
 async def webhook(config: WebhookConfig, data: Any, ctx: RunContext) -> Envelope:
-    """The engine feeds roots `inputs._webhookData` ?? `config.webhookData` ?? `{}`."""
     payload = {} if data is None else data
     return envelope(
         "Webhook data received",
@@ -63,6 +70,6 @@ async def webhook(config: WebhookConfig, data: Any, ctx: RunContext) -> Envelope
     )
 
 
-@node("comment", config=EmptyConfig)
+@node("comment", config=EmptyConfig, runs_unconnected=False)
 async def comment(config: EmptyConfig, data: Any, ctx: RunContext) -> Envelope:
     return envelope("Comment (passthrough)", data)

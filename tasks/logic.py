@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models import EdgeDef
 from tasks.context import RunContext
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str, records, to_number
@@ -94,7 +95,17 @@ def _matches(record: Any, config: ConditionConfig) -> bool:
     return all(results) if config.logicalOperator == "AND" else any(results)
 
 
-@node("condition", config=ConditionConfig)
+def condition_route(result: Envelope, branch: str | None) -> tuple[bool, Any]:
+    """Batch: edges marked "false" are taken iff the verdict is false, the others iff it is true;
+    they carry the condition's input. perRow: every edge is taken, "false" edges carry the
+    false records, the others the true ones."""
+    if "trueRecords" in result or "falseRecords" in result:
+        return True, result.get("falseRecords" if branch == "false" else "trueRecords", [])
+    passed = bool(result.get("conditionResult"))
+    return passed != (branch == "false"), result.get("outputData")
+
+
+@node("condition", config=ConditionConfig, route=condition_route)
 async def condition(config: ConditionConfig, data: Any, ctx: RunContext) -> Envelope:
     """Batch: one verdict on the first record. perRow: split the records into true/false."""
     rows = records(data)
@@ -152,7 +163,7 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
     then B's, missing values as "". Linear: B is indexed by key once."""
     a_cols = _columns(a)
     rename = {c: (f"B_{c}" if c in a_cols else c) for c in _columns(b) if c != key}
-    b_rows = [r for r in b if isinstance(r, dict)]
+    b_rows: list[dict[str, Any]] = [r for r in b if isinstance(r, dict)]
     first_b: dict[tuple[str, Any], dict[str, Any]] = {}
     for r in b_rows:
         if (k := _strict_key(r, key)) is not None:
@@ -185,7 +196,26 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
     return [{c: r.get(c, "") for c in columns} for r in merged]
 
 
-@node("join", config=JoinConfig)
+def _concat(payloads: list[Any]) -> Any:
+    if len(payloads) == 1:
+        return payloads[0]
+    out: list[Any] = []
+    for p in payloads:
+        out.extend(p if isinstance(p, list) else [p])
+    return out
+
+
+def join_inputs(active: list[tuple[EdgeDef, Any]]) -> tuple[bool, Any, str]:
+    """Input port "B" feeds side B, any other (or none) side A; the join is skipped unless both
+    sides received data."""
+    a = [p for e, p in active if (e.inputPort or "A") != "B"]
+    b = [p for e, p in active if e.inputPort == "B"]
+    if not a or not b:
+        return False, None, f"Skipped: join input {'A' if not a else 'B'} received no data"
+    return True, {"A": _concat(a), "B": _concat(b)}, ""
+
+
+@node("join", config=JoinConfig, gather=join_inputs)
 async def join(config: JoinConfig, data: Any, ctx: RunContext) -> Envelope:
     payload = data if isinstance(data, dict) else {}
     a, b = records(payload.get("A")), records(payload.get("B"))
@@ -202,13 +232,21 @@ class SplitColumnsConfig(NodeConfig):
     columnsOutputB: list[str] = Field(default_factory=list)
 
 
-@node("splitColumns", config=SplitColumnsConfig)
+def split_route(result: Envelope, branch: str | None) -> tuple[bool, Any]:
+    """Every edge is taken: edges marked "B" carry output B, the others output A."""
+    if "outputA" not in result:  # input was not a list: passed through
+        return True, result.get("outputData")
+    return True, result.get("outputB" if branch == "B" else "outputA")
+
+
+@node("splitColumns", config=SplitColumnsConfig, route=split_route)
 async def split_columns(config: SplitColumnsConfig, data: Any, ctx: RunContext) -> Envelope:
     """Output A feeds edges marked "A" (and unmarked ones), output B edges marked "B"."""
     if not isinstance(data, list):
         return envelope("Input is not a list; passed through", data)
     if not config.columnsOutputA and not config.columnsOutputB:
-        out_a, out_b = data, [{} for _ in data]
+        out_a: list[Any] = data
+        out_b: list[Any] = [{} for _ in data]
     else:
 
         def pick(row: Any, cols: list[str]) -> dict[str, Any]:

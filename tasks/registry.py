@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, model_validator
 
 from errors import WorkflowError
+from models import Gather, NodeRules, RootInput, Route
 
 JSON = Any
 Envelope = dict[str, Any]
@@ -51,6 +52,7 @@ class UnknownNodeType(WorkflowError):
 
 
 Handler = Callable[[Any, JSON, Any], Awaitable[Envelope]]
+ConfigModel = type[NodeConfig]
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,13 @@ class NodeSpec:
 
     type: str
     handler: Handler
-    config: type[NodeConfig]
+    config: ConfigModel
     retries: int = 0
     timeout_s: float | None = None
     network: bool = False
     """Network-bound: retried, and run as its own Prefect task in prefect mode."""
+    rules: NodeRules = NodeRules()
+    """Its routing and input rules in the graph (condition, join, splitColumns, webhook...)."""
 
 
 _REGISTRY: dict[str, NodeSpec] = {}
@@ -76,13 +80,20 @@ def node(
     retries: int = 0,
     timeout_s: float | None = None,
     network: bool = False,
+    route: Route | None = None,
+    gather: Gather | None = None,
+    root_input: RootInput | None = None,
+    runs_unconnected: bool = True,
 ) -> Callable[[Handler], Handler]:
-    """Register `fn` as the handler of node type `type_` (its wire name)."""
+    """Register `fn` as the handler of node type `type_` (its wire name). `route`, `gather`,
+    `root_input` and `runs_unconnected` declare how the type deviates from the common graph
+    rules (see `models.NodeRules`)."""
+    rules = NodeRules(route, gather, root_input, runs_unconnected)
 
     def register(fn: Handler) -> Handler:
         if type_ in _REGISTRY:
             raise DuplicateNodeType(f"Node type {type_!r} is registered twice")
-        _REGISTRY[type_] = NodeSpec(type_, fn, config, retries, timeout_s, network)
+        _REGISTRY[type_] = NodeSpec(type_, fn, config, retries, timeout_s, network, rules)
         return fn
 
     return register
@@ -93,6 +104,15 @@ def get_spec(type_: str) -> NodeSpec:
         return _REGISTRY[type_]
     except KeyError:
         raise UnknownNodeType(f"No handler found for node type: {type_}") from None
+
+
+def rules_of(type_: str) -> NodeRules:
+    """The graph rules of a node type; the common ones for an unknown type (it fails when run)."""
+    spec = _REGISTRY.get(type_)
+    return spec.rules if spec is not None else _COMMON_RULES
+
+
+_COMMON_RULES = NodeRules()
 
 
 def node_types() -> list[str]:

@@ -28,7 +28,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter before retry number `attempt` (1-based)."""
-        return self.delay_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+        return float(self.delay_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
 
 def retry_policy(spec: NodeSpec, node: NodeDef) -> RetryPolicy:
@@ -73,9 +73,9 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
         exc.attempts = ctx.attempt
         raise
     except TimeoutError:
-        error = NodeTimeout(f"Node timed out after {policy.timeout_s:g} s")
-        error.attempts = ctx.attempt
-        raise error from None
+        timeout = NodeTimeout(f"Node timed out after {policy.timeout_s:g} s")
+        timeout.attempts = ctx.attempt
+        raise timeout from None
     except Exception as exc:  # noqa: BLE001 - the one place handler errors are wrapped
         error = NodeExecutionError(f"{type(exc).__name__}: {exc}")
         error.attempts = ctx.attempt

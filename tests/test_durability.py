@@ -1,6 +1,7 @@
 """Idempotent submit, retry from the failure, cancel races, per-node retries — in-process."""
 
 import asyncio
+import logging
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -199,4 +200,30 @@ async def test_cancel_written_by_node_backend_stops_the_run(
     assert final["status"] == "cancelled" and len(flaky.calls("GET", "/slower")) == 1
     assert [log["error"] for log in logs if log["status"] == "error"] == [
         "Execution cancelled by user"
+    ]
+
+
+async def test_connections_without_endpoints_are_dropped_and_logged(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug 10: such connections no longer make the workflow invalid; the run goes on and the
+    execution's service log says how many were dropped."""
+    wf = {
+        "nodes": [{"id": "t", "type": "trigger"}, {"id": "o", "type": "output"}],
+        "connections": [
+            {"id": "no-ends"},
+            {"fromNodeId": 3, "toNodeId": "o"},
+            {"fromNodeId": "t", "toNodeId": "o"},
+        ],
+    }
+    caplog.set_level(logging.WARNING, logger="flows.runner")
+    answer = await service.execute(workflow=wf, inputs={})
+    assert answer.status_code == 200
+    eid = answer.json()["executionId"]
+    final = await service.wait(eid)
+    assert final["status"] == "completed"
+    assert set(final["nodeResults"]) == {"t", "o"}
+    dropped = [r for r in caplog.records if getattr(r, "execution_id", None) == eid]
+    assert [r.getMessage() for r in dropped] == [
+        f"execution {eid}: 2 connection(s) without existing endpoints dropped"
     ]

@@ -1,16 +1,22 @@
 """Graph rules and the engine walk, with a plain function in place of the Prefect task."""
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from config import Settings
-from database import LogRow
+from database.interfaces import LogRow
 from errors import CycleDetected, GraphValidationError, NodeExecutionError
 from flows.engine import Job, execute
 from flows.graph import build_plan, parse_workflow
 from tasks.context import Resources
+from tasks.registry import rules_of
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class MemoryRecorder:
@@ -105,7 +111,7 @@ async def run(
 ):
     fake = fake or FakeNodes()
     recorder = MemoryRecorder()
-    plan = build_plan(parse_workflow({"nodes": nodes, "connections": edges}))
+    plan = build_plan(parse_workflow({"nodes": nodes, "connections": edges}), rules_of)
     job = Job("e1", "w1", None, inputs or {}, plan, resources, previous or {})
     outcome = await execute(job, recorder, fake)
     return outcome, fake, recorder
@@ -268,7 +274,7 @@ def test_cycle_is_detected_before_anything_runs() -> None:
         }
     )
     with pytest.raises(CycleDetected, match="Circular dependency detected"):
-        build_plan(wf)
+        build_plan(wf, rules_of)
 
 
 def test_dangling_edges_and_unconnected_comments_are_dropped() -> None:
@@ -278,7 +284,7 @@ def test_dangling_edges_and_unconnected_comments_are_dropped() -> None:
             "connections": [edge("a", "ghost"), edge("a", "c2")],
         }
     )
-    plan = build_plan(wf)
+    plan = build_plan(wf, rules_of)
     assert plan.order == ["a", "c2"]
 
 
@@ -297,7 +303,7 @@ def test_invalid_workflow_data_is_refused_clearly(data: Any, message: str) -> No
 
 
 def test_missing_arrays_default_to_empty() -> None:
-    assert build_plan(parse_workflow('{"nodes": null}')).order == []
+    assert build_plan(parse_workflow('{"nodes": null}'), rules_of).order == []
 
 
 async def test_empty_workflow_completes(resources: Resources) -> None:
@@ -318,7 +324,8 @@ async def test_cancel_stops_new_nodes_and_aborts_in_flight(resources: Resources)
     cancel = asyncio.Event()
     recorder = MemoryRecorder()
     plan = build_plan(
-        parse_workflow({"nodes": [node("a"), node("b")], "connections": [edge("a", "b")]})
+        parse_workflow({"nodes": [node("a"), node("b")], "connections": [edge("a", "b")]}),
+        rules_of,
     )
     job = Job("e1", "w1", None, {}, plan, resources)
     fake = FakeNodes(delay=5)
@@ -339,7 +346,8 @@ async def test_drain_lets_in_flight_finish_and_starts_nothing_new(resources: Res
     drain = asyncio.Event()
     recorder = MemoryRecorder()
     plan = build_plan(
-        parse_workflow({"nodes": [node("a"), node("b")], "connections": [edge("a", "b")]})
+        parse_workflow({"nodes": [node("a"), node("b")], "connections": [edge("a", "b")]}),
+        rules_of,
     )
     job = Job("e1", "w1", None, {}, plan, resources)
     fake = FakeNodes(delay=0.1)
@@ -349,3 +357,52 @@ async def test_drain_lets_in_flight_finish_and_starts_nothing_new(resources: Res
     outcome = await asyncio.wait_for(task, 2)
     assert outcome.status == "interrupted"
     assert [c[0] for c in fake.calls] == ["a"] and "a" in outcome.results
+
+
+class FailingRecorder(MemoryRecorder):
+    """Raises on checkpoint number `fail_at` (1-based), like a database that went away."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    async def checkpoint(self, execution_id: str, rows: list[LogRow], **kw: Any) -> bool:
+        if len(self.checkpoints) + 1 == self.fail_at:
+            raise RuntimeError("checkpoint write failed")
+        return await super().checkpoint(execution_id, rows, **kw)
+
+
+async def test_failed_checkpoint_cancels_and_awaits_in_flight_nodes(resources: Resources) -> None:
+    """Bug 2: no node (an http call, an email) may go on unowned once `execute` raised."""
+    events: list[str] = []
+
+    async def run_node(n: Any, data: Any, ctx: Any) -> dict[str, Any]:
+        if n.id == "fast":
+            return {"success": True, "message": "", "outputData": {}}
+        try:
+            await asyncio.sleep(5)
+            events.append("slow sent its request")
+        except asyncio.CancelledError:
+            events.append("slow cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)  # cleanup that needs the loop: awaited, not abandoned
+            events.append("slow stopped")
+        return {"success": True, "message": "", "outputData": {}}
+
+    plan = build_plan(parse_workflow({"nodes": [node("fast"), node("slow")]}), rules_of)
+    job = Job("e1", "w1", None, {}, plan, resources)
+    with pytest.raises(RuntimeError, match="checkpoint write failed"):
+        await asyncio.wait_for(execute(job, FailingRecorder(fail_at=2), run_node), 2)
+    assert events == ["slow cancelled", "slow stopped"]
+
+
+def test_engine_import_loads_no_database_library() -> None:
+    """The engine is pure: its import (and the store interfaces it uses) pulls in no SQLAlchemy."""
+    code = (
+        "import sys, flows.engine\n"
+        "db = ('sqlalchemy', 'aiosqlite', 'asyncpg')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in db]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 
 from flows.graph import edge_payload
-from models import EdgeDef, NodeDef
+from models import EdgeDef
+from tasks.registry import rules_of
 from tests.conftest import CallNode
 from tests.support import FIXTURES
 
@@ -241,9 +242,8 @@ async def test_condition_per_row_envelope_routes_in_engine(
         "processingMode": "perRow",
     }
     result = await call_node("condition", config, SENSORS[:1])
-    source = NodeDef(id="c", type="condition")
     active, payload = edge_payload(
-        EdgeDef(fromNodeId="c", toNodeId="x", outputType=branch), source, result
+        EdgeDef(fromNodeId="c", toNodeId="x", outputType=branch), rules_of("condition"), result
     )
     assert active is True
     assert payload == result[key]

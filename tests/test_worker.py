@@ -1,16 +1,20 @@
 """The worker's queue: concurrency limit, submission order, pending rows wait in the store."""
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import flows.worker as worker_module
 from config import Settings
 from database import NewExecution, open_store
+from database.interfaces import Claim, Store
 from flows.graph import parse_workflow
 from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
+from states import ExecutionMode, ExecutionStatus, Outcome
 from tasks.context import open_resources
 from tests.e2e import MockServer
 
@@ -73,3 +77,89 @@ async def test_limit_and_submission_order(tmp_path: Path, slow: MockServer) -> N
     assert peak == 2
     started = [r["startedAt"] for r in sorted(rows, key=lambda r: r["id"])]
     assert started == sorted(started)  # pending executions start in submission order
+
+
+class InterruptedOnce:
+    """A runner whose first run of an execution ends interrupted without a drain (Prefect failed
+    around it); later runs complete it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.drain = store, asyncio.Event()
+        self.attempts: list[int] = []
+
+    async def run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
+        self.attempts.append(claim.attempts)
+        if len(self.attempts) == 1:
+            return Outcome.INTERRUPTED
+        eid = claim.execution_id
+        await self.store.start(eid, total_nodes=0, mode=ExecutionMode.INLINE, mode_reason=None)
+        await self.store.finish(
+            eid, status=ExecutionStatus.COMPLETED, error=None, node_results="{}"
+        )
+        return Outcome.COMPLETED
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+async def test_interrupted_run_is_reclaimed_once_its_lease_expires(
+    tmp_path: Path, backend: str
+) -> None:
+    """Bug 5: the worker renews the leases of what it runs, not of everything it ever claimed."""
+    settings = Settings(
+        _env_file=None,
+        DATABASE_PATH=str(tmp_path / "db.sqlite"),  # type: ignore[call-arg]
+        EXECUTION_MODE="inline",
+        LEASE_SECONDS=0.6,
+    )
+    store = await open_store("memory:" if backend == "memory" else settings.database_url)
+    await store.create_execution(
+        NewExecution(
+            execution_id="e1",
+            workflow_id="w",
+            workflow_name=None,
+            organization_id=None,
+            inputs={},
+            definition="{}",
+            mode="inline",
+        )
+    )
+    runner = InterruptedOnce(store)
+    worker = Worker(settings, store, runner)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.serve(stop))
+    for _ in range(150):
+        row = await store.get_execution("e1")
+        if row is not None and row["status"] == ExecutionStatus.COMPLETED:
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await serving
+    await store.close()
+    assert runner.attempts == [1, 2]
+
+
+async def test_cancel_watch_survives_a_run_finishing_meanwhile(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug 4: a run that finished while the store was read has no cancel event any more; the
+    other cancels of the same tick still apply and nothing is logged as a failure."""
+    monkeypatch.setattr(worker_module, "CANCEL_POLL_S", 0.01)
+
+    class RacingStore:
+        calls = 0
+
+        async def cancelled_among(self, execution_ids: list[str]) -> list[str]:
+            ids = list(execution_ids)
+            self.calls += 1
+            if self.calls > 1:
+                return []
+            worker._finished(ids[0])  # that run ended while this read was in flight
+            return ids
+
+    worker = Worker(Settings(_env_file=None), RacingStore(), None)  # type: ignore[arg-type, call-arg]
+    first, second = asyncio.Event(), asyncio.Event()
+    worker.cancels = {"e1": first, "e2": second}
+    watching = asyncio.create_task(worker._watch_cancels())
+    await asyncio.sleep(0.1)
+    watching.cancel()
+    assert second.is_set()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
