@@ -1,12 +1,10 @@
-"""Pydantic schemas of the HTTP API and the workflow JSON."""
+"""Pydantic schemas of the workflow JSON (the API's own are in `api.schemas`)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from states import ACTIVE_STATUSES, TERMINAL_STATUSES, ExecutionStatus  # noqa: F401
 
 
 class NodeDef(BaseModel):
@@ -73,33 +71,3 @@ class WorkflowDef(BaseModel):
 
     nodes: list[NodeDef] = Field(default_factory=list)
     connections: list[EdgeDef] = Field(default_factory=list)
-
-
-class ExecutionCreate(BaseModel):
-    """Body of `POST /api/workflows/execute`; unknown keys are tolerated."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    workflowId: str | None = None
-    inputs: dict[str, Any] | None = None
-    organizationId: str | None = None
-    workflow: dict[str, Any] | None = None
-    mode: str | None = None
-
-
-class NodeExecute(BaseModel):
-    """Body of `POST /api/nodes/execute`."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    workflowId: str | None = None
-    nodeId: str
-    nodeType: str
-    node: dict[str, Any]
-    inputData: Any = None
-
-
-class RetryRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    fromScratch: bool = False

@@ -1,11 +1,19 @@
 """Every endpoint and error shape, against the app in-process with an in-process inline worker."""
 
 import asyncio
+import json
+import logging
+import re
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
+from api.deps import get_store
+from api_service import app
 from config import get_settings
 from tests.conftest import Service
 from tests.support import load_fixture
@@ -262,3 +270,82 @@ async def test_fixture_01_through_the_api_inline(service: Service) -> None:
     final = await service.wait(r.json()["executionId"])
     assert final["status"] == "completed"
     assert final["progress"]["totalNodes"] == 7 and final["progress"]["percentage"] == 100
+
+
+async def test_chunked_body_over_the_limit_is_413(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug 1: without Content-Length the limit is counted while reading (was 400)."""
+    monkeypatch.setenv("MAX_REQUEST_BYTES", "2048")
+    get_settings.cache_clear()
+
+    async def chunks(body: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 500):
+            yield body[start : start + 500]
+
+    big = json.dumps({"workflow": SIMPLE, "inputs": {"big": "x" * 5000}}).encode()
+    r = await service.client.post(
+        "/api/workflows/execute", content=chunks(big), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.json() == {"detail": "Request body larger than 2048 bytes"}
+    small = json.dumps({"workflow": SIMPLE, "inputs": {}}).encode()
+    r = await service.client.post(
+        "/api/workflows/execute",
+        content=chunks(small),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "pending"
+
+
+async def test_unexpected_error_answers_an_id_not_the_exception_text(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug 8: a store error (SQL and parameters in its text) is logged under an id; the answer
+    carries only the id."""
+    secret = "SELECT * FROM workflow_executions WHERE id = 'p4ssw0rd'"
+
+    class Broken:
+        async def get_execution(self, execution_id: str) -> Any:
+            raise OperationalError(secret, {"id": "p4ssw0rd"}, Exception("disk I/O error"))
+
+    async def broken() -> Any:
+        return Broken()
+
+    app.dependency_overrides[get_store] = broken
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            with caplog.at_level(logging.ERROR, logger="api_service"):
+                r = await client.get("/api/executions/e1")
+    finally:
+        app.dependency_overrides.clear()
+    assert r.status_code == 500
+    assert "p4ssw0rd" not in r.text and "SELECT" not in r.text and "disk" not in r.text
+    match = re.fullmatch(r"Internal error ([0-9a-f]+)", r.json()["detail"])
+    assert match is not None
+    [record] = [rec for rec in caplog.records if getattr(rec, "error_id", None) == match[1]]
+    assert match[1] in record.getMessage() and record.exc_info is not None
+    assert "p4ssw0rd" in str(record.exc_info[1])
+
+
+@pytest.mark.parametrize(("sent", "stored"), [("Prefect", "prefect"), ("  INLINE ", "inline")])
+async def test_execute_mode_is_normalised(service: Service, sent: str, stored: str) -> None:
+    """Bug 9: "Prefect" was silently replaced by EXECUTION_MODE."""
+    r = await service.execute(workflow=SIMPLE, inputs={}, mode=sent)
+    assert r.status_code == 200
+    eid = r.json()["executionId"]
+    row = await asyncio.to_thread(
+        lambda: (
+            sqlite3.connect(service.db)
+            .execute("SELECT requestedMode FROM wos_executions WHERE executionId = ?", (eid,))
+            .fetchone()
+        )
+    )
+    assert row == (stored,)
+
+
+async def test_execute_unknown_mode_is_422_naming_the_modes(service: Service) -> None:
+    r = await service.execute(workflow=SIMPLE, inputs={}, mode="optimized")
+    assert r.status_code == 422
+    assert r.json()["detail"] == "mode: Input should be 'prefect' or 'inline'"

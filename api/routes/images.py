@@ -1,26 +1,26 @@
 """The PNGs rendered by dataVisualization nodes (`renderImage`), served from IMAGE_DIR."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from config import Settings, settings_dependency
+from api.deps import API_KEY, SettingsDep
+from api.schemas import API_ERRORS, error_responses
 from tasks.visualization import image_path
 
-router = APIRouter(tags=["images"])
+router = APIRouter(
+    prefix="/api/executions", tags=["images"], dependencies=[API_KEY], responses=API_ERRORS
+)
 
 
 @router.get(
-    "/api/executions/{execution_id}/images/{node_id}.png",
+    "/{execution_id}/images/{node_id}.png",
     response_model=None,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The PNG"},
+        **error_responses(404),
+    },
 )
-async def get_node_image(
-    execution_id: str,
-    node_id: str,
-    settings: Annotated[Settings, Depends(settings_dependency)],
-) -> Response:
+async def get_node_image(execution_id: str, node_id: str, settings: SettingsDep) -> Response:
     """The chart a dataVisualization node rendered in this execution; 404 when there is none."""
     path = image_path(settings, execution_id, node_id)
     if path is None:

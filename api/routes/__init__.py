@@ -1,0 +1,13 @@
+"""One router per resource; `api_service` includes them all (`ROUTERS`)."""
+
+from fastapi import APIRouter
+
+from api.routes import executions, health, images, nodes, workflows
+
+ROUTERS: list[APIRouter] = [
+    health.router,
+    workflows.router,
+    executions.router,
+    nodes.router,
+    images.router,
+]

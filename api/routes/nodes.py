@@ -1,0 +1,54 @@
+"""`POST /api/nodes/execute`: run one node synchronously (debug); nothing is stored."""
+
+import json
+
+from fastapi import APIRouter
+
+from api.deps import API_KEY, ResourcesDep
+from api.schemas import API_ERRORS, NodeExecute, NodeRunFailed, NodeRunResult, NodeRunSucceeded
+from jsonutil import dump_json
+from models import NodeDef
+from tasks.context import Resources, RunContext
+from tasks.run_node import run_with_retries
+
+router = APIRouter(
+    prefix="/api/nodes", tags=["nodes"], dependencies=[API_KEY], responses=API_ERRORS
+)
+
+
+@router.post("/execute", response_model=NodeRunResult)
+async def execute_node(body: NodeExecute, resources: ResourcesDep) -> NodeRunResult:
+    """A node that fails (unknown type included) is answered 200 `success: false`."""
+    return await run_single_node(body, resources)
+
+
+async def run_single_node(body: NodeExecute, resources: Resources) -> NodeRunResult:
+    """Run the node with its retries and timeout, outside any execution."""
+    try:
+        node = NodeDef.model_validate({**body.node, "id": body.nodeId, "type": body.nodeType})
+        ctx = RunContext(
+            execution_id="single_node",
+            workflow_id=body.workflowId,
+            organization_id=None,
+            inputs={},
+            node_id=node.id,
+            node_type=node.type,
+            node_label=node.display_label,
+            resources=resources,
+        )
+        output = await run_with_retries(node, body.inputData, ctx)
+    except Exception as exc:  # noqa: BLE001 - answered as success:false, like the original
+        return NodeRunFailed(
+            success=False,
+            nodeId=body.nodeId,
+            nodeType=body.nodeType,
+            error=str(exc),
+            message="Node execution failed",
+        )
+    return NodeRunSucceeded(
+        success=True,
+        nodeId=body.nodeId,
+        nodeType=body.nodeType,
+        output=json.loads(dump_json(output)),
+        message="Node executed successfully",
+    )

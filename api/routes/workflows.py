@@ -1,0 +1,49 @@
+"""`/api/workflows…`: submit an execution of a workflow, list a workflow's executions."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+
+from api import executions
+from api.deps import API_KEY, SettingsDep, StoreDep, WakeupDep
+from api.schemas import (
+    API_ERRORS,
+    ExecutionCreate,
+    ExecutionSubmitted,
+    WorkflowExecutions,
+    error_responses,
+)
+from states import ExecutionMode
+
+router = APIRouter(
+    prefix="/api/workflows", tags=["workflows"], dependencies=[API_KEY], responses=API_ERRORS
+)
+
+
+@router.post("/execute", response_model=ExecutionSubmitted, responses=error_responses(404, 409))
+async def execute_workflow(
+    body: ExecutionCreate,
+    store: StoreDep,
+    settings: SettingsDep,
+    wake: WakeupDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> ExecutionSubmitted:
+    """Queue a run of the stored workflow `workflowId` (or of an inline `workflow`) and answer
+    at once; a worker runs it. 422 for unsupported node types (nothing is queued)."""
+    return await executions.submit(
+        store,
+        wake,
+        body,
+        default_mode=ExecutionMode(settings.EXECUTION_MODE),
+        idempotency_key=idempotency_key,
+    )
+
+
+@router.get(
+    "/{workflow_id}/executions", response_model=WorkflowExecutions, responses=error_responses(404)
+)
+async def list_workflow_executions(
+    workflow_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> WorkflowExecutions:
+    """The workflow's executions, newest first."""
+    return await executions.workflow_executions(store, workflow_id, limit)

@@ -1,0 +1,207 @@
+"""The API's request bodies and answers (contract §1), named by direction: `…Create`/`…Request`
+come in, `…Public`/`…Submitted`/`…Result` go out. Every key of an answer is always present
+(nulls are sent, never dropped), which the OpenAPI schema states by marking all of them required.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from states import ExecutionMode
+
+
+class _Body(BaseModel):
+    """A request body: unknown keys are tolerated (the Node client may send more)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class ExecutionCreate(_Body):
+    """Body of `POST /api/workflows/execute`."""
+
+    workflowId: str | None = None
+    inputs: dict[str, Any] | None = None
+    organizationId: str | None = None
+    workflow: dict[str, Any] | None = None
+    """An inline definition `{nodes, connections}`, run instead of the stored workflow."""
+    mode: ExecutionMode | None = None
+    """Where the nodes run; case and surrounding spaces are ignored; EXECUTION_MODE if absent."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _normalise_mode(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
+
+class RetryRequest(_Body):
+    """Optional body of `POST /api/executions/{id}/retry`."""
+
+    fromScratch: bool = False
+
+
+class NodeExecute(_Body):
+    """Body of `POST /api/nodes/execute`."""
+
+    workflowId: str | None = None
+    nodeId: str
+    nodeType: str
+    node: dict[str, Any]
+    inputData: Any = None
+
+
+class ErrorDetail(_Answer):
+    """Every error answer: a readable string, never a list."""
+
+    detail: str
+
+
+class Health(_Answer):
+    service: str
+    status: str = Field(description='Always "running"; the Node backend checks it.')
+    version: str
+    timestamp: str
+
+
+class ExecutionSubmitted(_Answer):
+    """A submit was accepted: the execution row is committed, a worker runs it."""
+
+    success: bool
+    executionId: str
+    status: str
+    message: str
+    workflowId: str
+    workflowName: str | None
+
+
+class RetrySubmitted(ExecutionSubmitted):
+    retryOf: str
+    """The execution this one retries."""
+
+
+class ExecutionProgress(_Answer):
+    totalNodes: int
+    completedNodes: int
+    failedNodes: int
+    skippedNodes: int
+    percentage: int = Field(ge=0, le=100)
+
+
+class ExecutionLogRow(_Answer):
+    """An `execution_logs` row as stored; `inputData`/`outputData` are JSON text."""
+
+    id: str
+    executionId: str
+    nodeId: str | None
+    nodeType: str | None
+    nodeLabel: str | None
+    status: str | None
+    inputData: str | None
+    outputData: str | None
+    error: str | None
+    duration: int | float | None
+    timestamp: str | None
+
+
+class ExecutionPublic(_Answer):
+    """`GET /api/executions/{id}`: the row, its progress, the last 10 logs, and the service's own
+    state (None for rows the service did not create). JSON columns are decoded."""
+
+    executionId: str
+    workflowId: str
+    workflowName: str | None
+    organizationId: str | None
+    status: str | None
+    createdAt: str | None
+    startedAt: str | None
+    completedAt: str | None
+    currentNodeId: str | None
+    error: str | None
+    progress: ExecutionProgress
+    logs: list[ExecutionLogRow]
+    inputs: Any
+    nodeResults: Any
+    finalOutput: Any
+    mode: str | None
+    modeReason: str | None
+    attempts: int | None
+    resumedAt: str | None
+    retryOf: str | None
+    flowRunId: str | None
+
+
+class ExecutionLogs(_Answer):
+    executionId: str
+    logs: list[ExecutionLogRow]
+
+
+class CancelResult(_Answer):
+    """`success` is false (still 200) when the execution had already ended."""
+
+    success: bool
+    executionId: str
+    message: str
+    previousStatus: str | None
+
+
+class NodeRunSucceeded(_Answer):
+    success: Literal[True]
+    nodeId: str
+    nodeType: str
+    output: Any
+    """The node's whole result envelope."""
+    message: str
+
+
+class NodeRunFailed(_Answer):
+    success: Literal[False]
+    nodeId: str
+    nodeType: str
+    error: str
+    message: str
+
+
+NodeRunResult = NodeRunSucceeded | NodeRunFailed
+
+
+class ExecutionSummary(_Answer):
+    id: str
+    workflowId: str
+    status: str | None
+    createdAt: str | None
+    startedAt: str | None
+    completedAt: str | None
+    error: str | None
+
+
+class WorkflowExecutions(_Answer):
+    """A workflow's executions, newest first, and how many it has in all."""
+
+    workflowId: str
+    workflowName: str | None
+    executions: list[ExecutionSummary]
+    total: int
+
+
+_ERRORS = {
+    401: "Missing or invalid API key (only when API_KEYS is set)",
+    404: "Unknown id",
+    409: "Conflicts with the current state",
+    413: "Request body larger than MAX_REQUEST_BYTES",
+    422: "Invalid request",
+    500: "Internal error <id>; the service log has the details under that id",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` documenting error answers, all `{"detail": str}`."""
+    return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
+
+
+API_ERRORS = error_responses(401, 413, 422, 500)
+"""What any route behind the API key can answer."""
