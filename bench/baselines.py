@@ -1,25 +1,23 @@
 """In-process baselines, run by the bench in a subprocess (so it can be killed on a time limit
-and its peak RSS is its own):
+and its peak RSS is its own). Both walk the graph with the service's own engine
+(`flows.engine.execute`), each node one call of its handler (`tasks.run_node.run_attempt`):
 
-  plain    the graph walked by plain asyncio calls of the service's handlers
-           (`tasks.run_node.run_attempt` per node, topological order): no I/O, the absolute limit.
-  durable  the same walk plus one SQLite commit per node (a log row with the node's output +
-           an update of the execution row; WAL, synchronous=NORMAL; one connection on one
-           writer thread), plus one commit to create and one to finish the execution:
+  plain    a recorder that writes nothing: no I/O, the absolute limit.
+  durable  a recorder that commits every checkpoint to SQLite (the node's log rows with its
+           output + an update of the execution row; WAL, synchronous=NORMAL; one connection on
+           one writer thread), plus one commit to create and one to finish the execution:
            the floor of any durable engine.
-  engine   informative: the service's own engine (`flows.engine.execute`, the inline retry
-           loop) with a recorder that writes nothing: the engine's cost without the store.
 
 Usage: python -m bench.baselines SPEC.json  → prints one line `RESULT {json}`.
-SPEC: {"kind", "workload", "workflow" | "workflows", "params"}.
+SPEC: {"kind", "workload", "workflow" | "workflows" | "workflow_file", "params"}.
 """
-
-from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import resource
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -28,157 +26,137 @@ from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401  (registers every node type)
+from bench.client import summary_ms
+from bench.workflows import inline_source, w5_bigdata, w5_rows
 from config import get_settings
-from errors import NodeError
-from flows.graph import Plan, assemble_input, build_plan, edge_payload, parse_workflow
-from jsonutil import dump_json
-from tasks.context import Resources, RunContext, open_resources
-from tasks.run_node import run_attempt, run_with_retries
+from database.interfaces import LogRow
+from flows.engine import Job, execute
+from flows.graph import Plan, build_plan, parse_workflow
+from tasks.context import Resources, open_resources
+from tasks.registry import rules_of
+from tasks.run_node import run_attempt
+
+logger = logging.getLogger(__name__)
 
 Result = dict[str, Any]
+Statement = tuple[str, tuple[Any, ...]]
+SCHEMA = (
+    "CREATE TABLE executions (id TEXT PRIMARY KEY, status TEXT, currentNodeId TEXT, "
+    "completedNodes INTEGER DEFAULT 0, failedNodes INTEGER DEFAULT 0, "
+    "skippedNodes INTEGER DEFAULT 0, startedAt REAL, completedAt REAL)",
+    "CREATE TABLE logs (id INTEGER PRIMARY KEY, executionId TEXT, nodeId TEXT, status TEXT, "
+    "inputData TEXT, outputData TEXT, error TEXT, ts REAL)",
+    "CREATE INDEX logs_execution ON logs(executionId)",
+)
 
 
-async def walk(plan: Plan, eid: str, resources: Resources, on_node: Any = None) -> str:
-    """Run every node once in topological order; returns completed/failed."""
-    active: dict[str, list[Any]] = {nid: [] for nid in plan.nodes}
-    failed = False
-    for nid in plan.order:
-        node = plan.nodes[nid]
-        run, data, _ = assemble_input(node, active[nid], bool(plan.incoming[nid]), {})
-        if not run:
-            result: Result = {"success": True, "skipped": True}
-        else:
-            ctx = RunContext(
-                execution_id=eid,
-                workflow_id=None,
-                organization_id=None,
-                inputs={},
-                node_id=nid,
-                node_type=node.type,
-                node_label=node.display_label,
-                resources=resources,
-            )
-            try:
-                result = await run_attempt(node, data, ctx)
-            except NodeError as exc:
-                result, failed = {"success": False, "error": str(exc)}, True
-        if on_node is not None:
-            await on_node(eid, nid, result)
-        for edge in plan.outgoing[nid]:
-            live, payload = edge_payload(edge, node, result)
-            if live:
-                active[edge.toNodeId].append((edge, payload))
-    return "failed" if failed else "completed"
+class NullRecorder:
+    """Checkpoints go nowhere."""
+
+    async def checkpoint(self, *_args: Any, **_kwargs: Any) -> bool:
+        return True
 
 
-class DurableLog:
+class SqliteRecorder:
     """One SQLite connection on one writer thread; every call is one committed transaction."""
 
     def __init__(self, path: Path) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="durable")
-        self.conn: sqlite3.Connection | None = None
-        self.pool.submit(self._open, path).result()
-        self.seq = 0
+        self.conn = self.pool.submit(self._open, path).result()
 
-    def _open(self, path: Path) -> None:
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE executions (id TEXT PRIMARY KEY, status TEXT, "
-            "currentNodeId TEXT, completedNodes INTEGER DEFAULT 0, startedAt REAL, "
-            "completedAt REAL)"
-        )
-        conn.execute(
-            "CREATE TABLE logs (id INTEGER PRIMARY KEY, executionId TEXT, nodeId TEXT, "
-            "status TEXT, outputData TEXT, ts REAL)"
-        )
-        conn.execute("CREATE INDEX logs_execution ON logs(executionId)")
-        self.conn = conn
+        for statement in SCHEMA:
+            conn.execute(statement)
+        return conn
 
-    def _tx(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        assert self.conn is not None
+    def _tx(self, statements: list[Statement]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
         for sql, args in statements:
             self.conn.execute(sql, args)
         self.conn.execute("COMMIT")
 
-    async def commit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.pool, self._tx, statements)
+    async def commit(self, *statements: Statement) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.pool, self._tx, list(statements))
 
-    async def begin_execution(self, eid: str) -> None:
-        await self.commit(
-            [
-                (
-                    "INSERT INTO executions (id, status, startedAt) VALUES (?, ?, ?)",
-                    (eid, "running", time.time()),
-                )
-            ]
+    async def checkpoint(
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
+    ) -> bool:
+        now = time.time()
+        logs: list[Statement] = [
+            (
+                "INSERT INTO logs (executionId, nodeId, status, inputData, outputData, error, ts)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (execution_id, r.node_id, r.status, r.input_json, r.output_json, r.error, now),
+            )
+            for r in rows
+        ]
+        done, failed, skipped = (
+            counts.get(k) for k in ("completedNodes", "failedNodes", "skippedNodes")
         )
-
-    async def node_done(self, eid: str, nid: str, result: Result) -> None:
-        output = dump_json(result)  # the checkpoint holds the node's output (resume needs it)
-        await self.commit(
-            [
-                (
-                    "INSERT INTO logs (executionId, nodeId, status, outputData, ts) "
-                    "VALUES (?,?,?,?,?)",
-                    (
-                        eid,
-                        nid,
-                        "completed" if result.get("success") is not False else "error",
-                        output,
-                        time.time(),
-                    ),
-                ),
-                (
-                    "UPDATE executions SET currentNodeId = ?, completedNodes = completedNodes + 1 "
-                    "WHERE id = ?",
-                    (nid, eid),
-                ),
-            ]
+        update = (
+            "UPDATE executions SET currentNodeId = ?, completedNodes = COALESCE(?, completedNodes),"
+            " failedNodes = COALESCE(?, failedNodes), skippedNodes = COALESCE(?, skippedNodes)"
+            " WHERE id = ?",
+            (current_node_id, done, failed, skipped, execution_id),
         )
-
-    async def finish_execution(self, eid: str, status: str) -> None:
-        await self.commit(
-            [
-                (
-                    "UPDATE executions SET status = ?, completedAt = ? WHERE id = ?",
-                    (status, time.time(), eid),
-                )
-            ]
-        )
-
-
-class NullRecorder:
-    async def checkpoint(self, *_args: Any, **_kw: Any) -> bool:
+        await self.commit(*logs, update)
         return True
 
 
 class Runner:
     def __init__(self, kind: str, resources: Resources, workdir: Path) -> None:
-        self.kind, self.resources = kind, resources
-        self.durable = DurableLog(workdir / "durable.sqlite") if kind == "durable" else None
+        self.resources = resources
+        self.durable = SqliteRecorder(workdir / "durable.sqlite") if kind == "durable" else None
         self.n = 0
 
     async def run(self, plan: Plan) -> str:
         self.n += 1
         eid = f"b{self.n}"
-        if self.kind == "engine":
-            from flows.engine import Job, execute
-
-            job = Job(eid, None, None, {}, plan, self.resources)
-            return (await execute(job, NullRecorder(), run_with_retries)).status
+        job = Job(
+            execution_id=eid,
+            workflow_id=None,
+            organization_id=None,
+            inputs={},
+            plan=plan,
+            resources=self.resources,
+        )
         if self.durable is None:
-            return await walk(plan, eid, self.resources)
-        await self.durable.begin_execution(eid)
-        status = await walk(plan, eid, self.resources, self.durable.node_done)
-        await self.durable.finish_execution(eid, status)
+            return (await execute(job, NullRecorder(), run_attempt)).status
+        await self.durable.commit(
+            (
+                "INSERT INTO executions (id, status, startedAt) VALUES (?, ?, ?)",
+                (eid, "running", time.time()),
+            )
+        )
+        status = (await execute(job, self.durable, run_attempt)).status
+        await self.durable.commit(
+            (
+                "UPDATE executions SET status = ?, completedAt = ? WHERE id = ?",
+                (status, time.time(), eid),
+            )
+        )
         return status
 
 
 def plan_of(workflow: dict[str, Any]) -> Plan:
-    return build_plan(parse_workflow(workflow))
+    return build_plan(parse_workflow(workflow), rules_of)
+
+
+async def timed(runner: Runner, workflow: dict[str, Any]) -> tuple[str, float]:
+    """(status, seconds) of one execution, planning included."""
+    t0 = time.perf_counter()
+    status = await runner.run(plan_of(workflow))
+    return status, time.perf_counter() - t0
 
 
 async def w1(runner: Runner, spec: dict[str, Any]) -> Result:
@@ -191,7 +169,15 @@ async def w1(runner: Runner, spec: dict[str, Any]) -> Result:
             t0 = time.perf_counter()
             statuses.append(await runner.run(plan))
             times.append(time.perf_counter() - t0)
-        out[key] = {"times": times, "statuses": statuses, "nodes": len(plan.nodes)}
+        median = statistics.median(times) if times else None
+        out[key] = {
+            "nodes": len(plan.nodes),
+            "runs": len(times),
+            "completed": statuses.count("completed"),
+            "statuses": statuses,
+            "total_s": median,
+            "phase_s": median,  # in process, the whole run is the node phase
+        }
     return out
 
 
@@ -214,7 +200,17 @@ async def closed_loop(
             statuses[status] = statuses.get(status, 0) + 1
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return {"elapsed": time.perf_counter() - t0, "e2e": latencies, "statuses": statuses}
+    elapsed = time.perf_counter() - t0
+    completed = statuses.get("completed", 0)
+    return {
+        "completed": completed,
+        "failed": statuses.get("failed", 0),
+        "unfinished": 0,
+        "submit_errors": 0,
+        "elapsed": elapsed,
+        "exec_s": completed / elapsed if elapsed else None,
+        "e2e_ms": summary_ms(latencies),
+    }
 
 
 async def w2(runner: Runner, spec: dict[str, Any]) -> Result:
@@ -240,38 +236,29 @@ async def w3(runner: Runner, spec: dict[str, Any]) -> Result:
 
 
 async def w5(runner: Runner, spec: dict[str, Any]) -> Result:
-    workflow = spec["workflow"]
-    if "workflow_file" in spec:
-        workflow = json.loads(Path(spec["workflow_file"]).read_text())
-    t0 = time.perf_counter()
-    plan = plan_of(workflow)
-    status = await runner.run(plan)
-    return {"elapsed": time.perf_counter() - t0, "status": status}
+    status, elapsed = await timed(runner, json.loads(Path(spec["workflow_file"]).read_text()))
+    return {"elapsed": elapsed, "status": status}
 
 
 async def w5_ladder(runner: Runner, spec: dict[str, Any]) -> Result:
     """Time of the W5 graph at growing sizes (to extrapolate what does not finish)."""
-    from bench.workflows import inline_source, w5_bigdata, w5_rows
-
     out = []
     for n in spec["params"]["sizes"]:
-        workflow = w5_bigdata(
-            n, inline_source(w5_rows(n, "A"), "a.csv"), inline_source(w5_rows(n, "B"), "b.csv")
-        )
-        t0 = time.perf_counter()
-        status = await runner.run(plan_of(workflow))
-        out.append({"rows": n, "elapsed": time.perf_counter() - t0, "status": status})
+        a, b = inline_source(w5_rows(n, "A"), "a.csv"), inline_source(w5_rows(n, "B"), "b.csv")
+        status, elapsed = await timed(runner, w5_bigdata(n, a, b))
+        out.append({"rows": n, "elapsed": elapsed, "status": status})
     return {"ladder": out}
 
 
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W5": w5, "W5ladder": w5_ladder}
+
+
 async def main(spec: dict[str, Any]) -> Result:
-    settings = get_settings()
-    resources = open_resources(settings)
+    resources = open_resources(get_settings())
     try:
         with tempfile.TemporaryDirectory(prefix="wos-bench-baseline-") as tmp:
             runner = Runner(spec["kind"], resources, Path(tmp))
-            fn = {"W1": w1, "W2": w2, "W3": w3, "W5": w5, "W5ladder": w5_ladder}[spec["workload"]]
-            result = await fn(runner, spec)
+            result = await WORKLOADS[spec["workload"]](runner, spec)
     finally:
         await resources.aclose()
     result["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -6,8 +6,6 @@ HTTP/1.1 for our JSON API and the naive baseline (Content-Length or chunked bodi
 127.0.0.1 only.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import math
@@ -166,11 +164,3 @@ def summary_ms(seconds: list[float]) -> dict[str, float | None]:
         "max": max(ms) if ms else None,
         "n": len(ms),
     }
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start

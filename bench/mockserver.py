@@ -5,8 +5,6 @@ keep-alive and no limit on concurrent connections. Usage:
     python -m bench.mockserver [--port 0]     # prints "READY <port>" once listening
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import contextlib

@@ -2,16 +2,14 @@
 
 One async `@flow` per execution, one `@task` per node (Prefect's defaults: default cache policy,
 default logging), awaited in the API process's event loop (`asyncio.create_task` right after
-the POST answers, like FastAPI's BackgroundTasks), nodes walked one after another in
-topological order. The node handlers are the service's own (`tasks.run_node.run_attempt`), so
-only the orchestration differs. Status lives in memory (no database writes at all: this
-flatters the baseline).
+the POST answers, like FastAPI's BackgroundTasks). The walk is the service's engine
+(`flows.engine.execute`, checkpoints to nowhere) and the node handlers are the service's own
+(`tasks.run_node.run_attempt`), so only the orchestration differs. Status lives in memory (no
+database writes at all: this flatters the baseline).
 
 Run by the bench: `uvicorn bench.naive_prefect:app` with PREFECT_API_URL pointing at an
 embedded server started with `python -m flows.prefect_server`.
 """
-
-from __future__ import annotations
 
 import asyncio
 import secrets
@@ -22,21 +20,23 @@ from fastapi import FastAPI, Request
 from prefect import flow, task
 
 import tasks  # noqa: F401  (registers every node type)
+from bench.baselines import NullRecorder
 from config import get_settings
-from errors import NodeError
-from flows.graph import assemble_input, build_plan, edge_payload, parse_workflow
+from flows import engine
+from flows.graph import build_plan, parse_workflow
 from models import NodeDef
-from tasks.context import RunContext, open_resources
+from tasks.context import Resources, RunContext, open_resources
+from tasks.registry import rules_of
 from tasks.run_node import run_attempt
 
 app = FastAPI(title="naive Prefect baseline")
 WORKFLOWS: dict[str, Any] = {}
 EXECUTIONS: dict[str, dict[str, Any]] = {}
 RUNNING: set[asyncio.Task[None]] = set()
-_resources: Any = None
+_resources: Resources | None = None
 
 
-def resources() -> Any:
+def resources() -> Resources:
     global _resources
     if _resources is None:
         _resources = open_resources(get_settings())
@@ -59,31 +59,27 @@ async def node_task(node: dict[str, Any], data: Any, execution_id: str) -> dict[
     return await run_attempt(nd, data, ctx)
 
 
+async def run_node(node: NodeDef, data: Any, ctx: RunContext) -> dict[str, Any]:
+    """Every node is a task run, its inputs plain values (the default cache policy hashes them)."""
+    EXECUTIONS[ctx.execution_id]["currentNodeId"] = node.id
+    return await node_task(node.model_dump(), data, ctx.execution_id)
+
+
 @flow(name="naive-workflow")
 async def workflow_flow(execution_id: str, workflow_id: str) -> str:
     row = EXECUTIONS[execution_id]
     row["status"], row["startedAt"] = "running", time.time()
-    plan = build_plan(parse_workflow(WORKFLOWS[workflow_id]))
-    active: dict[str, list[Any]] = {nid: [] for nid in plan.nodes}
-    failed = []
-    for nid in plan.order:
-        node = plan.nodes[nid]
-        run, data, _ = assemble_input(node, active[nid], bool(plan.incoming[nid]), {})
-        if not run:
-            result: dict[str, Any] = {"success": True, "skipped": True}
-        else:
-            row["currentNodeId"] = nid
-            try:
-                result = await node_task(node.model_dump(), data, execution_id)
-            except NodeError as exc:
-                result = {"success": False, "error": str(exc)}
-                failed.append(nid)
-                row["error"] = row.get("error") or f"node {nid}: {exc}"
-        for edge in plan.outgoing[nid]:
-            live, payload = edge_payload(edge, node, result)
-            if live:
-                active[edge.toNodeId].append((edge, payload))
-    return "failed" if failed else "completed"
+    job = engine.Job(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        organization_id=None,
+        inputs={},
+        plan=build_plan(parse_workflow(WORKFLOWS[workflow_id]), rules_of),
+        resources=resources(),
+    )
+    outcome = await engine.execute(job, NullRecorder(), run_node)
+    row["error"] = outcome.error
+    return outcome.status
 
 
 async def _run(execution_id: str, workflow_id: str) -> None:

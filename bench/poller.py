@@ -5,8 +5,6 @@ process of their own. Execution ids arrive on stdin, one a line; a line `STOP` (
     python -m bench.poller --port P [--concurrency 50] [--max-seconds 300]
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import json

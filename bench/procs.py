@@ -4,12 +4,11 @@ The service runs in its own process group (supervisor, API, worker(s), Prefect s
 "every process of the service" is "every process whose pgrp is the supervisor's pid".
 """
 
-from __future__ import annotations
-
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -104,7 +103,7 @@ class MemSampler:
     _pids: list[int] = field(default_factory=list)
     _refreshed: float = 0.0
 
-    def start(self) -> MemSampler:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._loop, name="bench-mem", daemon=True)
         self._thread.start()
         return self

@@ -8,8 +8,6 @@ process's Python CPU time (C code that releases the GIL, e.g. SQLite's own work,
 the GIL are not in them; the per-process CPU from /proc in the W2 table covers everything).
 """
 
-from __future__ import annotations
-
 import os
 import re
 import shutil

@@ -1,7 +1,6 @@
-"""Renders the bench results (a JSON-able dict) as bench/results.md."""
+"""Renders the bench results (a JSON-able dict) as a markdown report."""
 
-from __future__ import annotations
-
+import math
 from typing import Any
 
 PUBLISHED = [("Hatchet", 1.22), ("Windmill", 2.09), ("Temporal", 2.97), ("Prefect 2", 4.87)]
@@ -9,7 +8,6 @@ MODES = ("inline", "prefect")
 BASELINE_LABEL = {
     "plain": "baseline: plain asyncio (no I/O)",
     "durable": "baseline: + 1 SQLite commit/node",
-    "engine": "engine only, no store (info)",
     "naive-prefect": "baseline: naive Prefect",
     "inline": "**service, inline mode**",
     "prefect": "**service, prefect mode**",
@@ -68,7 +66,7 @@ def get(d: Any, *path: str) -> Any:
 
 
 def order(targets: list[str]) -> list[str]:
-    rank = ["inline", "prefect", "naive-prefect", "plain", "engine", "durable"]
+    rank = ["inline", "prefect", "naive-prefect", "plain", "durable"]
     return sorted(targets, key=lambda t: (rank.index(base(t)) if base(t) in rank else 99, t))
 
 
@@ -323,8 +321,6 @@ def w5_table(res: dict[str, Any]) -> list[str]:
                 (ladder[-1]["rows"], ladder[-1]["elapsed"]),
             )
             if t1 > 0 and t2 > 0 and n2 > n1:
-                import math
-
                 k = math.log(t2 / t1) / math.log(n2 / n1)
                 target_rows = get(res, "plain", "rows") or 100000
                 lines.append("")
@@ -392,13 +388,13 @@ def render(results: dict[str, Any]) -> str:
         "- e2e = POST sent → terminal status observed. W1 ms/node uses the service's own "
         "`startedAt → completedAt` (ms resolution) / nodes, i.e. without queueing/flow-start "
         "cost; the totals include everything.",
-        "- Baselines run the same graphs with the same handlers (`tasks.run_node.run_attempt`) "
-        "in one process: plain = topological walk, no I/O; durable = the walk + one SQLite "
-        "commit per node (log row with the output + execution row update, WAL, "
-        "synchronous=NORMAL); naive Prefect = `bench/naive_prefect.py` (one @flow per "
-        "execution, one @task per node, awaited in the API's event loop, status in memory) on "
-        "the embedded Prefect server (`python -m flows.prefect_server`); engine only = "
-        "`flows.engine.execute` with a recorder that writes nothing (info).",
+        "- Baselines run the same graphs through the service's engine (`flows.engine.execute`) "
+        "with the same handlers (`tasks.run_node.run_attempt`) in one process: plain = a "
+        "recorder that writes nothing; durable = one SQLite commit per checkpoint (log rows "
+        "with the output + execution row update, WAL, synchronous=NORMAL); naive Prefect = "
+        "`bench/naive_prefect.py` (one @flow per execution, one @task per node, awaited in the "
+        "API's event loop, status in memory) on the embedded Prefect server "
+        "(`python -m flows.prefect_server`).",
         "- The local upstream (`bench/mockserver.py`) is a separate asyncio process answering "
         "after 10 ms (W1) or 100 ms (W3), keep-alive. The load generator and pollers use a "
         "minimal keep-alive HTTP client (`bench/client.py`); W4's pollers run in their own "

@@ -2,8 +2,8 @@
 real service and the baselines, and writes a markdown table per workload.
 
     .venv/bin/python -m bench.run [--quick] [--workloads W1,W2,W3,W4,W5]
-                                  [--modes inline,prefect] [--baselines plain,durable,naive,engine]
-                                  [--out bench/results.md] [--json PATH] [--profile DIR]
+                                  [--modes inline,prefect] [--baselines plain,durable,naive]
+                                  [--out bench/results/results.md] [--json PATH] [--profile DIR]
     ./bench.sh [same options]      (creates/updates .venv like ./test.sh, then runs the above)
 
 --quick: tiny sizes (a smoke run that cannot rot; its numbers mean nothing).
@@ -11,11 +11,10 @@ real service and the baselines, and writes a markdown table per workload.
 concurrency 50 and summarise where their CPU time goes (needs `py-spy`, requirements-dev.txt).
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -24,7 +23,6 @@ import re
 import shlex
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,8 +33,9 @@ from typing import Any
 from bench import report
 from bench import workflows as wf
 from bench.procs import MemSampler
-from bench.targets import ROOT, NaiveTarget, ServiceTarget, Target, venv_python
+from bench.targets import NaiveTarget, ServiceTarget, Target
 from bench.workloads import GROUPS, Ctx, Tracker
+from tests.service_process import ROOT, scrubbed_env, venv_python
 
 MB = 1024 * 1024
 
@@ -163,40 +162,19 @@ class Upstream:
 # -- W5 inputs --------------------------------------------------------------------------------
 
 
-def file_source_key() -> str | None:
-    """The excelInput config key for a file under UPLOAD_DIR, if the node type has one."""
-    import tasks  # noqa: F401
-    from config import Settings
-    from tasks.registry import get_spec
-
-    if "UPLOAD_DIR" not in Settings.model_fields:
-        return None
-    fields = get_spec("excelInput").config.model_fields
-    for name in ("filePath", "storedPath", "path", "uploadPath", "storedFileName"):
-        if name in fields:
-            return name
-    return next((n for n in fields if "path" in n.lower()), None)
-
-
 def w5_workflow(rows: int, upload_dir: Path) -> tuple[dict[str, Any], str]:
-    key = file_source_key()
-    a, b = wf.w5_rows(rows, "A"), wf.w5_rows(rows, "B")
-    if key is not None:
-        import csv
-
-        upload_dir.mkdir(parents=True, exist_ok=True)
-        sources = []
-        for name, data in (("w5_a.csv", a), ("w5_b.csv", b)):
-            with (upload_dir / name).open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(data[0]))
-                writer.writeheader()
-                writer.writerows(data)
-            sources.append({"fileName": name, key: name})
-        return wf.w5_bigdata(rows, sources[0], sources[1]), f"CSV files ({key} under UPLOAD_DIR)"
-    return (
-        wf.w5_bigdata(rows, wf.inline_source(a, "a.csv"), wf.inline_source(b, "b.csv")),
-        "inline parsedData (no file-path key in excelInput yet), stored workflow",
-    )
+    """The W5 graph reading two CSV files written under `upload_dir` (the service's UPLOAD_DIR)."""
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for side in ("A", "B"):
+        data = wf.w5_rows(rows, side)
+        name = f"w5_{side.lower()}.csv"
+        with (upload_dir / name).open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(data[0]))
+            writer.writeheader()
+            writer.writerows(data)
+        sources.append({"fileName": name, "filePath": name})
+    return wf.w5_bigdata(rows, sources[0], sources[1]), "CSV files (filePath under UPLOAD_DIR)"
 
 
 # -- baselines --------------------------------------------------------------------------------
@@ -214,7 +192,7 @@ async def run_baseline(
         "bench.baselines",
         path,
         cwd=ROOT,
-        env={**os.environ, "LOG_LEVEL": "WARNING", **env},
+        env=scrubbed_env(LOG_LEVEL="WARNING", **env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
@@ -233,44 +211,6 @@ async def run_baseline(
         return {"error": f"exit {proc.returncode}: {err.decode()[-400:]}"}
     result: dict[str, Any] = json.loads(line[7:])
     return result
-
-
-def _w1_from_baseline(raw: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key in ("noop", "http"):
-        r = raw.get(key)
-        if not r:
-            continue
-        med = statistics.median(r["times"]) if r["times"] else None
-        out[key] = {
-            "nodes": r["nodes"],
-            "runs": len(r["times"]),
-            "completed": r["statuses"].count("completed"),
-            "statuses": r["statuses"],
-            "total_s": med,
-            "phase_s": med,
-        }
-    return out
-
-
-def _w2_from_baseline(raw: dict[str, Any]) -> dict[str, Any]:
-    from bench.client import summary_ms
-
-    out: dict[str, Any] = {}
-    for key, r in raw.items():
-        if not key.startswith("c"):
-            continue
-        completed = r["statuses"].get("completed", 0)
-        out[key] = {
-            "completed": completed,
-            "failed": r["statuses"].get("failed", 0),
-            "unfinished": 0,
-            "submit_errors": 0,
-            "elapsed": r["elapsed"],
-            "exec_s": completed / r["elapsed"] if r["elapsed"] else None,
-            "e2e_ms": summary_ms(r["e2e"]),
-        }
-    return out
 
 
 async def baselines(
@@ -301,7 +241,7 @@ async def baselines(
                 600,
                 env,
             )
-            results["W1"][kind] = _w1_from_baseline(raw) if "error" not in raw else raw
+            results["W1"][kind] = raw
         if "W2" in workloads:
             log(f"baseline {kind}: W2")
             raw = await run_baseline(
@@ -319,7 +259,7 @@ async def baselines(
                 300,
                 env,
             )
-            results["W2"][kind] = _w2_from_baseline(raw) if "error" not in raw else raw
+            results["W2"][kind] = raw
         if "W3" in workloads:
             log(f"baseline {kind}: W3")
             w3p = p["W3"]
@@ -348,14 +288,14 @@ async def baselines(
                         "peak_mb": raw["max_rss"] / MB,
                     },
                 }
-        if "W5" in workloads and w5 is not None and kind != "engine":
+        if "W5" in workloads and w5 is not None:
             log(f"baseline {kind}: W5 ({p['W5']['rows']:,} rows per input)")
             path = w5[2] / "w5_workflow.json"
             if not path.exists():
                 path.write_text(json.dumps(w5[0]))
             raw = await run_baseline(
                 kind,
-                {"workload": "W5", "workflow": None, "workflow_file": str(path)},
+                {"workload": "W5", "workflow_file": str(path)},
                 p["W5"]["timeout_s"] + 30,
                 env,
             )
@@ -493,10 +433,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--baselines",
-        default="plain,durable,naive,engine",
-        help="plain, durable, naive, engine (or 'none')",
+        default="plain,durable,naive",
+        help="plain, durable, naive (or 'none')",
     )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "results.md"))
     parser.add_argument("--json", default=None, help="also write the raw results as JSON")
     parser.add_argument(
         "--profile",
@@ -559,7 +499,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         f"baselines {kinds}, workdir {workdir}"
     )
     try:
-        local = [k for k in ("plain", "engine", "durable") if k in kinds]
+        local = [k for k in ("plain", "durable") if k in kinds]
         if local:
             await baselines(
                 local, groups, params, args.quick, upstream.port, w5, results["workloads"]

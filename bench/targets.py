@@ -3,40 +3,28 @@ EXECUTION_MODE per instance) and the naive-Prefect baseline app. Both expose the
 subset; completion is detected in bulk (the service: its SQLite file, read-only; the naive app:
 a bulk status route), so detection does not load the API that is being measured."""
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.client import RawClient
+from tests.service_process import (
+    ROOT,
+    ServiceProcess,
+    free_port,
+    scrubbed_env,
+    stop_group,
+    venv_python,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_SCHEMA = ROOT / "tests" / "fixtures" / "node_schema.sql"
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def venv_python() -> str:
-    candidate = ROOT / ".venv" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+QUIET_UVICORN = ("--no-access-log", "--log-level", "warning")
 
 
 def parse_iso(text: str | None) -> float | None:
@@ -46,65 +34,6 @@ def parse_iso(text: str | None) -> float | None:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "PREFECT_API_URL",
-            "DATABASE_URL",
-            "API_KEYS",
-            "EXECUTION_MODE",
-            "PREFECT_HOME",
-            "DATABASE_PATH",
-            "API_PORT",
-        )
-    }
-    env.update(extra)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
-    """SIGTERM the process group that `proc` leads, SIGKILL it if it lingers."""
-    if proc is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    deadline = time.monotonic() + 5  # children of the group may outlive the leader briefly
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-async def wait_http(
-    client: RawClient, path: str, timeout: float, procs: list[subprocess.Popen[bytes]], log: Path
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode}; see {log}")
-        with contextlib.suppress(Exception):
-            status, _ = await client.request("GET", path)
-            if status == 200:
-                return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"not ready after {timeout} s; see {log}")
 
 
 class Target:
@@ -152,52 +81,36 @@ class Target:
 
 
 class ServiceTarget(Target):
-    """`start_service.py` via the venv python, in its own process group, with a fresh SQLite
-    database and Prefect home in a temp dir: what ./start.sh runs."""
+    """The real service (`ServiceProcess`: start_service.py via the venv python, own process
+    group, fresh database and Prefect home in a temp dir), one EXECUTION_MODE per instance."""
 
     def __init__(
         self, spec: str, env: dict[str, str] | None = None, root: Path | None = None
     ) -> None:
         """`spec` is a mode, optionally with settings: `prefect:PREFECT_TASK_NODES=network+X=Y`."""
         self.name = spec
-        self.mode, _, settings = spec.partition(":")
-        self.extra_env = dict(env or {})
+        mode, _, settings = spec.partition(":")
+        self.mode = mode
+        self.extra_env = {**(env or {}), "EXECUTION_MODE": mode}
         for item in filter(None, settings.split("+")):
             key, _, value = item.partition("=")
             self.extra_env[key.strip()] = value.strip()
         self.root = root or ROOT
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.service: ServiceProcess | None = None
         self._db: sqlite3.Connection | None = None
 
     async def start(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"wos-bench-{self.mode}-"))
-        self.db_path = self.workdir / "database.sqlite"
-        if NODE_SCHEMA.exists():  # the Node backend creates the database first in production
-            conn = sqlite3.connect(self.db_path)
-            conn.executescript(NODE_SCHEMA.read_text())
-            conn.close()
-        self.port = free_port()
-        self.log = self.workdir / "service.log"
-        env = clean_env(
-            API_PORT=str(self.port),
-            DATABASE_PATH=str(self.db_path),
-            PREFECT_HOME=str(self.workdir / "prefect"),
-            EXECUTION_MODE=self.mode,
+        self.service = ServiceProcess(
+            self.workdir,
+            root=self.root,
             LOG_LEVEL="WARNING",
             **self.extra_env,
         )
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [venv_python(), "start_service.py"],
-                cwd=self.root,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pgids = {self.proc.pid}
+        await asyncio.to_thread(self.service.start, 240)
+        self.db_path, self.port = self.service.db, self.service.port
+        self.pgids = {self.service.pgid}
         self.client = RawClient("127.0.0.1", self.port, max_conns=600)
-        await wait_http(self.client, "/", 240, [self.proc], self.log)
         self._db = sqlite3.connect(
             f"file:{self.db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False
         )
@@ -206,7 +119,8 @@ class ServiceTarget(Target):
         if self._db is not None:
             self._db.close()
             self._db = None
-        stop_group(self.proc)
+        if self.service is not None:
+            self.service.stop(timeout=20)
 
     async def register_workflow(self, wid: str, data: dict[str, Any]) -> None:
         conn = sqlite3.connect(self.db_path, timeout=30)
@@ -266,9 +180,32 @@ class NaiveTarget(Target):
     name = "naive-prefect"
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.server: subprocess.Popen[bytes] | None = None
-        self.app: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.extra_env = dict(env or {})
+
+    def _spawn(self, args: list[str], env: dict[str, str]) -> None:
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(
+                [venv_python(), "-m", *args],
+                cwd=ROOT,
+                env=scrubbed_env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        self.pgids.add(proc.pid)
+
+    async def _wait_healthy(self, client: RawClient, path: str, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if any(proc.poll() is not None for proc in self.procs):
+                raise RuntimeError(f"a process exited; see {self.log}")
+            with contextlib.suppress(Exception):
+                if (await client.request("GET", path))[0] == 200:
+                    return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"not ready after {timeout} s; see {self.log}")
 
     async def start(self) -> None:
         from config import Settings
@@ -276,60 +213,30 @@ class NaiveTarget(Target):
 
         self.workdir = Path(tempfile.mkdtemp(prefix="wos-bench-naive-"))
         self.log = self.workdir / "naive.log"
-        settings = Settings(PREFECT_HOME=str(self.workdir / "prefect"))
+        self.pgids = set()
+        home = str(self.workdir / "prefect")
+        settings = Settings(_env_file=None, PREFECT_HOME=home)  # type: ignore[call-arg]
         settings.prefect_home.mkdir(parents=True, exist_ok=True)
         prefect_port = free_port()
-        api_url = f"http://127.0.0.1:{prefect_port}/api"
-        with self.log.open("ab") as log:
-            self.server = subprocess.Popen(
-                [
-                    venv_python(),
-                    "-m",
-                    "flows.prefect_server",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(prefect_port),
-                ],
-                cwd=ROOT,
-                env=clean_env(**prefect_env(settings, None)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pgids = {self.server.pid}
+        host = ["--host", "127.0.0.1", "--port"]
+        self._spawn(["flows.prefect_server", *host, str(prefect_port)], prefect_env(settings, None))
         prefect_client = RawClient("127.0.0.1", prefect_port)
-        await wait_http(prefect_client, "/api/health", 240, [self.server], self.log)
-        await prefect_client.close()
+        try:
+            await self._wait_healthy(prefect_client, "/api/health", 240)
+        finally:
+            await prefect_client.close()
         self.port = free_port()
-        with self.log.open("ab") as log:
-            self.app = subprocess.Popen(
-                [
-                    venv_python(),
-                    "-m",
-                    "uvicorn",
-                    "bench.naive_prefect:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env=clean_env(**prefect_env(settings, api_url), **self.extra_env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pgids.add(self.app.pid)
+        app_env = prefect_env(settings, f"http://127.0.0.1:{prefect_port}/api")
+        self._spawn(
+            ["uvicorn", "bench.naive_prefect:app", *host, str(self.port), *QUIET_UVICORN],
+            {**app_env, **self.extra_env, "LOG_LEVEL": "WARNING"},
+        )
         self.client = RawClient("127.0.0.1", self.port, max_conns=600)
-        await wait_http(self.client, "/", 120, [self.server, self.app], self.log)
+        await self._wait_healthy(self.client, "/", 120)
 
     def stop(self) -> None:
-        stop_group(self.app)
-        stop_group(self.server)
+        for proc in reversed(self.procs):
+            stop_group(proc, timeout=20)
 
     async def register_workflow(self, wid: str, data: dict[str, Any]) -> None:
         client = RawClient("127.0.0.1", self.port, timeout=300)

@@ -1,7 +1,5 @@
 """The workflow definitions of the bench workloads (the editor's JSON: nodes + connections)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 Workflow = dict[str, Any]

@@ -3,8 +3,6 @@
 Every loop is bounded in count and in time; leftovers are cancelled before the next phase.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import json
@@ -12,12 +10,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from bench import workflows as wf
 from bench.client import summary_ms
 from bench.procs import MemSampler, cpu_by_role
-from bench.targets import ROOT, Target, venv_python
+from bench.targets import Target
+from tests.service_process import ROOT, venv_python
 
 MB = 1024 * 1024
 
@@ -32,7 +31,7 @@ class Tracker:
         self.task: asyncio.Task[None] | None = None
         self.polls = 0
 
-    def start(self) -> Tracker:
+    def start(self) -> Self:
         self.task = asyncio.create_task(self._loop())
         return self
 
