@@ -7,10 +7,12 @@ WorkflowError
 │   ├── UnsupportedNodeTypes  → 422 at submit, no execution row
 │   └── CycleDetected         → the execution fails, no node runs
 ├── Conflict                  → 409
-└── NodeError                 → a node ends in `error`
-    ├── NodeConfigError       (never retried)
-    ├── NodeTimeout           (retried for network-bound types)
-    └── NodeExecutionError    (retried when `retryable`)
+├── NodeError                 → a node ends in `error`
+│   ├── NodeConfigError       (never retried)
+│   ├── NodeTimeout           (retried for network-bound types)
+│   └── NodeExecutionError    (retried when `retryable`)
+└── EntityStoreError          a fetchData/saveRecords store operation (the node wraps it)
+    └── EntityNotFound
 """
 
 
@@ -68,3 +70,11 @@ class NodeExecutionError(NodeError):
     def __init__(self, message: str | None = None, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class EntityStoreError(WorkflowError):
+    """A fetchData/saveRecords database operation failed."""
+
+
+class EntityNotFound(EntityStoreError):
+    """No entity has this id."""

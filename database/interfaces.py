@@ -16,6 +16,46 @@ Row = dict[str, Any]
 """A stored row as a mapping of column name to value (JSON columns still as text)."""
 
 
+EXECUTION_COLUMNS = (
+    "id",
+    "workflowId",
+    "organizationId",
+    "status",
+    "triggerType",
+    "inputs",
+    "currentNodeId",
+    "nodeResults",
+    "finalOutput",
+    "error",
+    "createdAt",
+    "startedAt",
+    "completedAt",
+    "triggeredByName",
+    "versionNumber",
+)
+"""The columns of `workflow_executions` (the Node backend's), keys of `ApiStore.get_execution`."""
+RUN_COLUMNS = (
+    "workflowName",
+    "definition",
+    "requestedMode",
+    "mode",
+    "modeReason",
+    "attempts",
+    "resumedAt",
+    "retryOf",
+    "flowRunId",
+    "totalNodes",
+    "completedNodes",
+    "failedNodes",
+    "skippedNodes",
+    "state",
+)
+"""The service's own state `get_execution` joins in (None where the service did not create the
+row)."""
+LIST_COLUMNS = ("id", "workflowId", "status", "createdAt", "startedAt", "completedAt", "error")
+"""The keys of each `ApiStore.list_executions` row."""
+
+
 @dataclass(frozen=True)
 class LogRow:
     """One `execution_logs` row the engine asks the store to write."""

@@ -10,6 +10,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from config import Settings
+from database.interfaces import Store
 
 
 @dataclass
@@ -18,8 +19,8 @@ class Resources:
 
     settings: Settings
     http: httpx.AsyncClient
-    store: Any = None
-    """The service's `database.Store` (None in unit tests that need no database)."""
+    store: Store | None = None
+    """The service's store (None in unit tests that need no database)."""
     _openai: Any = field(default=None, repr=False)
     mysql_pools: dict[Any, Any] = field(default_factory=dict, repr=False)
     """aiomysql pools of the mysql node, one per DSN (tasks/mysql_query.py)."""
@@ -86,7 +87,7 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def open_resources(settings: Settings, store: Any = None) -> Resources:
+def open_resources(settings: Settings, store: Store | None = None) -> Resources:
     return Resources(settings, http_client(settings), store)
 
 

@@ -1,5 +1,5 @@
 """Entity node types: fetchData (records keyed by property name) and saveRecords (contract
-§4.11, §4.12). The SQL lives in `entity_store`; these handlers shape the data around it."""
+§4.11, §4.12). The data lives behind the store's `EntityStore`; these handlers shape it."""
 
 import datetime as dt
 import re
@@ -8,10 +8,10 @@ from typing import Any
 
 from pydantic import AliasChoices, Field
 
-import entity_store
-from entity_store import EntityNotFound, EntityStoreError, NewRecord
-from errors import NodeConfigError, NodeExecutionError
-from jsonutil import dump_json, now_iso
+from database.generic import DEFAULT_TABLE, refusal
+from database.interfaces import EntityStore, NewRecord
+from errors import EntityNotFound, EntityStoreError, NodeConfigError, NodeExecutionError
+from jsonutil import dump_json, iso_ms, now_iso
 from tasks.context import RunContext
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str, records, to_number
@@ -24,11 +24,11 @@ SAVE_MODES = ("insert", "upsert")
 _DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
-def _store(ctx: RunContext) -> Any:
+def _store(ctx: RunContext) -> EntityStore:
     store = ctx.resources.store
     if store is None:
         raise NodeExecutionError(f"No database is available to the {ctx.node_type} node")
-    return store
+    return store.entities
 
 
 class FetchDataConfig(NodeConfig):
@@ -62,7 +62,7 @@ async def fetch_data(config: FetchDataConfig, data: Any, ctx: RunContext) -> Env
     if not config.entityId:
         raise NodeConfigError("No entity configured for fetchData node")
     try:
-        name, rows = await entity_store.fetch_entity_records(_store(ctx), config.entityId)
+        name, rows = await _store(ctx).fetch_entity_records(config.entityId)
     except EntityNotFound:
         raise NodeConfigError(f"Entity {config.entityId!r} not found (entityId)") from None
     except EntityStoreError as exc:
@@ -96,21 +96,16 @@ def infer_type(value: Any) -> str:
     return "text"
 
 
-def _iso_ms(moment: dt.datetime) -> str:
-    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def created_at(record: dict[str, Any], now: str) -> str:
     """The record's `timestamp` or `createdAt` as UTC ISO with ms and Z (zone-less = UTC; epoch
     numbers above 1e11 are milliseconds, else seconds); unparseable strings are kept; else now."""
     value = record.get("timestamp") or record.get("createdAt")
     try:
         if isinstance(value, str) and value.strip():
-            return _iso_ms(dt.datetime.fromisoformat(value.strip()))
+            return iso_ms(dt.datetime.fromisoformat(value.strip()))
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = value / 1000 if abs(value) > 1e11 else value
-            return _iso_ms(dt.datetime.fromtimestamp(seconds, dt.UTC))
+            return iso_ms(dt.datetime.fromtimestamp(seconds, dt.UTC))
     except (ValueError, OverflowError, OSError):
         return value if isinstance(value, str) else now
     return now
@@ -145,7 +140,7 @@ async def _save_to_entity(
         )
     types = {key: type_ or "text" for key, type_ in inferred.items()}
     try:
-        saved = await entity_store.save_entity_records(_store(ctx), entity_id, new_records, types)
+        saved = await _store(ctx).save_entity_records(entity_id, new_records, types)
     except EntityNotFound:
         raise NodeConfigError(f"Entity {entity_id!r} not found (entityId)") from None
     except EntityStoreError as exc:
@@ -172,9 +167,9 @@ def table_name(config: SaveRecordsConfig) -> str:
             for f, v in (("tableName", config.tableName), ("entityName", config.entityName))
             if v
         ),
-        ("tableName", entity_store.DEFAULT_TABLE),
+        ("tableName", DEFAULT_TABLE),
     )
-    reason = entity_store.refusal(name)
+    reason = refusal(name)
     if reason is not None:
         raise NodeConfigError(f"Invalid {field} {name!r}: it {reason}")
     return name
@@ -189,8 +184,7 @@ async def _save_to_table(
         rid = record.get("id") if isinstance(record, dict) else None
         rows.append((secrets.token_hex(8) if rid in (None, "") else js_str(rid), dump_json(record)))
     try:
-        updated = await entity_store.save_generic_records(
-            _store(ctx),
+        updated = await _store(ctx).save_generic_records(
             table,
             rows,
             upsert=mode == "upsert",

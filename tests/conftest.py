@@ -1,9 +1,10 @@
-"""Shared fixtures: Resources on an `httpx.MockTransport`, a RunContext factory, and the store
-on SQLite and PostgreSQL."""
+"""Shared fixtures: Resources on an `httpx.MockTransport`, a RunContext factory, the store on
+SQLite, PostgreSQL and in memory, and the in-process service."""
 
 import asyncio
 import json
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,11 +17,12 @@ from asgi_lifespan import LifespanManager
 import tasks  # noqa: F401  (registers every node type)
 from config import ENV_FILE_VAR, Settings, get_settings
 from database import Store, open_store
+from database.sql import SqlStore
 from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
 from tasks.context import Resources, RunContext, open_resources
 from tasks.registry import Envelope, get_spec
-from tests.support import node_backend_sqlite, postgres_database
+from tests.support import ALL_STORES, SQL_STORES, seed_rows, store_url
 
 MockHandler = Callable[[httpx.Request], httpx.Response]
 MakeResources = Callable[..., Resources]
@@ -115,17 +117,22 @@ def call_node(make_ctx: MakeCtx) -> CallNode:
     return call
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=ALL_STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The service's store on a Node-created SQLite file and on a throwaway PostgreSQL database
-    (the backend contract suite runs every test on both)."""
-    if request.param == "sqlite":
-        s = await open_store(node_backend_sqlite(tmp_path / "node.sqlite"))
+    """The service's store on a Node-created SQLite file, a throwaway PostgreSQL database and in
+    memory (the store contract suite runs every test on all three)."""
+    async with store_url(request.param, tmp_path) as url:
+        s = await open_store(url)
         yield s
         await s.close()
-        return
-    async for url in postgres_database():
+
+
+@pytest.fixture(params=SQL_STORES)
+async def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    """The store on SQLite and PostgreSQL only, for tests that write raw SQL."""
+    async with store_url(request.param, tmp_path) as url:
         s = await open_store(url)
+        assert isinstance(s, SqlStore)
         yield s
         await s.close()
 
@@ -142,13 +149,26 @@ class _InProcessWake:
 
 
 class Service:
-    """The API in-process (httpx ASGI transport) with an inline worker on the same event loop."""
+    """The API in-process (httpx ASGI transport) with an inline worker on the same event loop.
+    `kind` is its store's backend; `db` the SQLite file (sqlite only)."""
 
-    def __init__(self, client: httpx.AsyncClient, db: Path) -> None:
-        self.client, self.db = client, db
+    def __init__(self, client: httpx.AsyncClient, db: Path, kind: str, store: Store) -> None:
+        self.client, self.db, self.kind, self.store = client, db, kind, store
 
     async def sql(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        """Write like another process would, off the event loop (the worker shares the file)."""
+        """Write like another process would (`?` placeholders): off the event loop on SQLite (the
+        worker shares the file), through the store's engine on PostgreSQL."""
+        if self.kind == "memory":
+            pytest.fail("raw SQL needs a SQL store: run this test on sqlite/postgres only")
+        if self.kind == "postgres":
+            assert isinstance(self.store, SqlStore)
+            async with self.store.write() as conn:
+                for query, params in statements:
+                    for n in range(1, len(params) + 1):
+                        query = query.replace("?", f"${n}", 1)
+                    quoted = re.sub(r"\b([a-z]+[A-Z]\w*)\b", r'"\1"', query)  # camelCase
+                    await conn.exec_driver_sql(quoted, params)
+            return
 
         def write() -> None:
             conn = sqlite3.connect(self.db, timeout=10)
@@ -161,7 +181,16 @@ class Service:
 
     async def add_workflow(self, wid: str, data: Any, name: str = "WF") -> None:
         text = data if isinstance(data, str) else json.dumps(data)
+        if self.kind == "memory":
+            row = {"id": wid, "organizationId": "org_test", "name": name, "data": text}
+            await seed_rows(self.store, "workflows", [row])
+            return
         await self.sql(
+            (  # PostgreSQL keeps the Node backend's foreign keys
+                "INSERT INTO organizations (id, name) VALUES ('org_test', 'Test org') "
+                "ON CONFLICT DO NOTHING",
+                (),
+            ),
             (
                 "INSERT INTO workflows (id, organizationId, name, data) VALUES (?,?,?,?)",
                 (wid, "org_test", name, text),
@@ -181,10 +210,24 @@ class Service:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
-    db = tmp_path / "db.sqlite"
-    node_backend_sqlite(db)
-    monkeypatch.setenv("DATABASE_PATH", str(db))
+async def service(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Service]:
+    """On SQLite unless parametrized indirectly (`tests.support.on_every_store`)."""
+    kind = getattr(request, "param", "sqlite")
+    async with store_url(kind, tmp_path) as url:
+        async for service in _service(kind, url, tmp_path, monkeypatch):
+            yield service
+
+
+async def _service(
+    kind: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Service]:
+    db = tmp_path / "node.sqlite"
+    if kind == "sqlite":
+        monkeypatch.setenv("DATABASE_PATH", str(db))
+    else:
+        monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("EXECUTION_MODE", "inline")
     monkeypatch.delenv("API_KEYS", raising=False)
     get_settings.cache_clear()
@@ -200,7 +243,7 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         app.state.wake_workers = _InProcessWake(worker.wake)  # not UDP: same event loop
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Service(client, db)
+            yield Service(client, db, kind, store)
     stop.set()
     await serving
     await resources.aclose()

@@ -1,4 +1,5 @@
-"""Shared test helpers: database URLs (SQLite file, throwaway PostgreSQL database), fixtures."""
+"""Shared test helpers: store URLs per backend (SQLite file, throwaway PostgreSQL database,
+in-memory), seeding the Node backend's rows on any store, fixtures."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import secrets
 import socket
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,11 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 NODE_SCHEMA = FIXTURES / "node_schema.sql"
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SQL_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+ALL_STORES = [*SQL_STORES, "memory"]
+"""`store`/`service` params: every backend (the contract suite), or those that speak SQL."""
+on_every_store = pytest.mark.parametrize("service", ALL_STORES, indirect=True)
+"""Runs a test of the in-process `service` fixture on SQLite, PostgreSQL and memory."""
 
 
 def server_up(host: str, port: int) -> bool:
@@ -55,6 +62,42 @@ async def postgres_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@asynccontextmanager
+async def store_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A URL for a fresh store of `kind` (sqlite: a file the Node backend created first)."""
+    if kind == "sqlite":
+        yield node_backend_sqlite(tmp_path / "node.sqlite")
+    elif kind == "postgres":
+        async for url in postgres_database():
+            yield url
+    else:
+        yield f"memory://{secrets.token_hex(4)}"
+
+
+async def seed_rows(store: Any, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert rows as the Node backend would: SQL on the SQL stores; the in-memory store's
+    helpers (workflows and entities only)."""
+    if hasattr(store, "write"):
+        from database import schema
+
+        async with store.write() as conn:
+            await conn.execute(schema.metadata.tables[table].insert(), rows)
+        return
+    for row in rows:
+        if table == "workflows":
+            store.put_workflow(row["id"], row["data"], row["name"], row.get("organizationId"))
+        elif table == "entities":
+            store.entities.put_entity(row["id"], row.get("name"))
+        elif table == "properties":
+            store.entities.properties[row["id"]] = dict(row)
+        elif table == "records":
+            store.entities.records[row["id"]] = dict(row)
+        elif table == "record_values":
+            store.entities.values.append(dict(row))
+        elif table != "organizations":
+            raise ValueError(f"the in-memory store has no table {table!r}")
 
 
 def load_fixture(name: str, port: int | None = None) -> dict[str, Any]:

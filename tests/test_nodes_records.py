@@ -1,5 +1,5 @@
 """fetchData and saveRecords (contract §4.11, §4.12) against the service's store, on a SQLite file
-created as the Node backend creates it and on the local PostgreSQL server."""
+created as the Node backend creates it and on the local PostgreSQL server (SQL stores only)."""
 
 import json
 from pathlib import Path
@@ -8,12 +8,23 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from database import Store, entities, open_store, organizations, properties, record_values, records
+from database import open_store
+from database.schema import entities, organizations, properties, record_values, records
+from database.sql import SqlStore
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import Resources
 from tasks.records import created_at, infer_type, merge_input
 from tests.conftest import CallNode, MakeResources
 from tests.support import node_backend_sqlite
+
+
+Store = SqlStore  # the assertions read the tables with SQL; tests/test_store_contract.py
+# runs the entity store's behaviour on the in-memory store too
+
+
+@pytest.fixture
+def store(sql_store: SqlStore) -> SqlStore:
+    return sql_store
 
 
 @pytest.fixture

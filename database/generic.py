@@ -1,0 +1,103 @@
+"""Which tables saveRecords may create and write (contract §2.5): the generic `<tableName>` tables.
+
+Pure: the node types validate a name before they touch the store, and every backend refuses the
+same names.
+"""
+
+import re
+from collections.abc import Iterable
+
+from errors import EntityStoreError
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+DEFAULT_TABLE = "saved_records"
+GENERIC_COLUMNS = ("id", "data", "workflowId", "executionId", "createdAt", "updatedAt")
+RESERVED_PREFIXES = ("wos_", "sqlite_", "pg_")
+SERVICE_TABLES = frozenset(
+    {
+        "organizations",
+        "entities",
+        "properties",
+        "records",
+        "record_values",
+        "workflows",
+        "workflow_executions",
+        "execution_logs",
+        "workflow_versions",
+        "wos_executions",
+        "wos_idempotency",
+    }
+)
+"""Every table of `database.schema.metadata` (a test keeps the two equal)."""
+# Tables the Node backend creates (server/db.js) beyond those in `database.schema`.
+NODE_BACKEND_TABLES = frozenset(
+    {
+        "users",
+        "user_organizations",
+        "dashboards",
+        "widgets",
+        "simulations",
+        "scenarios",
+        "list_items",
+        "pending_approvals",
+        "node_feedback",
+        "pending_invitations",
+        "report_templates",
+        "template_sections",
+        "reports",
+        "report_sections",
+        "report_contexts",
+        "report_comments",
+        "ai_assistant_files",
+        "knowledge_documents",
+        "knowledge_document_chunks",
+        "knowledge_folders",
+        "dashboard_workflow_connections",
+        "notifications",
+        "notification_reads",
+        "alert_configs",
+        "copilot_chats",
+        "audit_logs",
+        "ot_alerts",
+        "workflow_schedules",
+    }
+)
+
+
+def refusal(table_name: str) -> str | None:
+    """Why `table_name` may not be used as a generic saveRecords table (None = allowed)."""
+    if not IDENTIFIER.match(table_name):
+        return (
+            "must start with a letter or _ and contain only letters, digits and _ "
+            "(at most 63 characters)"
+        )
+    lowered = table_name.lower()
+    if (
+        lowered in SERVICE_TABLES
+        or lowered in NODE_BACKEND_TABLES
+        or lowered.startswith(RESERVED_PREFIXES)
+    ):
+        return "names a table of the Node backend or of this service"
+    return None
+
+
+def check_name(table_name: str) -> None:
+    """Raise EntityStoreError when `refusal` refuses `table_name`."""
+    if (reason := refusal(table_name)) is not None:
+        raise EntityStoreError(f"Invalid table name {table_name!r}: it {reason}")
+
+
+def check_columns(table_name: str, columns: Iterable[str]) -> None:
+    """Raise EntityStoreError when an existing table lacks the saveRecords columns."""
+    if missing := set(GENERIC_COLUMNS) - set(columns):
+        raise EntityStoreError(
+            f"Table {table_name!r} exists but is not a saveRecords table (it lacks "
+            f"{', '.join(sorted(missing))})"
+        )
+
+
+def duplicate_id(table_name: str) -> EntityStoreError:
+    return EntityStoreError(
+        f"A record id already exists in table {table_name!r} (saveMode insert; use "
+        f"saveMode upsert to update existing records)"
+    )

@@ -1,0 +1,326 @@
+"""An in-memory store: every interface of `database.interfaces`, with the SQL stores' semantics.
+
+For in-process tests of the engine, runner and API (like procrastinate's `InMemoryConnector`):
+statuses never overwrite `cancelled`, leases expire, claims follow submission order,
+idempotency keys expire, logs keep their order, and saveRecords refuses the same table names.
+Each method runs without awaiting, so it is atomic on the event loop. `reset()` empties it.
+`open_store("memory://<name>")` shares one store per name within a process (the API and an
+in-process worker), `memory:` alone opens a fresh one.
+"""
+
+import itertools
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from database.ids import new_log_id
+from database.interfaces import (
+    EXECUTION_COLUMNS,
+    LIST_COLUMNS,
+    RUN_COLUMNS,
+    Claim,
+    IdempotencyKey,
+    LogRow,
+    NewExecution,
+    Row,
+)
+from database.memory_entities import MemoryEntityStore
+from jsonutil import dump_json, now_iso
+from states import ACTIVE_STATUSES, ExecutionStatus, NodeStatus, RunState
+
+_named: "weakref.WeakValueDictionary[str, MemoryStore]" = weakref.WeakValueDictionary()
+_CHECKPOINT_LIVE = frozenset({ExecutionStatus.RUNNING})
+
+
+def open_memory_store(name: str) -> "MemoryStore":
+    """The live store of that name, or a new one (`""`: always a new one)."""
+    if not name:
+        return MemoryStore()
+    store = _named.get(name)
+    if store is None:
+        store = _named[name] = MemoryStore()
+    return store
+
+
+class MemoryStore:
+    """`Store` in dictionaries. Rows are dicts keyed like the SQL columns."""
+
+    def __init__(self) -> None:
+        self.entities = MemoryEntityStore()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (executions, runs, logs, keys, workflows, entities, tables)."""
+        self.workflows: dict[str, Row] = {}
+        self.executions: dict[str, Row] = {}
+        self.runs: dict[str, Row] = {}
+        self.logs: dict[str, list[Row]] = {}
+        self.keys: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._seq = itertools.count()
+        self.entities.reset()
+
+    async def close(self) -> None:
+        pass
+
+    def put_workflow(
+        self, workflow_id: str, data: str, name: str = "WF", organization_id: str | None = None
+    ) -> None:
+        """Test helper: the row the Node backend would have written."""
+        self.workflows[workflow_id] = {
+            "id": workflow_id,
+            "name": name,
+            "data": data,
+            "organizationId": organization_id,
+        }
+
+    def set_status(self, execution_id: str, status: str, **columns: Any) -> None:
+        """Test helper: change a row as the Node backend would (e.g. cancel it)."""
+        self.executions[execution_id].update(status=status, **columns)
+
+    async def get_workflow(self, workflow_id: str) -> Row | None:
+        row = self.workflows.get(workflow_id)
+        return dict(row) if row else None
+
+    async def create_execution(
+        self, new: NewExecution, *, idempotency: IdempotencyKey | None = None
+    ) -> tuple[str, str] | None:
+        eid = new.execution_id
+        if eid in self.executions or eid in self.runs:
+            raise ValueError(f"An execution with id {eid!r} already exists")
+        if idempotency is not None:
+            match = idempotency.key, new.organization_id or ""
+            earlier = self.keys.get(match)
+            if earlier is not None and earlier[2] > time.time():
+                return earlier[0], earlier[1]
+            self.keys[match] = (eid, idempotency.request_hash, time.time() + idempotency.ttl_s)
+        now = now_iso()
+        row = dict.fromkeys(EXECUTION_COLUMNS)
+        row.update(
+            id=eid,
+            workflowId=new.workflow_id,
+            organizationId=new.organization_id,
+            status=ExecutionStatus.PENDING.value,
+            triggerType="manual",
+            inputs=dump_json(new.inputs),
+            createdAt=now,
+            nodeResults=new.node_results,
+        )
+        self.executions[eid] = row
+        run = dict.fromkeys(RUN_COLUMNS)
+        run.update(
+            seq=next(self._seq),
+            workflowName=new.workflow_name,
+            definition=new.definition,
+            requestedMode=new.mode,
+            state=RunState.QUEUED.value,
+            attempts=0,
+            completedNodes=0,
+            failedNodes=0,
+            skippedNodes=0,
+            retryOf=new.retry_of,
+            leaseOwner=None,
+            leaseExpiresAt=None,
+        )
+        self.runs[eid] = run
+        return None
+
+    async def get_execution(self, execution_id: str) -> Row | None:
+        row = self.executions.get(execution_id)
+        if row is None:
+            return None
+        run = self.runs.get(execution_id) or {}
+        return {**row, **{c: run.get(c) for c in RUN_COLUMNS}}
+
+    async def get_logs(self, execution_id: str, last: int | None = None) -> list[Row]:
+        rows = sorted(self.logs.get(execution_id, []), key=lambda r: (r["timestamp"], r["id"]))
+        if last is not None:
+            rows = rows[-last:] if last > 0 else []
+        return [dict(r) for r in rows]
+
+    async def log_counts(self, execution_id: str) -> dict[str, int]:
+        nodes: dict[str, set[Any]] = {}
+        for r in self.logs.get(execution_id, []):
+            nodes.setdefault(r["status"] or "", set()).add(r["nodeId"])
+        return {status: len(ids) for status, ids in nodes.items()}
+
+    async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
+        row = self.executions.get(execution_id)
+        if row is None:
+            return None, False
+        status = row["status"] or ""
+        if status not in ACTIVE_STATUSES:
+            return status, False
+        row.update(
+            status=ExecutionStatus.CANCELLED.value,
+            error="Execution cancelled by user",
+            completedAt=now_iso(),
+        )
+        run = self.runs.get(execution_id)
+        if run is not None and run["state"] == RunState.QUEUED:
+            run["state"] = RunState.DONE.value
+        return status, True
+
+    async def list_executions(self, workflow_id: str, limit: int) -> tuple[list[Row], int]:
+        mine = [r for r in self.executions.values() if r["workflowId"] == workflow_id]
+        mine.sort(key=lambda r: (r["createdAt"] or "", r["id"]), reverse=True)
+        return [{c: r[c] for c in LIST_COLUMNS} for r in mine[:limit]], len(mine)
+
+    def _claimable(self, now: float) -> list[str]:
+        ready = [
+            eid
+            for eid, run in self.runs.items()
+            if run["state"] == RunState.QUEUED
+            or (run["state"] == RunState.RUNNING and (run["leaseExpiresAt"] or 0.0) < now)
+        ]
+        return sorted(ready, key=lambda eid: self.runs[eid]["seq"])
+
+    async def has_queued(self) -> bool:
+        return bool(self._claimable(time.time()))
+
+    async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+        now = time.time()
+        claims = []
+        for eid in self._claimable(now)[:limit]:
+            run = self.runs[eid]
+            if run["attempts"] > 0:
+                run["resumedAt"] = now_iso()
+            run.update(
+                state=RunState.RUNNING.value,
+                leaseOwner=owner,
+                leaseExpiresAt=now + lease_s,
+                attempts=run["attempts"] + 1,
+            )
+            row = self.executions.get(eid)
+            if row is None:
+                continue
+            claims.append(
+                Claim(
+                    row["id"],
+                    row["workflowId"],
+                    row["organizationId"],
+                    row["status"],
+                    row["inputs"],
+                    row["nodeResults"],
+                    run["definition"],
+                    run["requestedMode"],
+                    run["attempts"],
+                    run["flowRunId"],
+                    run["workflowName"],
+                )
+            )
+        return claims
+
+    def _held(self, owned: Callable[[str], bool]) -> dict[str, Row]:
+        """The unfinished runs whose lease owner passes `owned`."""
+        return {
+            eid: run
+            for eid, run in self.runs.items()
+            if run["state"] == RunState.RUNNING and owned(run["leaseOwner"] or "")
+        }
+
+    async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:
+        ids, until = set(running), time.time() + lease_s
+        for eid, run in self._held(owner.__eq__).items():
+            run["leaseExpiresAt"] = until if eid in ids else 0.0
+
+    async def release(self, owner: str) -> None:
+        for run in self._held(owner.__eq__).values():
+            run["leaseExpiresAt"] = 0.0
+
+    async def release_instance(self, instance: str) -> None:
+        for run in self._held(lambda owner: owner.startswith(instance + ":")).values():
+            run["leaseExpiresAt"] = 0.0
+
+    async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
+        return {
+            eid
+            for eid in execution_ids
+            if (row := self.executions.get(eid)) and row["status"] == ExecutionStatus.CANCELLED
+        }
+
+    def _status(self, execution_id: str) -> str | None:
+        row = self.executions.get(execution_id)
+        return None if row is None else row["status"]
+
+    async def start(
+        self,
+        execution_id: str,
+        *,
+        total_nodes: int,
+        mode: str,
+        mode_reason: str | None,
+        flow_run_id: str | None = None,
+    ) -> bool:
+        live = self._status(execution_id) in ACTIVE_STATUSES
+        if live:
+            row = self.executions[execution_id]
+            row.update(
+                status=ExecutionStatus.RUNNING.value, startedAt=row["startedAt"] or now_iso()
+            )
+        if (run := self.runs.get(execution_id)) is not None:
+            run.update(
+                totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id
+            )
+        return live
+
+    async def checkpoint(
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
+    ) -> bool:
+        live = self._status(execution_id) in _CHECKPOINT_LIVE
+        now = now_iso()
+        if live:
+            row = self.executions[execution_id]
+            if current_node_id is not None:
+                row["currentNodeId"] = current_node_id
+            if node_results is not None:
+                row["nodeResults"] = node_results
+        self.logs.setdefault(execution_id, []).extend(
+            _log_row(execution_id, r, now) for r in rows if live or r.status != NodeStatus.RUNNING
+        )
+        if counts and (run := self.runs.get(execution_id)) is not None:
+            run.update({k: counts[k] for k in ("completedNodes", "failedNodes", "skippedNodes")})
+        return live
+
+    async def finish(
+        self,
+        execution_id: str,
+        *,
+        status: ExecutionStatus,
+        error: str | None,
+        node_results: str | None,
+    ) -> bool:
+        live = self._status(execution_id) in ACTIVE_STATUSES
+        if live:
+            row = self.executions[execution_id]
+            row.update(status=str(status), error=error, completedAt=now_iso())
+            if node_results is not None:
+                row.update(nodeResults=node_results, finalOutput=node_results)
+        await self.mark_done(execution_id)
+        return live
+
+    async def mark_done(self, execution_id: str) -> None:
+        if (run := self.runs.get(execution_id)) is not None:
+            run.update(state=RunState.DONE.value, leaseExpiresAt=None)
+
+
+def _log_row(execution_id: str, r: LogRow, now: str) -> Row:
+    return {
+        "id": new_log_id(),
+        "executionId": execution_id,
+        "nodeId": r.node_id,
+        "nodeType": r.node_type,
+        "nodeLabel": r.node_label,
+        "status": r.status.value if isinstance(r.status, NodeStatus) else r.status,
+        "inputData": r.input_json,
+        "outputData": r.output_json,
+        "error": r.error,
+        "duration": r.duration_ms,
+        "timestamp": now,
+    }

@@ -1,0 +1,212 @@
+"""The tables: the Node backend's (created only when missing, never altered) and the service's own.
+
+One SQLAlchemy Core schema serves SQLite and PostgreSQL. `create_all` is idempotent DDL applied at
+start-up; it also adds the service's indexes to tables the Node backend created first.
+"""
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from states import RunState
+
+metadata = sa.MetaData()
+T = sa.Text
+
+
+def _table(name: str, *columns: Any) -> sa.Table:
+    return sa.Table(name, metadata, *columns)
+
+
+def _pk() -> sa.Column[str]:
+    return sa.Column("id", T, primary_key=True)
+
+
+# The Node backend's tables (node_schema.sql). Decision 11: no foreign keys from
+# workflow_executions to workflows/organizations, so inline workflows can be stored.
+organizations = _table(
+    "organizations",
+    _pk(),
+    sa.Column("name", T, nullable=False),
+    sa.Column("createdAt", T),
+    sa.Column("subscriptionPlan", T, server_default="free"),
+    sa.Column("stripeCustomerId", T),
+    sa.Column("stripeSubscriptionId", T),
+    sa.Column("subscriptionStatus", T, server_default="active"),
+    *(
+        sa.Column(c, T)
+        for c in (
+            "subscriptionCurrentPeriodEnd",
+            "industry",
+            "employees",
+            "website",
+            "linkedinUrl",
+            "headquarters",
+            "foundingYear",
+            "overview",
+            "slackBotToken",
+            "slackTeamId",
+            "slackTeamName",
+            "slackConnectedAt",
+            "logo",
+        )
+    ),
+    sa.Column("aiAuditMode", sa.Integer, server_default="0"),
+)
+entities = _table(
+    "entities",
+    _pk(),
+    sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE")),
+    sa.Column("name", T),
+    sa.Column("description", T),
+    sa.Column("author", T),
+    sa.Column("lastEdited", T),
+    sa.Column("entityType", T, server_default="generic"),
+)
+properties = _table(
+    "properties",
+    _pk(),
+    sa.Column("entityId", T, sa.ForeignKey("entities.id", ondelete="CASCADE")),
+    *(
+        sa.Column(c, T)
+        for c in ("name", "type", "defaultValue", "relatedEntityId", "unit", "formula")
+    ),
+)
+records = _table(
+    "records",
+    _pk(),
+    sa.Column("entityId", T, sa.ForeignKey("entities.id", ondelete="CASCADE")),
+    sa.Column("createdAt", T),
+    sa.Column("tags", T, server_default="[]"),
+)
+record_values = _table(
+    "record_values",
+    _pk(),
+    sa.Column("recordId", T, sa.ForeignKey("records.id", ondelete="CASCADE")),
+    sa.Column("propertyId", T, sa.ForeignKey("properties.id", ondelete="CASCADE")),
+    sa.Column("value", T),
+)
+workflows = _table(
+    "workflows",
+    _pk(),
+    sa.Column("organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE")),
+    sa.Column("name", T, nullable=False),
+    sa.Column("data", T, nullable=False),
+    *(
+        sa.Column(c, T)
+        for c in (
+            "tags",
+            "createdAt",
+            "updatedAt",
+            "createdBy",
+            "createdByName",
+            "lastEditedBy",
+            "lastEditedByName",
+            "publishedVersionId",
+        )
+    ),
+    sa.Column("activeVersionNumber", sa.Integer),
+    sa.Column("isPublic", sa.Integer, server_default="0"),
+)
+executions = _table(
+    "workflow_executions",
+    _pk(),
+    sa.Column("workflowId", T, nullable=False),
+    sa.Column("organizationId", T),
+    sa.Column("status", T, server_default="pending"),
+    sa.Column("triggerType", T, server_default="manual"),
+    *(
+        sa.Column(c, T)
+        for c in (
+            "inputs",
+            "currentNodeId",
+            "nodeResults",
+            "finalOutput",
+            "error",
+            "createdAt",
+            "startedAt",
+            "completedAt",
+            "triggeredByName",
+        )
+    ),
+    sa.Column("versionNumber", sa.Integer),
+)
+logs = _table(
+    "execution_logs",
+    _pk(),
+    sa.Column(
+        "executionId",
+        T,
+        sa.ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    *(
+        sa.Column(c, T)
+        for c in ("nodeId", "nodeType", "nodeLabel", "status", "inputData", "outputData", "error")
+    ),
+    sa.Column("duration", sa.Integer),
+    sa.Column("timestamp", T),
+)
+workflow_versions = _table(
+    "workflow_versions",
+    _pk(),
+    sa.Column("workflowId", T, sa.ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "organizationId", T, sa.ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("version", sa.Integer, nullable=False),
+    *(sa.Column(c, T) for c in ("name",)),
+    sa.Column("data", T, nullable=False),
+    *(sa.Column(c, T) for c in ("description", "createdBy", "createdByName", "createdAt")),
+    sa.Column("isProduction", sa.Integer, server_default="0"),
+    sa.Index("idx_wf_versions_workflow", "workflowId", "version"),
+    sa.Index("idx_wf_versions_production", "workflowId", "isProduction"),
+)
+sa.Index("idx_wos_logs_execution", logs.c.executionId, logs.c.timestamp)
+
+# The service's own state (Decision 8), keyed by execution id.
+runs = _table(
+    "wos_executions",
+    sa.Column("executionId", T, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("workflowName", T),
+    sa.Column("definition", T, nullable=False),
+    sa.Column("requestedMode", T, nullable=False),
+    sa.Column("mode", T),
+    sa.Column("modeReason", T),
+    sa.Column("state", T, nullable=False),
+    sa.Column("leaseOwner", T),
+    sa.Column("leaseExpiresAt", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("resumedAt", T),
+    sa.Column("retryOf", T),
+    sa.Column("flowRunId", T),
+    sa.Column("totalNodes", sa.Integer),
+    sa.Column("completedNodes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failedNodes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("skippedNodes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("createdAt", T, nullable=False),
+    sa.Index("idx_wos_executions_state", "state", "seq"),
+)
+
+idempotency = _table(
+    "wos_idempotency",
+    sa.Column("key", T, primary_key=True),
+    sa.Column("organizationId", T, primary_key=True, server_default=""),
+    sa.Column("requestHash", T, nullable=False),
+    sa.Column("executionId", T, nullable=False),
+    sa.Column("expiresAt", sa.Float, nullable=False),
+)
+
+
+QUEUED, RUNNING, DONE = RunState.QUEUED.value, RunState.RUNNING.value, RunState.DONE.value
+"""`wos_executions.state` values as plain strings (bound as SQL parameters)."""
+
+
+def create_all(conn: sa.Connection) -> None:
+    """Create every missing table and index; existing tables are left as they are."""
+    metadata.create_all(conn, checkfirst=True)
+    # create_all skips the indexes of tables that already exist (the Node backend's)
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)

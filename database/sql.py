@@ -1,0 +1,344 @@
+"""The SQL store: the API's reads and writes, and the engine's checkpoints, as short transactions.
+
+`SqlStore` holds the SQL that both backends share; `database.sqlite.SqliteStore` and
+`database.postgres.PostgresStore` override the few hooks that differ: how a transaction runs
+(`_run`, and SQLite's on-loop `_write_now`/`_read_now`), row locks (`_lock_unclaimed`,
+`_apply`) and byte-order collation (`byte_order`).
+"""
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from database.batch import INLINE_BATCH_MAX, GroupCommit, Op
+from database.interfaces import (
+    LIST_COLUMNS,
+    RUN_COLUMNS,
+    EntityStore,
+    IdempotencyKey,
+    LogRow,
+    NewExecution,
+)
+from database.schema import DONE, QUEUED, create_all, executions, logs, runs, workflows
+from database.schema import idempotency as keys
+from database.sql_queue import SqlQueue
+from jsonutil import dump_json, now_iso
+from states import ACTIVE_STATUSES, ExecutionStatus
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R")
+BUSY = object()
+"""`_read_now`'s answer when it cannot read at once (the caller falls back to `_run`)."""
+
+
+class SqlStore(SqlQueue):
+    """All database access of the service over SQLAlchemy Core. Open with `database.open_store`,
+    close with `close`. Each operation is one short transaction written as a plain function of a
+    SQLAlchemy Connection, run by the backend's `_run`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._group = GroupCommit(self._commit)
+        self._entities: EntityStore | None = None
+
+    @property
+    def entities(self) -> EntityStore:
+        """The fetchData/saveRecords data (`database.entities.SqlEntityStore`)."""
+        if self._entities is None:
+            from database.entities import SqlEntityStore
+
+            self._entities = SqlEntityStore(self)
+        return self._entities
+
+    @classmethod
+    async def open(cls, url: str, *, create: bool = True) -> "SqlStore":
+        """The store on `url` (its async driver chosen here); see `database.open_store`."""
+        parsed = make_url(url)
+        driver = (
+            "sqlite+aiosqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+asyncpg"
+        )
+        store = cls.connect(parsed.set(drivername=driver))
+        if create:
+            await store.create_all()
+        logger.info("store open: %s", parsed.render_as_string(hide_password=True))
+        return store
+
+    @classmethod
+    def connect(cls, url: sa.URL) -> "SqlStore":
+        """The backend's engines on `url` (an async-driver URL)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _write_now(self, op: Callable[[sa.Connection], R]) -> R | None:
+        """A small write on the event loop thread when that costs nothing; None otherwise."""
+        return None
+
+    def _read_now(self, op: Callable[[sa.Connection], R]) -> R | object:
+        """A one-row read on the event loop thread when that never waits; `BUSY` otherwise."""
+        return BUSY
+
+    def _apply(self, conn: sa.Connection, batch: list[Op]) -> list[bool]:
+        """Write one group commit (`database.batch.apply_batch` with the backend's options)."""
+        raise NotImplementedError
+
+    def byte_order(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """`column` ordered by bytes (entity records sort the same on every backend)."""
+        return column
+
+    async def _commit(self, batch: list[Op]) -> list[bool]:
+        apply = functools.partial(self._apply, batch=batch)
+        results = self._write_now(apply) if len(batch) <= INLINE_BATCH_MAX else None
+        if results is None:
+            results = await self._run(apply, write=True)
+        return results
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A short write transaction on the async engine (`BEGIN IMMEDIATE` on SQLite), for
+        the entity store and tests."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(wos_write=True)
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def create_all(self) -> None:
+        await self._run(create_all, write=True)
+
+    async def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        query = sa.select(
+            workflows.c.id, workflows.c.name, workflows.c.data, workflows.c.organizationId
+        ).where(workflows.c.id == workflow_id)
+
+        def op(conn: sa.Connection) -> dict[str, Any] | None:
+            row = conn.execute(query).mappings().first()
+            return dict(row) if row else None
+
+        if (found := self._read_now(op)) is not BUSY:  # the submit path: no thread hop
+            return found  # type: ignore[return-value]
+        return await self._run(op, write=False)
+
+    async def create_execution(
+        self, new: NewExecution, *, idempotency: IdempotencyKey | None = None
+    ) -> tuple[str, str] | None:
+        """Insert the pending execution row and queue it, in one transaction.
+
+        With `idempotency`, an unexpired earlier submit with the same key and organization
+        wins: nothing is inserted and its (execution id, request hash) is returned instead.
+        """
+        execution_id, organization_id = new.execution_id, new.organization_id
+        now = now_iso()
+        org = organization_id or ""
+        rows: dict[str, dict[str, Any]] = {
+            "execution": {
+                "id": execution_id,
+                "workflowId": new.workflow_id,
+                "organizationId": organization_id,
+                "status": ExecutionStatus.PENDING.value,
+                "inputs": dump_json(new.inputs),
+                "createdAt": now,
+                "nodeResults": new.node_results,
+            },
+            "run": {
+                "executionId": execution_id,
+                "seq": time.time_ns(),
+                "workflowName": new.workflow_name,
+                "definition": new.definition,
+                "requestedMode": new.mode,
+                "state": QUEUED,
+                "createdAt": now,
+                "retryOf": new.retry_of,
+            },
+        }
+        if idempotency is None:  # the common case: group-committed with concurrent submits
+            await self._group.submit(Op("create", execution_id, rows))
+            return None
+
+        def op(conn: sa.Connection) -> tuple[str, str] | None:
+            key, request_hash, ttl_s = idempotency.key, idempotency.request_hash, idempotency.ttl_s
+            match = keys.c.key == key, keys.c.organizationId == org
+            earlier = conn.execute(
+                sa.select(keys.c.executionId, keys.c.requestHash, keys.c.expiresAt).where(*match)
+            ).first()
+            if earlier is not None and earlier.expiresAt > time.time():
+                return earlier.executionId, earlier.requestHash
+            if earlier is not None:
+                conn.execute(keys.delete().where(*match))
+            conn.execute(
+                keys.insert().values(
+                    key=key,
+                    organizationId=org,
+                    requestHash=request_hash,
+                    executionId=execution_id,
+                    expiresAt=time.time() + ttl_s,
+                )
+            )
+            conn.execute(executions.insert().values(rows["execution"]))
+            conn.execute(runs.insert().values(rows["run"]))
+            return None
+
+        return await self._run(op, write=True)
+
+    async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
+        """The execution row joined with the service's own state (None where not ours)."""
+        query = (
+            sa.select(
+                executions,
+                *[runs.c[c] for c in RUN_COLUMNS],
+            )
+            .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
+            .where(executions.c.id == execution_id)
+        )
+
+        def op(conn: sa.Connection) -> dict[str, Any] | None:
+            row = conn.execute(query).mappings().first()
+            return dict(row) if row else None
+
+        return await self._run(op, write=False)
+
+    async def get_logs(self, execution_id: str, last: int | None = None) -> list[dict[str, Any]]:
+        """Log rows oldest first; with `last`, only the `last` most recent."""
+        order = (logs.c.timestamp, logs.c.id)
+        query = sa.select(logs).where(logs.c.executionId == execution_id)
+        if last is not None:
+            query = query.order_by(*(c.desc() for c in order)).limit(last)
+        else:
+            query = query.order_by(*order)
+
+        def op(conn: sa.Connection) -> list[dict[str, Any]]:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            return rows[::-1] if last is not None else rows
+
+        return await self._run(op, write=False)
+
+    async def log_counts(self, execution_id: str) -> dict[str, int]:
+        """Distinct nodes per final log status, for rows the service did not create."""
+        query = (
+            sa.select(logs.c.status, sa.func.count(sa.distinct(logs.c.nodeId)))
+            .where(logs.c.executionId == execution_id)
+            .group_by(logs.c.status)
+        )
+        return await self._run(
+            lambda conn: {s or "": n for s, n in conn.execute(query).all()}, write=False
+        )
+
+    async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
+        """Cancel a pending/running execution. Returns (previous status or None, cancelled?)."""
+
+        def op(conn: sa.Connection) -> tuple[str | None, bool]:
+            row = conn.execute(
+                sa.select(executions.c.status).where(executions.c.id == execution_id)
+            ).first()
+            if row is None:
+                return None, False
+            status = row.status or ""
+            if status not in ACTIVE_STATUSES:
+                return status, False
+            conn.execute(
+                executions.update()
+                .where(executions.c.id == execution_id)
+                .values(
+                    status=ExecutionStatus.CANCELLED.value,
+                    error="Execution cancelled by user",
+                    completedAt=now_iso(),
+                )
+            )
+            conn.execute(
+                runs.update()
+                .where(runs.c.executionId == execution_id, runs.c.state == QUEUED)
+                .values(state=DONE)
+            )
+            return status, True
+
+        return await self._run(op, write=True)
+
+    async def list_executions(
+        self, workflow_id: str, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        cols = [executions.c[c] for c in LIST_COLUMNS]
+        where = executions.c.workflowId == workflow_id
+
+        def op(conn: sa.Connection) -> tuple[list[dict[str, Any]], int]:
+            rows = (
+                conn.execute(
+                    sa.select(*cols)
+                    .where(where)
+                    .order_by(executions.c.createdAt.desc(), executions.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(executions).where(where)
+            ).scalar_one()
+            return [dict(r) for r in rows], int(total)
+
+        return await self._run(op, write=False)
+
+    async def start(
+        self,
+        execution_id: str,
+        *,
+        total_nodes: int,
+        mode: str,
+        mode_reason: str | None,
+        flow_run_id: str | None = None,
+    ) -> bool:
+        """Mark the execution running; False when it is no longer pending/running (cancelled)."""
+        return await self._group.submit(
+            Op(
+                "start",
+                execution_id,
+                dict(
+                    totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id
+                ),
+            )
+        )
+
+    async def checkpoint(
+        self,
+        execution_id: str,
+        rows: list[LogRow],
+        *,
+        current_node_id: str | None,
+        node_results: str | None,
+        counts: dict[str, int],
+    ) -> bool:
+        """Commit settled nodes and started nodes atomically. False when the row left `running`
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows.
+        `counts` is empty or has completedNodes, failedNodes and skippedNodes."""
+        return await self._group.submit(
+            Op(
+                "checkpoint",
+                execution_id,
+                dict(rows=rows, current=current_node_id, results=node_results, counts=counts),
+            )
+        )
+
+    async def finish(
+        self,
+        execution_id: str,
+        *,
+        status: ExecutionStatus,
+        error: str | None,
+        node_results: str | None,
+    ) -> bool:
+        """Write the terminal status unless the row is no longer running (never overwrites
+        `cancelled`); the service's run state becomes done either way."""
+        return await self._group.submit(
+            Op("finish", execution_id, dict(status=str(status), error=error, results=node_results))
+        )

@@ -1,0 +1,126 @@
+"""The worker's queue on SQL: claims with leases, renewals, releases (part of `SqlStore`)."""
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from database.interfaces import Claim
+from database.schema import DONE, QUEUED, RUNNING, executions, runs
+from jsonutil import now_iso
+from states import ExecutionStatus
+
+R = TypeVar("R")
+
+
+class SqlQueue:
+    """`QueueStore` over the `wos_executions` table; the backend supplies `_run`."""
+
+    async def _run(self, op: Callable[[sa.Connection], R], *, write: bool) -> R:
+        """Run `op` in one short transaction (a write transaction when `write`)."""
+        raise NotImplementedError
+
+    def _lock_unclaimed(self, pick: sa.Select[Any]) -> sa.Select[Any]:
+        """The claim's pick of rows; a backend with row locks skips rows another worker locked."""
+        return pick
+
+    async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+        """Take up to `limit` queued executions in submission order, and any whose lease expired."""
+        now = time.time()
+        ready = sa.or_(
+            runs.c.state == QUEUED, sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now)
+        )
+        pick = sa.select(runs.c.executionId).where(ready).order_by(runs.c.seq).limit(limit)
+        pick = self._lock_unclaimed(pick)
+
+        def op(conn: sa.Connection) -> list[Claim]:
+            ids = list(conn.execute(pick).scalars())
+            if not ids:
+                return []
+            conn.execute(
+                runs.update()
+                .where(runs.c.executionId.in_(ids))
+                .values(
+                    state=RUNNING,
+                    leaseOwner=owner,
+                    leaseExpiresAt=now + lease_s,
+                    attempts=runs.c.attempts + 1,
+                    resumedAt=sa.case((runs.c.attempts > 0, now_iso()), else_=runs.c.resumedAt),
+                )
+            )
+            rows = conn.execute(
+                sa.select(
+                    executions.c.id,
+                    executions.c.workflowId,
+                    executions.c.organizationId,
+                    executions.c.status,
+                    executions.c.inputs,
+                    executions.c.nodeResults,
+                    runs.c.definition,
+                    runs.c.requestedMode,
+                    runs.c.attempts,
+                    runs.c.flowRunId,
+                    runs.c.workflowName,
+                )
+                .join(runs, runs.c.executionId == executions.c.id)
+                .where(executions.c.id.in_(ids))
+                .order_by(runs.c.seq)
+            ).all()
+            return [Claim(*r) for r in rows]
+
+        return await self._run(op, write=True)
+
+    async def has_queued(self) -> bool:
+        """Cheap read-only check the idle worker polls before taking the write lock to claim."""
+        now = time.time()
+        query = (
+            sa.select(runs.c.executionId)
+            .where(
+                sa.or_(
+                    runs.c.state == QUEUED,
+                    sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now),
+                )
+            )
+            .limit(1)
+        )
+        return await self._run(lambda conn: conn.execute(query).first() is not None, write=False)
+
+    async def _update_runs(self, where: Any, **values: Any) -> None:
+        await self._run(
+            lambda conn: conn.execute(runs.update().where(where).values(**values)), write=True
+        )
+
+    async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:
+        ids = list(running)
+        mine = sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING)
+        await self._update_runs(
+            sa.and_(mine, runs.c.executionId.in_(ids)), leaseExpiresAt=time.time() + lease_s
+        )
+        await self._update_runs(sa.and_(mine, runs.c.executionId.not_in(ids)), leaseExpiresAt=0.0)
+
+    async def release(self, owner: str) -> None:
+        """Give back every unfinished execution of `owner` (graceful shutdown) so that the next
+        worker, or this service's next start, resumes it at once instead of after the lease."""
+        await self._update_runs(
+            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING), leaseExpiresAt=0.0
+        )
+
+    async def release_instance(self, instance: str) -> None:
+        """At start-up: give back what a previous run of this instance still held."""
+        await self._update_runs(
+            sa.and_(runs.c.leaseOwner.startswith(instance + ":"), runs.c.state == RUNNING),
+            leaseExpiresAt=0.0,
+        )
+
+    async def mark_done(self, execution_id: str) -> None:
+        await self._update_runs(runs.c.executionId == execution_id, state=DONE, leaseExpiresAt=None)
+
+    async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
+        ids = list(execution_ids)
+        if not ids:
+            return set()
+        query = sa.select(executions.c.id).where(
+            executions.c.id.in_(ids), executions.c.status == ExecutionStatus.CANCELLED.value
+        )
+        return await self._run(lambda conn: set(conn.execute(query).scalars()), write=False)
