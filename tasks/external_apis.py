@@ -11,9 +11,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
+from tasks.http_request import send
+from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
 
-REQUEST_TIMEOUT_S = 30.0
 ESIOS_ACCEPT = "application/json; application/vnd.esios-api-v1+json"
 ESIOS_ZONE = "Europe/Madrid"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -25,10 +26,6 @@ def _key(secret: SecretStr | None, setting: str, service: str) -> str:
     if not value:
         raise NodeConfigError(f"{service} API key not configured (set {setting})")
     return value
-
-
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
 
 
 def _body_message(response: httpx.Response) -> str:
@@ -52,23 +49,6 @@ def _body_message(response: httpx.Response) -> str:
     return str(body)[:200]
 
 
-async def _get(
-    ctx: RunContext, service: str, url: str, secret: str, **kwargs: Any
-) -> httpx.Response:
-    """One GET through the shared client; transport failures are retryable node errors."""
-    try:
-        return await ctx.http.get(url, timeout=REQUEST_TIMEOUT_S, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise NodeExecutionError(
-            f"{service} request timed out: {type(exc).__name__}", retryable=True
-        ) from None
-    except httpx.HTTPError as exc:
-        raise NodeExecutionError(
-            _redact(f"{service} request failed: {type(exc).__name__}: {exc}", secret),
-            retryable=True,
-        ) from None
-
-
 def _check(
     response: httpx.Response, service: str, setting: str, secret: str, not_found: str
 ) -> None:
@@ -90,7 +70,7 @@ def _check(
         text = f"{service} server error (HTTP {code}){suffix}"
     else:
         text = f"{service} request refused (HTTP {code}){suffix}"
-    raise NodeExecutionError(_redact(text, secret), retryable=code == 429 or code >= 500)
+    raise NodeExecutionError(redact(text, secret), retryable=code == 429 or code >= 500)
 
 
 def _json(response: httpx.Response, service: str) -> Any:
@@ -139,11 +119,12 @@ async def esios(config: EsiosConfig, data: Any, ctx: RunContext) -> Envelope:
         raise NodeConfigError(f"esiosDate must be a date as YYYY-MM-DD (got {day!r})") from None
     key = _key(ctx.settings.ESIOS_API_KEY, "ESIOS_API_KEY", "ESIOS")
     url = f"{ctx.settings.ESIOS_BASE_URL.rstrip('/')}/indicators/{config.indicator}"
-    response = await _get(
+    response = await send(
         ctx,
-        "ESIOS",
+        "GET",
         url,
-        key,
+        label="ESIOS request",
+        secret=key,
         params={"start_date": f"{day}T00:00", "end_date": f"{day}T23:59"},
         headers={"Accept": ESIOS_ACCEPT, "Content-Type": "application/json", "x-api-key": key},
     )
@@ -242,11 +223,12 @@ async def climatiq(config: ClimatiqConfig, data: Any, ctx: RunContext) -> Envelo
     version = config.data_version or ctx.settings.CLIMATIQ_DATA_VERSION
     params = {"id": config.factor_id} if config.factor_id else {"query": config.query}
     url = f"{ctx.settings.CLIMATIQ_BASE_URL.rstrip('/')}/data/v1/search"
-    response = await _get(
+    response = await send(
         ctx,
-        "Climatiq",
+        "GET",
         url,
-        key,
+        label="Climatiq request",
+        secret=key,
         params={**params, "data_version": version},
         headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
     )

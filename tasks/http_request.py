@@ -7,6 +7,7 @@ from pydantic import AliasChoices, Field
 
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
+from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
@@ -17,6 +18,22 @@ REQUEST_TIMEOUT_S = 30.0
 class HttpConfig(NodeConfig):
     url: str | None = Field(default=None, validation_alias=AliasChoices("httpUrl", "url"))
     method: str = Field(default="GET", validation_alias=AliasChoices("httpMethod", "method"))
+
+
+async def send(
+    ctx: RunContext, method: str, url: str, *, label: str, secret: str | None = None, **kwargs: Any
+) -> httpx.Response:
+    """One request through the shared client (`kwargs` go to `httpx.AsyncClient.request`). A
+    timeout or transport failure is a retryable NodeExecutionError, `<label> timed out: …` or
+    `<label> failed: …`, with `secret` redacted and, when there is one, without the cause."""
+    try:
+        return await ctx.http.request(method, url, timeout=REQUEST_TIMEOUT_S, **kwargs)
+    except httpx.TimeoutException as exc:
+        error = NodeExecutionError(f"{label} timed out: {type(exc).__name__}", retryable=True)
+        raise error from (None if secret else exc)
+    except httpx.HTTPError as exc:
+        text = redact(f"{label} failed: {type(exc).__name__}: {exc}", secret)
+        raise NodeExecutionError(text, retryable=True) from (None if secret else exc)
 
 
 def _parse(response: httpx.Response) -> Any:
@@ -39,16 +56,7 @@ async def http(config: HttpConfig, data: Any, ctx: RunContext) -> Envelope:
             f"Unsupported httpMethod {config.method!r}; use one of " + ", ".join(sorted(METHODS))
         )
     body = ({} if data is None else data) if method in WITH_BODY else None
-    try:
-        response = await ctx.http.request(method, config.url, json=body, timeout=REQUEST_TIMEOUT_S)
-    except httpx.TimeoutException as exc:
-        raise NodeExecutionError(
-            f"HTTP {method} {config.url} timed out: {type(exc).__name__}", retryable=True
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise NodeExecutionError(
-            f"HTTP {method} {config.url} failed: {type(exc).__name__}: {exc}", retryable=True
-        ) from exc
+    response = await send(ctx, method, config.url, label=f"HTTP {method} {config.url}", json=body)
     code = response.status_code
     if not 200 <= code < 300:
         raise NodeExecutionError(

@@ -183,7 +183,7 @@ def rows_to_records(
 
 
 def _xlsx_rows(source: FileSource, sheet_name: str | None) -> Iterator[list[Any]]:
-    import openpyxl  # type: ignore[import-untyped]
+    import openpyxl
 
     with source.open() as handle:
         try:

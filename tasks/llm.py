@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field
 
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
+from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str, parse_number_string
 
@@ -61,8 +62,9 @@ def post_process(config: LlmConfig, raw: str) -> str:
 async def llm(config: LlmConfig, data: Any, ctx: RunContext) -> Envelope:
     if not config.prompt:
         raise NodeConfigError("No prompt configured for LLM node")
-    key = ctx.settings.OPENAI_API_KEY
-    if key is None or not key.get_secret_value():
+    secret = ctx.settings.OPENAI_API_KEY
+    key = secret.get_secret_value() if secret else ""
+    if not key:
         raise NodeConfigError("OpenAI API key not configured")
     import openai  # deferred: the SDK takes ~0.4 s to import and most workflows never use it
 
@@ -72,10 +74,11 @@ async def llm(config: LlmConfig, data: Any, ctx: RunContext) -> Envelope:
             messages=[{"role": "user", "content": build_message(config, data)}],
         )
     except (openai.APIConnectionError, openai.RateLimitError) as exc:
-        raise NodeExecutionError(f"LLM request failed: {exc}", retryable=True) from exc
+        text = redact(f"LLM request failed: {exc}", key)
+        raise NodeExecutionError(text, retryable=True) from exc
     except openai.APIStatusError as exc:
         raise NodeExecutionError(
-            f"LLM request failed with status {exc.status_code}: {exc.message}",
+            redact(f"LLM request failed with status {exc.status_code}: {exc.message}", key),
             retryable=exc.status_code >= 500,
         ) from exc
     raw = (completion.choices[0].message.content or "") if completion.choices else ""

@@ -21,8 +21,9 @@ from pydantic import AliasChoices, Field, SecretStr
 from config import Settings
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
+from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
-from tasks.values import first_record, render_fields
+from tasks.values import first_record, parse_port, render_fields
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,6 @@ PORT_SECURITY = {465: "ssl", 587: "starttls"}
 NO_SUBJECT = "(No subject)"
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 _SID = re.compile(r"^[A-Za-z0-9]+$")
-
-
-def _scrub(text: str, *secrets: str | None) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 class SendEmailConfig(NodeConfig):
@@ -70,16 +64,6 @@ def _incomplete(detail: str) -> NodeConfigError:
     return NodeConfigError(f"Email configuration incomplete: {detail}")
 
 
-def _smtp_port(value: str | int) -> int:
-    try:
-        port = int(str(value).strip())
-    except ValueError:
-        raise NodeConfigError(f"emailSmtpPort must be a number (got {value!r})") from None
-    if not 0 < port < 65536:
-        raise NodeConfigError(f"emailSmtpPort must be between 1 and 65535 (got {port})")
-    return port
-
-
 def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
     """Resolve host, port, security, credentials and sender. SMTP_PORT, SMTP_SECURITY,
     SMTP_USER and SMTP_PASSWORD belong to SMTP_HOST: they are used only when the node sends
@@ -95,7 +79,7 @@ def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
             f"emailSecurity must be one of {', '.join(SECURITY_MODES)} (got {config.security!r})"
         )
     if config.port is not None and config.port != "":
-        port = _smtp_port(config.port)
+        port = parse_port(config.port, "emailSmtpPort")
     elif own and settings.SMTP_PORT:
         port = settings.SMTP_PORT
     else:
@@ -190,7 +174,7 @@ def _smtp_failure(exc: BaseException, password: str | None) -> NodeExecutionErro
     else:
         text, retryable = str(exc) or type(exc).__name__, False
     return NodeExecutionError(
-        f"Failed to send email: {_scrub(text, password)}", retryable=retryable
+        f"Failed to send email: {redact(text, password)}", retryable=retryable
     )
 
 
@@ -360,7 +344,7 @@ async def send_sms(config: SendSmsConfig, data: Any, ctx: RunContext) -> Envelop
     if not response.is_success:
         code = response.status_code
         raise NodeExecutionError(
-            f"Failed to send SMS: {_scrub(_twilio_error(response), token)}",
+            f"Failed to send SMS: {redact(_twilio_error(response), token)}",
             retryable=code >= 500 or code == 429,
         )
     try:

@@ -6,9 +6,6 @@ write the keyword check missed. Values come back JSON-safe; the password never l
 """
 
 import asyncio
-import base64
-import datetime as dt
-import decimal
 import hashlib
 import json
 import logging
@@ -20,8 +17,11 @@ import pymysql
 from pydantic import AliasChoices, Field, SecretStr
 
 from errors import NodeConfigError, NodeExecutionError
+from jsonutil import json_value
 from tasks.context import RunContext
+from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
+from tasks.values import json_text, parse_port
 
 logger = logging.getLogger(__name__)
 
@@ -121,26 +121,12 @@ def _params(value: Any) -> list[Any] | dict[str, Any] | None:
     """`mysqlParams` as a list (`%s` placeholders) or an object (`%(name)s`); JSON text allowed."""
     if value is None or value == "" or value == [] or value == {}:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise NodeConfigError("mysqlParams must be a JSON list or object") from None
+    value = json_text(value, "mysqlParams must be a JSON list or object")
     if isinstance(value, list | dict):
         return value or None
     raise NodeConfigError(
         "mysqlParams must be a list (for %s placeholders) or an object (for %(name)s placeholders)"
     )
-
-
-def _port(value: str | int) -> int:
-    try:
-        port = int(str(value).strip())
-    except ValueError:
-        raise NodeConfigError(f"mysqlPort must be a number (got {value!r})") from None
-    if not 0 < port < 65536:
-        raise NodeConfigError(f"mysqlPort must be between 1 and 65535 (got {port})")
-    return port
 
 
 def _query_timeout(value: float | str | None) -> float:
@@ -155,50 +141,6 @@ def _query_timeout(value: float | str | None) -> float:
     if not 0 < seconds <= MAX_QUERY_TIMEOUT_S:
         raise NodeConfigError(f"mysqlQueryTimeout must be > 0 and <= {MAX_QUERY_TIMEOUT_S:g} s")
     return seconds
-
-
-def _time_text(value: dt.timedelta) -> str:
-    """A TIME column (PyMySQL gives a timedelta) as MySQL writes it: `[-]HH:MM:SS[.ffffff]`."""
-    micros = abs(value) // dt.timedelta(microseconds=1)
-    seconds, micro = divmod(micros, 1_000_000)
-    hours, rest = divmod(seconds, 3600)
-    text = f"{'-' if value < dt.timedelta(0) else ''}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
-    return text + (f".{micro:06d}" if micro else "")
-
-
-def _printable(text: str) -> bool:
-    return all(c.isprintable() or c in "\t\r\n" for c in text)
-
-
-def json_safe(value: Any) -> Any:
-    """One column value as JSON: Decimal → int/float, dates → ISO text, bytes → UTF-8 text
-    when it is printable text, else base64."""
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return None
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return _time_text(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        try:
-            text = raw.decode("utf-8")
-            if _printable(text):
-                return text
-        except UnicodeDecodeError:
-            pass
-        return base64.b64encode(raw).decode("ascii")
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if len(secret) >= 4 else text
 
 
 def _describe(exc: BaseException) -> str:
@@ -358,7 +300,7 @@ def _failure(
     else:
         retryable = read_only and code in {2006, 2013}
     return NodeExecutionError(
-        f"MySQL query failed: {_scrub(_describe(exc), password)}", retryable=retryable
+        f"MySQL query failed: {redact(_describe(exc), password)}", retryable=retryable
     )
 
 
@@ -374,7 +316,7 @@ async def mysql(config: MysqlConfig, data: Any, ctx: RunContext) -> Envelope:
     password = config.password.get_secret_value() if config.password else ""
     kwargs = {
         "host": config.host.strip(),
-        "port": _port(config.port),
+        "port": parse_port(config.port, "mysqlPort"),
         "user": config.username or None,
         "db": config.database or None,
     }
@@ -387,5 +329,5 @@ async def mysql(config: MysqlConfig, data: Any, ctx: RunContext) -> Envelope:
             affectedRows=rowcount,
             insertId=last_id or None,
         )
-    output = [{str(k): json_safe(v) for k, v in row.items()} for row in rows]
+    output = [{str(k): json_value(v) for k, v in row.items()} for row in rows]
     return envelope(f"MySQL query returned {len(output)} rows", output, rowCount=len(output))

@@ -7,6 +7,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from errors import NodeConfigError
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}", re.ASCII)  # JS `\w`: ASCII letters, digits, `_`
 
@@ -84,6 +86,29 @@ def parse_number_string(value: str) -> int | float | str:
     if number is None:
         return value
     return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
+def parse_port(value: str | int, key: str) -> int:
+    """A TCP port from a node's config (a number or numeric text); NodeConfigError naming `key`
+    when it is not a whole number from 1 to 65535."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise NodeConfigError(f"{key} must be a number (got {value!r})") from None
+    if not 0 < port < 65536:
+        raise NodeConfigError(f"{key} must be between 1 and 65535 (got {port})")
+    return port
+
+
+def json_text(value: Any, error: str) -> Any:
+    """A config value the editor may store either decoded or as JSON text: text is decoded
+    (NodeConfigError(`error`) when it is not JSON), anything else is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise NodeConfigError(error) from None
 
 
 def render_template(text: str, record: Any) -> str:

@@ -1,9 +1,8 @@
 """The dataVisualization node: passthrough plus the editor's widget spec, and on request the chart
-rendered to a PNG (matplotlib, headless) stored under IMAGE_DIR and served by `images_api`."""
+rendered to a PNG (matplotlib, headless) stored under IMAGE_DIR, served by `api.routes.images`."""
 
 import asyncio
 import io
-import json
 import math
 import os
 import re
@@ -19,6 +18,7 @@ from config import Settings
 from errors import NodeConfigError
 from tasks.context import RunContext
 from tasks.registry import Envelope, NodeConfig, envelope, node
+from tasks.values import json_text
 
 CHART_TYPES = ("bar", "line", "area", "pie", "donut", "scatter")
 _TYPE_ALIASES = {"doughnut": "donut", "column": "bar"}
@@ -69,11 +69,7 @@ class Chart:
 def _widget(raw: Any) -> dict[str, Any] | None:
     if raw in (None, "", {}):
         return None
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raise NodeConfigError("generatedWidget must be a JSON object (chart spec)") from None
+    raw = json_text(raw, "generatedWidget must be a JSON object (chart spec)")
     if not isinstance(raw, dict):
         raise NodeConfigError("generatedWidget must be an object (chart spec)")
     return raw

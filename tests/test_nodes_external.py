@@ -660,3 +660,23 @@ async def test_climatiq_retries_rate_limit_then_succeeds(server: ApiServer, ctx_
     assert result["outputData"] == [CAR_FACTOR]
     assert result["attempts"] == 2
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("key", ["~", "~^", "~^!"])
+async def test_short_api_keys_are_redacted_from_errors(
+    server: ApiServer, ctx_for: Any, key: str
+) -> None:
+    server.answer("/indicators/600", reply(401, {"message": f"Key {key} is not valid"}))
+    server.answer("/data/v1/search", reply(401, {"message": f"Key {key} is not valid"}))
+    day = {"esiosArchiveId": "600", "esiosDate": "2024-03-05"}
+    with pytest.raises(NodeExecutionError) as info:
+        await esios(EsiosConfig.model_validate(day), None, ctx_for("esios", ESIOS_API_KEY=key))
+    assert str(info.value) == (
+        "ESIOS rejected the API key (HTTP 401); check ESIOS_API_KEY: Key *** is not valid"
+    )
+    search = ClimatiqConfig.model_validate({"climatiqQuery": "car"})
+    with pytest.raises(NodeExecutionError) as info:
+        await climatiq(search, None, ctx_for("climatiq", CLIMATIQ_API_KEY=key))
+    assert str(info.value) == (
+        "Climatiq rejected the API key (HTTP 401); check CLIMATIQ_API_KEY: Key *** is not valid"
+    )

@@ -254,6 +254,21 @@ async def test_llm_api_errors(
         assert str(status) in str(info.value) and "upstream says no" in str(info.value)
 
 
+@pytest.mark.parametrize("key", ["~", "~^", "~^!"])
+async def test_llm_short_api_key_is_redacted_from_the_error(
+    call_node: CallNode, make_resources: MakeResources, openai_server: FakeOpenAI, key: str
+) -> None:
+    openai_server.replies = [(401, f"Incorrect API key provided: {key}")]
+    resources = make_resources(
+        OPENAI_BASE_URL=f"http://127.0.0.1:{openai_server.port}/v1", OPENAI_API_KEY=key
+    )
+    with pytest.raises(NodeExecutionError) as info:
+        await run_llm(call_node, resources, {"llmPrompt": "Hi"})
+    assert str(info.value) == (
+        "LLM request failed with status 401: Error code: 401 - Incorrect API key provided: ***"
+    )
+
+
 async def test_llm_connection_error_is_retryable(
     call_node: CallNode, make_resources: MakeResources, openai_server: FakeOpenAI
 ) -> None:

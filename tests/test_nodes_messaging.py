@@ -159,6 +159,14 @@ def _authenticator(
     return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
 
+def _echoing_authenticator(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    """Refuses every login with a reply that quotes the password back."""
+    password = auth_data.password.decode() if isinstance(auth_data, LoginPassword) else "?"
+    return AuthResult(success=False, handled=False, message=f"535 Bad password: {password}")
+
+
 @dataclass
 class SmtpServer:
     port: int
@@ -171,10 +179,13 @@ StartSmtp = Callable[..., SmtpServer]
 @pytest.fixture
 def smtp_server(tls: Tls) -> Iterator[StartSmtp]:
     """`smtp_server(mode="plain"|"starttls"|"ssl", auth=False)`: a real aiosmtpd server on a
-    free loopback port, stopped after the test. With auth, AUTH is offered even without TLS."""
+    free loopback port, stopped after the test. With auth, AUTH is offered even without TLS
+    (`authenticator` decides the logins)."""
     started: list[Controller] = []
 
-    def start(mode: str = "plain", auth: bool = False) -> SmtpServer:
+    def start(
+        mode: str = "plain", auth: bool = False, authenticator: Any = _authenticator
+    ) -> SmtpServer:
         mailbox = Mailbox()
         options: dict[str, Any] = {}
         if mode == "starttls":
@@ -182,7 +193,7 @@ def smtp_server(tls: Tls) -> Iterator[StartSmtp]:
         if mode == "ssl":
             options["ssl_context"] = tls.server_context()
         if auth:
-            options.update(authenticator=_authenticator, auth_require_tls=False)
+            options.update(authenticator=authenticator, auth_require_tls=False)
         controller = Controller(
             mailbox, hostname="127.0.0.1", port=free_port(), server_hostname="localhost", **options
         )
@@ -427,6 +438,25 @@ async def test_email_wrong_password_is_not_retried_and_not_shown(
     assert wrong not in caplog.text
     assert base64.b64encode(wrong.encode()).decode() not in caplog.text
     assert server.mailbox.received == []
+
+
+@pytest.mark.parametrize("password", ["~", "~^", "~^!"])
+async def test_email_short_password_is_redacted_from_the_error(
+    call_node: CallNode, smtp_server: StartSmtp, caplog: pytest.LogCaptureFixture, password: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = smtp_server("plain", auth=True, authenticator=_echoing_authenticator)
+    config = email_config(
+        server, emailSecurity="none", emailSmtpUser=SMTP_USER, emailSmtpPass=password
+    )
+    with pytest.raises(NodeExecutionError) as info:
+        await call_node("sendEmail", config)
+    assert (
+        str(info.value)
+        == "Failed to send email: SMTP authentication failed (535 Bad password: ***)"
+    )
+    ours = [r.getMessage() for r in caplog.records if not r.name.startswith("mail.")]
+    assert not any(password in text for text in ours)  # the test server's own log quotes it
 
 
 async def test_email_settings_supply_the_defaults(
@@ -797,6 +827,19 @@ async def test_sms_incomplete_configuration(
     assert str(info.value).endswith("missing: " + named)
     assert TOKEN not in str(info.value)
     assert twilio.server.requests == []
+
+
+@pytest.mark.parametrize("token", ["~", "~^", "~^!"])
+async def test_sms_short_token_is_redacted_from_the_error(
+    call_node: CallNode, make_resources: Any, token: str
+) -> None:
+    def twilio_echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"code": 20003, "message": f"Token {token} refused"})
+
+    resources = make_resources(twilio_echo)
+    with pytest.raises(NodeExecutionError) as info:
+        await call_node("sendSMS", sms_config(twilioAuthToken=token), resources=resources)
+    assert str(info.value) == "Failed to send SMS: Twilio error 20003: Token *** refused [HTTP 401]"
 
 
 async def test_sms_account_sid_is_checked(

@@ -11,13 +11,15 @@ from decimal import Decimal
 from typing import Any
 
 import aiomysql
+import pymysql
 import pytest
 
 from errors import NodeConfigError, NodeExecutionError
+from jsonutil import json_value
 from models import NodeDef
 from tasks import get_spec, mysql_query
 from tasks.context import Resources
-from tasks.mysql_query import check_statement, json_safe
+from tasks.mysql_query import check_statement
 from tasks.run_node import run_with_retries
 from tests.conftest import CallNode, MakeCtx, MakeResources
 from tests.support import require_server
@@ -491,7 +493,16 @@ async def test_mysql_defaults_to_localhost_3306(call_node: CallNode, database: s
     ],
 )
 def test_mysql_json_safe_values(value: Any, expected: Any) -> None:
-    assert json_safe(value) == expected
+    assert json_value(value) == expected
+
+
+@pytest.mark.parametrize("password", ["~", "~^", "~^!"])
+@pytest.mark.parametrize("connecting", [True, False])
+def test_mysql_error_text_redacts_short_passwords(password: str, connecting: bool) -> None:
+    """Passwords of any length are redacted (the 4-character minimum of old is gone)."""
+    exc = pymysql.err.OperationalError(1045, f"Access denied (using password '{password}')")
+    error = mysql_query._failure(exc, password, connecting=connecting, read_only=True)
+    assert str(error) == "MySQL query failed: Access denied (using password '***') (error 1045)"
 
 
 def test_mysql_registration() -> None:
