@@ -1,10 +1,8 @@
-"""The API's execution functions (`api.executions`) without HTTP, on the in-memory store and on
-SQLite: submit, idempotency, retry and its reuse rule, progress, cancel, the status view."""
+"""The API's execution functions (`api.executions`) without HTTP, on every store (the `store`
+fixture: in memory, SQLite, PostgreSQL): submit, idempotency, retry and its reuse rule,
+progress, cancel, the status view."""
 
-import importlib.util
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +10,6 @@ from pydantic import ValidationError
 
 from api import executions
 from api.schemas import ExecutionCreate
-from database import open_store
 from database.interfaces import Store
 from errors import Conflict, ExecutionNotFound, GraphValidationError, UnsupportedNodeTypes
 from states import ExecutionMode, ExecutionStatus
@@ -21,28 +18,6 @@ SIMPLE = {
     "nodes": [{"id": "t", "type": "trigger"}, {"id": "o", "type": "output"}],
     "connections": [{"fromNodeId": "t", "toNodeId": "o"}],
 }
-
-
-def _memory_store_exists() -> bool:
-    return importlib.util.find_spec("database.memory") is not None
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "memory",
-            marks=pytest.mark.skipif(
-                not _memory_store_exists(), reason="database/memory.py not there yet"
-            ),
-        ),
-        "sqlite",
-    ]
-)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = "memory:" if request.param == "memory" else f"sqlite:///{tmp_path / 'api.sqlite'}"
-    s = await open_store(url)
-    yield s
-    await s.close()
 
 
 class Wakes:
