@@ -39,6 +39,7 @@ from tasks.run_node import run_attempt
 logger = logging.getLogger(__name__)
 
 Result = dict[str, Any]
+MB = 1024 * 1024
 Statement = tuple[str, tuple[Any, ...]]
 SCHEMA = (
     "CREATE TABLE executions (id TEXT PRIMARY KEY, status TEXT, currentNodeId TEXT, "
@@ -229,10 +230,16 @@ async def w3(runner: Runner, spec: dict[str, Any]) -> Result:
     n = spec["params"]["executions"]
     t0 = time.perf_counter()
     statuses = await asyncio.gather(*(runner.run(plan) for _ in range(n)))
-    return {
-        "elapsed": time.perf_counter() - t0,
+    elapsed = time.perf_counter() - t0
+    alone = {
+        "executions": n,
         "statuses": {s: statuses.count(s) for s in set(statuses)},
+        "elapsed": elapsed,
+        "unfinished": 0,
+        "complete": statuses.count("completed") == n,
+        "peak_mb": max_rss() / MB,
     }
+    return {"ideal_s": spec["ideal_s"], "alone": alone}
 
 
 async def w5(runner: Runner, spec: dict[str, Any]) -> Result:
@@ -250,6 +257,11 @@ async def w5_ladder(runner: Runner, spec: dict[str, Any]) -> Result:
     return {"ladder": out}
 
 
+def max_rss() -> int:
+    """Peak RSS of this process so far, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W5": w5, "W5ladder": w5_ladder}
 
 
@@ -261,7 +273,7 @@ async def main(spec: dict[str, Any]) -> Result:
             result = await WORKLOADS[spec["workload"]](runner, spec)
     finally:
         await resources.aclose()
-    result["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["max_rss"] = max_rss()
     return result
 
 

@@ -228,7 +228,7 @@ async def baselines(
         env = {"UPLOAD_DIR": str(w5[2])} if w5 else {}
         if "W1" in workloads:
             log(f"baseline {kind}: W1")
-            raw = await run_baseline(
+            results["W1"][kind] = await run_baseline(
                 kind,
                 {
                     "workload": "W1",
@@ -241,10 +241,9 @@ async def baselines(
                 600,
                 env,
             )
-            results["W1"][kind] = raw
         if "W2" in workloads:
             log(f"baseline {kind}: W2")
-            raw = await run_baseline(
+            results["W2"][kind] = await run_baseline(
                 kind,
                 {
                     "workload": "W2",
@@ -259,35 +258,20 @@ async def baselines(
                 300,
                 env,
             )
-            results["W2"][kind] = raw
         if "W3" in workloads:
             log(f"baseline {kind}: W3")
             w3p = p["W3"]
-            raw = await run_baseline(
+            results["W3"][kind] = await run_baseline(
                 kind,
                 {
                     "workload": "W3",
                     "workflow": wf.w3_fanout(url + str(w3p["delay_ms"]), w3p["nodes"]),
                     "params": {"executions": w3p["executions"]},
+                    "ideal_s": w3p["nodes"] * w3p["delay_ms"] / 1000,
                 },
                 w3p["budget_s"] + 30,
                 env,
             )
-            if "error" in raw or raw.get("status") == "timeout":
-                results["W3"][kind] = raw
-            else:
-                st = raw["statuses"]
-                results["W3"][kind] = {
-                    "ideal_s": w3p["nodes"] * w3p["delay_ms"] / 1000,
-                    "alone": {
-                        "executions": w3p["executions"],
-                        "statuses": st,
-                        "elapsed": raw["elapsed"],
-                        "unfinished": 0,
-                        "complete": st.get("completed", 0) == w3p["executions"],
-                        "peak_mb": raw["max_rss"] / MB,
-                    },
-                }
         if "W5" in workloads and w5 is not None:
             log(f"baseline {kind}: W5 ({p['W5']['rows']:,} rows per input)")
             path = w5[2] / "w5_workflow.json"
