@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, installing what is missing first. Extra arguments go to pytest.
+# Runs the static checks (ruff, mypy strict: scripts/check.sh) and the whole test suite,
+# installing what is missing first. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv requirements.txt requirements-dev.txt
+scripts/check.sh
 if [ "${CI:-}" = "true" ]; then
   scripts/services.sh postgres mariadb
 fi

@@ -29,14 +29,21 @@ class ExecutionCreate(_Body):
     workflow: dict[str, Any] | None = None
     """An inline definition `{nodes, connections}`, run instead of the stored workflow."""
     mode: ExecutionMode | None = None
-    """Where the nodes run; case and surrounding spaces are ignored; EXECUTION_MODE if absent."""
+    """Where the nodes run; case and surrounding spaces are ignored; EXECUTION_MODE if absent
+    (or one of the original service's flow names, `LEGACY_MODES`)."""
 
     @field_validator("mode", mode="before")
     @classmethod
     def _normalise_mode(cls, value: object) -> object:
         if isinstance(value, str):
-            return value.strip().lower() or None
+            value = value.strip().lower()
+            return None if value in LEGACY_MODES else value
         return value
+
+
+LEGACY_MODES = frozenset({"", "optimized", "legacy"})
+"""`mode` values of the original service (contract §1: its two flows, "optimized" by default):
+accepted, and they mean the default EXECUTION_MODE."""
 
 
 class RetryRequest(_Body):

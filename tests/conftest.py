@@ -194,7 +194,7 @@ class Service:
             (
                 "INSERT INTO workflows (id, organizationId, name, data) VALUES (?,?,?,?)",
                 (wid, "org_test", name, text),
-            )
+            ),
         )
 
     async def execute(self, **body: Any) -> httpx.Response:

@@ -1,7 +1,9 @@
 """Local mock servers, and the real service (`ServiceProcess`) with the calls the end-to-end
 tests make against it."""
 
+import asyncio
 import json
+import re
 import signal
 import sqlite3
 import threading
@@ -14,6 +16,7 @@ from typing import Any
 import httpx
 
 from tests.service_process import ServiceProcess, free_port, group_alive
+from tests.support import postgres_query
 
 __all__ = ["MockServer", "RunningService", "free_port", "group_alive"]
 
@@ -78,15 +81,36 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 class RunningService(ServiceProcess):
     """`./start.sh` in `mode` on a free port (see `ServiceProcess`), started and healthy."""
 
-    def __init__(self, workdir: Path, mode: str, **settings: str) -> None:
+    def __init__(
+        self, workdir: Path, mode: str, *, database_url: str | None = None, **settings: str
+    ) -> None:
+        """`database_url`: run on that database (PostgreSQL) instead of the SQLite file."""
+        if database_url is not None:
+            settings["DATABASE_URL"] = database_url
         super().__init__(workdir, name=f"service-{mode}", EXECUTION_MODE=mode, **settings)
-        self.mode = mode
+        self.mode, self.database_url = mode, database_url
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
         try:
             self.start(timeout=180)
         except BaseException:
             self.client.close()
             raise
+
+    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        """One statement on the service's database, as the Node backend would run it (`?`
+        parameters, double-quoted identifiers; the same text on SQLite and PostgreSQL)."""
+        if self.database_url is not None:
+            numbered = iter(range(1, query.count("?") + 1))
+            query = re.sub(r"\?", lambda _: f"${next(numbered)}", query)
+            return asyncio.run(postgres_query(self.database_url, query, *params))
+        conn = sqlite3.connect(self.db, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            rows = [dict(r) for r in conn.execute(query, params)]
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
 
     def _prefect(self, path: str, query: dict[str, Any]) -> list[dict[str, Any]]:
         url = self.log_text().rsplit("Prefect API ready at ", 1)[1].split()[0]
@@ -115,13 +139,21 @@ class RunningService(ServiceProcess):
             time.sleep(0.3)
 
     def add_workflow(self, wid: str, data: Any, name: str = "Fixture") -> None:
-        conn = sqlite3.connect(self.db, timeout=10)
-        conn.execute(
-            "INSERT OR REPLACE INTO workflows (id, organizationId, name, data) VALUES (?, ?, ?, ?)",
-            (wid, "org_test", name, json.dumps(data)),
+        """Store a workflow of org_test as the Node backend does (with its organization row:
+        on PostgreSQL the Node schema has foreign keys)."""
+        self.sql(
+            "INSERT INTO organizations (id, name) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+            "org_test",
+            "Test org",
         )
-        conn.commit()
-        conn.close()
+        self.sql(
+            'INSERT INTO workflows (id, "organizationId", name, data) VALUES (?, ?, ?, ?) '
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, data = excluded.data",
+            wid,
+            "org_test",
+            name,
+            json.dumps(data),
+        )
 
     def execute(self, wid: str, inputs: dict[str, Any]) -> str:
         r = self.client.post(
@@ -142,21 +174,11 @@ class RunningService(ServiceProcess):
         raise AssertionError(f"execution {eid} did not finish in {timeout} s")
 
     def row(self, eid: str) -> dict[str, Any]:
-        conn = sqlite3.connect(self.db, timeout=10)
-        conn.row_factory = sqlite3.Row
-        row = dict(
-            conn.execute("SELECT * FROM workflow_executions WHERE id = ?", (eid,)).fetchone()
+        [row] = self.sql("SELECT * FROM workflow_executions WHERE id = ?", eid)
+        row["logs"] = self.sql(
+            'SELECT * FROM execution_logs WHERE "executionId" = ? ORDER BY "timestamp", id', eid
         )
-        row["logs"] = [
-            dict(r)
-            for r in conn.execute(
-                "SELECT * FROM execution_logs WHERE executionId = ? ORDER BY timestamp, id", (eid,)
-            )
-        ]
-        row["run"] = dict(
-            conn.execute("SELECT * FROM wos_executions WHERE executionId = ?", (eid,)).fetchone()
-        )
-        conn.close()
+        [row["run"]] = self.sql('SELECT * FROM wos_executions WHERE "executionId" = ?', eid)
         for key in ("inputs", "nodeResults", "finalOutput"):
             row[key] = json.loads(row[key]) if row[key] else None
         return row

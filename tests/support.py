@@ -1,13 +1,14 @@
 """Shared test helpers: store URLs per backend (SQLite file, throwaway PostgreSQL database,
 in-memory), seeding the Node backend's rows on any store, fixtures."""
 
+import asyncio
 import json
 import os
 import secrets
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,29 @@ async def postgres_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@contextmanager
+def postgres_database_sync() -> Iterator[str]:
+    """`postgres_database` for synchronous callers (the end-to-end tests)."""
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    name = f"wos_test_{secrets.token_hex(4)}"
+    asyncio.run(postgres_query(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(postgres_query(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def postgres_query(url: str, query: str, *params: Any) -> list[dict[str, Any]]:
+    """One statement on PostgreSQL (`$1`-style parameters); rows as dicts."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch(query, *params)]
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager

@@ -329,9 +329,18 @@ async def test_unexpected_error_answers_an_id_not_the_exception_text(
     assert "p4ssw0rd" in str(record.exc_info[1])
 
 
-@pytest.mark.parametrize(("sent", "stored"), [("Prefect", "prefect"), ("  INLINE ", "inline")])
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("Prefect", "prefect"),
+        ("  INLINE ", "inline"),
+        ("optimized", "inline"),
+        ("Legacy", "inline"),
+    ],
+)
 async def test_execute_mode_is_normalised(service: Service, sent: str, stored: str) -> None:
-    """Bug 9: "Prefect" was silently replaced by EXECUTION_MODE."""
+    """Bug 9: "Prefect" was silently replaced by EXECUTION_MODE. The original service's flow
+    names (contract §1) mean the default mode (EXECUTION_MODE=inline here)."""
     r = await service.execute(workflow=SIMPLE, inputs={}, mode=sent)
     assert r.status_code == 200
     eid = r.json()["executionId"]
@@ -346,6 +355,6 @@ async def test_execute_mode_is_normalised(service: Service, sent: str, stored: s
 
 
 async def test_execute_unknown_mode_is_422_naming_the_modes(service: Service) -> None:
-    r = await service.execute(workflow=SIMPLE, inputs={}, mode="optimized")
+    r = await service.execute(workflow=SIMPLE, inputs={}, mode="turbo")
     assert r.status_code == 422
     assert r.json()["detail"] == "mode: Input should be 'prefect' or 'inline'"

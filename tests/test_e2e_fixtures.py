@@ -1,15 +1,15 @@
 """Every workflow of tests/fixtures driven through ./start.sh exactly as its .expected.md says,
 in prefect mode (real embedded Prefect server) and in inline mode; assertions on stored rows."""
 
+import contextlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e import MockServer, RunningService
-from tests.support import load_fixture
+from tests.support import load_fixture, postgres_database_sync
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,30 @@ def mock() -> Iterator[MockServer]:
     server.close()
 
 
-@pytest.fixture(scope="module", params=["prefect", "inline"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "prefect",
+        "inline",
+        pytest.param("prefect-postgres", marks=pytest.mark.postgres),
+        pytest.param("inline-postgres", marks=pytest.mark.postgres),
+    ],
+)
 def svc(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> Iterator[RunningService]:
-    service = RunningService(tmp_path_factory.mktemp(request.param), request.param)
+    mode, _, database = str(request.param).partition("-")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database_sync()) if database else None
+        service = RunningService(tmp_path_factory.mktemp(request.param), mode, database_url=url)
+        try:
+            yield from _with_fixtures(service, mock)
+        finally:
+            took = service.stop()
+        assert took < 15, f"SIGTERM to the process group took {took:.1f} s"
+
+
+def _with_fixtures(service: RunningService, mock: MockServer) -> Iterator[RunningService]:
     fixtures = {
         name: load_fixture(name, mock.port)
         for name in (
@@ -63,8 +82,6 @@ def svc(
     variant = json.dumps(fixtures["03_http_perrow_alerts"]).replace("/api/", "/variant/api/")
     service.add_workflow("03_variant", json.loads(variant))
     yield service
-    took = service.stop()
-    assert took < 15, f"SIGTERM to the process group took {took:.1f} s"
 
 
 def run(svc: RunningService, wid: str, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -296,10 +313,7 @@ def test_08_failure_isolation(svc: RunningService, mock: MockServer) -> None:
 
 
 def test_every_log_row_is_strict_json(svc: RunningService) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(Path(svc.db))
-    for input_data, output_data in conn.execute("SELECT inputData, outputData FROM execution_logs"):
-        for text in (input_data, output_data):
+    for row in svc.sql('SELECT "inputData", "outputData" FROM execution_logs'):
+        for text in row.values():
             if text is not None:
                 json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))

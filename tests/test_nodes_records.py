@@ -17,7 +17,6 @@ from tasks.records import created_at, infer_type, merge_input
 from tests.conftest import CallNode, MakeResources
 from tests.support import node_backend_sqlite
 
-
 Store = SqlStore  # the assertions read the tables with SQL; tests/test_store_contract.py
 # runs the entity store's behaviour on the in-memory store too
 
