@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from states import ExecutionMode
+
 PROJECT_DIR = Path(__file__).resolve().parent
 ENV_FILE_VAR = "WOS_ENV_FILE"
 
@@ -28,7 +30,7 @@ class Settings(BaseSettings):
     OPENAI_MODEL: str = "gpt-4o-mini"
     PREFECT_API_URL: str | None = None
     PREFECT_HOME: str | None = None
-    EXECUTION_MODE: Literal["prefect", "inline"] = "prefect"
+    EXECUTION_MODE: ExecutionMode = ExecutionMode.PREFECT
     PREFECT_TASK_NODES: Literal["all", "network"] = "network"
     MAX_CONCURRENT_EXECUTIONS: int | None = Field(default=None, ge=1)
     WORKER_PROCESSES: int = Field(default=1, ge=1)
@@ -62,13 +64,23 @@ class Settings(BaseSettings):
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _not_in_memory(cls, value: str | None) -> str | None:
+        if value and value.strip().lower().startswith("memory:"):
+            raise ValueError(
+                "memory: is the tests' in-process store; the service's API and workers are "
+                "separate processes and need sqlite:/// or postgresql://"
+            )
+        return value
+
     @property
     def concurrency_limit(self) -> int:
         """MAX_CONCURRENT_EXECUTIONS; by default 500 inline (an execution waiting on I/O costs a
         coroutine) and 50 in prefect mode (each one is a flow run the Prefect server tracks)."""
         if self.MAX_CONCURRENT_EXECUTIONS:
             return self.MAX_CONCURRENT_EXECUTIONS
-        return 500 if self.EXECUTION_MODE == "inline" else 50
+        return 500 if self.EXECUTION_MODE is ExecutionMode.INLINE else 50
 
     @property
     def database_url(self) -> str:

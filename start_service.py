@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from config import PROJECT_DIR, Settings, get_settings
+from states import ExecutionMode
 
 logger = logging.getLogger("start_service")
 
@@ -213,7 +214,7 @@ class Supervisor:
         if self.stopping:
             raise StartupInterrupted("store prepared")
         api_url = settings.PREFECT_API_URL
-        if settings.EXECUTION_MODE == "prefect" and not api_url:
+        if settings.EXECUTION_MODE is ExecutionMode.PREFECT and not api_url:
             api_url = self.start_prefect()
         worker_env = {**prefect_env(settings, api_url), "WOS_INSTANCE": instance_id(settings)}
         wake_ports = [str(free_port(socket.SOCK_DGRAM)) for _ in range(settings.WORKER_PROCESSES)]

@@ -111,7 +111,8 @@ class ExecutionLogRow(_Answer):
     inputData: str | None
     outputData: str | None
     error: str | None
-    duration: int | float | None
+    duration: int | float | str | None
+    """Milliseconds; a row the Node backend wrote is passed on as stored, whatever its type."""
     timestamp: str | None
 
 
