@@ -7,6 +7,7 @@ WorkflowError
 │   ├── UnsupportedNodeTypes  → 422 at submit, no execution row
 │   └── CycleDetected         → the execution fails, no node runs
 ├── Conflict                  → 409
+│   └── DuplicateExecution    (create_execution: the id, or a concurrent same-key submit)
 ├── NodeError                 → a node ends in `error`
 │   ├── NodeConfigError       (never retried)
 │   ├── NodeTimeout           (retried for network-bound types)
@@ -45,6 +46,10 @@ class CycleDetected(GraphValidationError):
 
 class Conflict(WorkflowError):
     """The request conflicts with the current state."""
+
+
+class DuplicateExecution(Conflict):
+    """An execution with this id, or a concurrent submit with this Idempotency-Key, exists."""
 
 
 class NodeError(WorkflowError):

@@ -18,6 +18,8 @@ TERMINAL_STATUSES = frozenset(
 )
 ACTIVE_STATUSES = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING})
 RETRYABLE_STATUSES = frozenset({ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+CHECKPOINT_STATUSES = frozenset({ExecutionStatus.RUNNING})
+"""The statuses a checkpoint still writes into (a start or a finish: `ACTIVE_STATUSES`)."""
 
 
 class NodeStatus(StrEnum):
@@ -30,6 +32,7 @@ class NodeStatus(StrEnum):
 
 
 SETTLED_NODE_STATUSES = frozenset({NodeStatus.COMPLETED, NodeStatus.ERROR, NodeStatus.SKIPPED})
+"""A node's final log statuses (written even after a cancel, unlike `running` rows)."""
 
 
 class RunState(StrEnum):
@@ -40,9 +43,6 @@ class RunState(StrEnum):
     DONE = "done"
 
 
-ACTIVE_RUN_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
-
-
 class Outcome(StrEnum):
     """How one run of an execution ended, as the engine and the runner report it."""
 
@@ -51,9 +51,6 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
     """Drained before the end (shutdown): nothing terminal was written; a later claim resumes."""
-
-
-TERMINAL_OUTCOMES = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED})
 
 
 class ExecutionMode(StrEnum):

@@ -9,8 +9,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from api.schemas import (
     CancelResult,
     ExecutionCreate,
@@ -27,6 +25,7 @@ from database.ids import new_execution_id
 from database.interfaces import ApiStore, IdempotencyKey, NewExecution, Row
 from errors import (
     Conflict,
+    DuplicateExecution,
     ExecutionNotFound,
     GraphValidationError,
     UnsupportedNodeTypes,
@@ -151,7 +150,7 @@ async def _queue(
     """Insert the pending row (a worker picks it up) and answer like PY-API."""
     try:
         earlier = await store.create_execution(new, idempotency=key)
-    except IntegrityError:
+    except DuplicateExecution:
         if key is None:
             raise
         # A concurrent submit with the same key won the race: its row is found this time.

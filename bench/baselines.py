@@ -29,7 +29,7 @@ import tasks  # noqa: F401  (registers every node type)
 from bench.client import summary_ms
 from bench.workflows import inline_source, w5_bigdata, w5_rows
 from config import get_settings
-from database.interfaces import LogRow
+from database.interfaces import Checkpoint
 from flows.engine import Job, execute
 from flows.graph import Plan, build_plan, parse_workflow
 from tasks.context import Resources, open_resources
@@ -83,15 +83,8 @@ class SqliteRecorder:
     async def commit(self, *statements: Statement) -> None:
         await asyncio.get_running_loop().run_in_executor(self.pool, self._tx, list(statements))
 
-    async def checkpoint(
-        self,
-        execution_id: str,
-        rows: list[LogRow],
-        *,
-        current_node_id: str | None,
-        node_results: str | None,
-        counts: dict[str, int],
-    ) -> bool:
+    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
+        rows, counts = checkpoint.rows, checkpoint.counts
         now = time.time()
         logs: list[Statement] = [
             (
@@ -108,7 +101,7 @@ class SqliteRecorder:
             "UPDATE executions SET currentNodeId = ?, completedNodes = COALESCE(?, completedNodes),"
             " failedNodes = COALESCE(?, failedNodes), skippedNodes = COALESCE(?, skippedNodes)"
             " WHERE id = ?",
-            (current_node_id, done, failed, skipped, execution_id),
+            (checkpoint.current_node_id, done, failed, skipped, execution_id),
         )
         await self.commit(*logs, update)
         return True

@@ -14,9 +14,11 @@ import logging
 from database.ids import new_execution_id, new_log_id
 from database.interfaces import (
     ApiStore,
+    Checkpoint,
     Claim,
     EntitySave,
     EntityStore,
+    GenericSave,
     IdempotencyKey,
     LogRow,
     NewExecution,
@@ -24,15 +26,19 @@ from database.interfaces import (
     QueueStore,
     Recorder,
     Row,
+    RunEnd,
+    RunStart,
     Store,
     WorkerStore,
 )
 
 __all__ = [
     "ApiStore",
+    "Checkpoint",
     "Claim",
     "EntitySave",
     "EntityStore",
+    "GenericSave",
     "IdempotencyKey",
     "LogRow",
     "NewExecution",
@@ -40,6 +46,8 @@ __all__ = [
     "QueueStore",
     "Recorder",
     "Row",
+    "RunEnd",
+    "RunStart",
     "Store",
     "WorkerStore",
     "new_execution_id",

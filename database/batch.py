@@ -2,40 +2,54 @@
 into the next transaction together (one commit, executemany with statements compiled once).
 
 `GroupCommit` queues the operations and resolves each waiter; `apply_batch` writes one batch in
-one transaction. A batch that fails is retried one operation per transaction, so only the waiter
-of the failing operation gets the error (an unrelated execution is never failed by another's).
+one transaction. A batch that fails on a row (a constraint, a bad value) is retried one operation
+per transaction, so only the waiter of the failing operation gets the error (an unrelated execution
+is never failed by another's); any other error (a lock timeout, a lost connection) fails the whole
+batch at once, since replaying it would only repeat the wait.
 """
 
 import asyncio
 import functools
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from database.ids import new_log_id
-from database.schema import DONE, executions, logs, runs
+from database.ids import log_row
+from database.interfaces import Checkpoint, RunEnd, RunStart
+from database.schema import executions, logs, runs
 from jsonutil import now_iso
+from states import (
+    ACTIVE_STATUSES,
+    CHECKPOINT_STATUSES,
+    SETTLED_NODE_STATUSES,
+    ExecutionStatus,
+    RunState,
+)
 
 logger = logging.getLogger(__name__)
 
 BATCH_MAX = 500
 INLINE_BATCH_MAX = 4
 """Batches up to this size may be written on the event loop (`SqlStore._write_now`)."""
-_LIVE = {
-    "start": ("pending", "running"),
-    "checkpoint": ("running",),
-    "finish": ("pending", "running"),
-}
+_LIVE = {"start": ACTIVE_STATUSES, "checkpoint": CHECKPOINT_STATUSES, "finish": ACTIVE_STATUSES}
+"""The statuses in which each kind of operation still writes the execution row."""
+INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError)
+"""A constraint failed (sqlite3's own from the compiled SQLite path, `_execute_many`)."""
+ROW_ERRORS = (*INTEGRITY_ERRORS, sa.exc.DataError, sqlite3.DataError)
+"""Errors of one operation's rows: a failing batch is retried one operation at a time."""
 
 
 @dataclass
 class Op:
     kind: str
+    """create, start, checkpoint or finish."""
     execution_id: str
-    params: dict[str, Any]
+    params: dict[str, Any] | RunStart | Checkpoint | RunEnd
+    """The rows (create), `RunStart` (start), `Checkpoint` (checkpoint) or `RunEnd` (finish)."""
     future: "asyncio.Future[bool]" = field(default=None, repr=False)  # type: ignore[arg-type]
 
 
@@ -61,8 +75,9 @@ class GroupCommit:
             try:
                 results = await self._commit(batch)
             except Exception as exc:  # noqa: BLE001 - resolved per waiter below
-                if len(batch) == 1:
-                    _resolve(batch[0], exc)
+                if len(batch) == 1 or not isinstance(exc, ROW_ERRORS):
+                    for op in batch:
+                        _resolve(op, exc)
                     continue
                 logger.warning(
                     "group commit of %d operations failed (%s); retrying one by one",
@@ -101,7 +116,10 @@ def _b(name: str) -> Any:
 _START_EXEC = (
     executions.update()
     .where(executions.c.id == _b("b_id"))
-    .values(status="running", startedAt=sa.func.coalesce(executions.c.startedAt, _b("b_now")))
+    .values(
+        status=ExecutionStatus.RUNNING,
+        startedAt=sa.func.coalesce(executions.c.startedAt, _b("b_now")),
+    )
 )
 _START_RUN = (
     runs.update()
@@ -138,7 +156,9 @@ _FINISH_EXEC = (
     )
 )
 _FINISH_RUN = (
-    runs.update().where(runs.c.executionId == _b("b_id")).values(state=DONE, leaseExpiresAt=None)
+    runs.update()
+    .where(runs.c.executionId == _b("b_id"))
+    .values(state=RunState.DONE, leaseExpiresAt=None)
 )
 
 
@@ -187,7 +207,7 @@ def apply_batch(
     execution: each execution awaits its previous operation). The statuses are read first
     under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten."""
     run = functools.partial(_execute_many, conn) if executemany else conn.execute
-    creates = [op.params for op in batch if op.kind == "create"]
+    creates = [op.params for op in batch if isinstance(op.params, dict) and op.kind == "create"]
     if creates:
         run(_INSERT_EXEC, [p["execution"] for p in creates])
         run(_INSERT_RUN, [p["run"] for p in creates])
@@ -216,42 +236,27 @@ def apply_batch(
             continue
         live = status.get(eid) in _LIVE[op.kind]
         results.append(live)
-        if op.kind == "start":
+        if isinstance(p, RunStart):
             if live:
                 params[_START_EXEC].append({"b_id": eid, "b_now": now})
             params[_START_RUN].append(
                 {
                     "b_id": eid,
-                    "b_total": p["totalNodes"],
-                    "b_mode": p["mode"],
-                    "b_reason": p["modeReason"],
-                    "b_flow": p["flowRunId"],
+                    "b_total": p.total_nodes,
+                    "b_mode": p.mode,
+                    "b_reason": p.mode_reason,
+                    "b_flow": p.flow_run_id,
                 }
             )
-        elif op.kind == "checkpoint":
-            if live and (p["current"] is not None or p["results"] is not None):
+        elif isinstance(p, Checkpoint):
+            if live and (p.current_node_id is not None or p.node_results is not None):
                 params[_CHECKPOINT_EXEC].append(
-                    {"b_id": eid, "b_current": p["current"], "b_results": p["results"]}
+                    {"b_id": eid, "b_current": p.current_node_id, "b_results": p.node_results}
                 )
             log_rows.extend(
-                dict(
-                    id=new_log_id(),
-                    executionId=eid,
-                    nodeId=r.node_id,
-                    nodeType=r.node_type,
-                    nodeLabel=r.node_label,
-                    status=r.status,
-                    inputData=r.input_json,
-                    outputData=r.output_json,
-                    error=r.error,
-                    duration=r.duration_ms,
-                    timestamp=now,
-                )
-                for r in p["rows"]
-                if live or r.status != "running"
+                log_row(eid, r, now) for r in p.rows if live or r.status in SETTLED_NODE_STATUSES
             )
-            if p["counts"]:
-                counts = p["counts"]
+            if counts := p.counts:
                 params[_COUNTS_RUN].append(
                     {
                         "b_id": eid,
@@ -260,15 +265,15 @@ def apply_batch(
                         "b_skipped": counts["skippedNodes"],
                     }
                 )
-        else:
+        elif isinstance(p, RunEnd):
             if live:
                 params[_FINISH_EXEC].append(
                     {
                         "b_id": eid,
-                        "b_status": p["status"],
-                        "b_error": p["error"],
+                        "b_status": str(p.status),
+                        "b_error": p.error,
                         "b_now": now,
-                        "b_results": p["results"],
+                        "b_results": p.node_results,
                     }
                 )
             params[_FINISH_RUN].append({"b_id": eid})

@@ -10,9 +10,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from database.generic import GENERIC_COLUMNS, check_columns, check_name, duplicate_id
+from database.generic import (
+    GENERIC_COLUMNS,
+    check_columns,
+    check_name,
+    duplicate_id,
+    generic_row,
+)
 from database.ids import new_log_id, new_row_id
-from database.interfaces import EntitySave, NewRecord, Row
+from database.interfaces import EntitySave, GenericSave, NewRecord, Row
 from database.schema import entities, properties, record_values, records
 from database.sql import SqlStore
 from errors import EntityNotFound, EntityStoreError
@@ -133,21 +139,13 @@ class SqlEntityStore:
             ) from exc
         return EntitySave(name, ids, created)
 
-    async def save_generic_records(
-        self,
-        table_name: str,
-        rows: Sequence[tuple[str, str]],
-        *,
-        upsert: bool,
-        workflow_id: str | None,
-        execution_id: str | None,
-        now: str,
-    ) -> int:
+    async def save_generic_records(self, save: GenericSave) -> int:
         """Write `(id, data JSON)` rows into `table_name` (created if missing), in one transaction.
 
         Insert mode fails on an existing id; upsert updates `data`/`updatedAt` of existing ids.
         Returns how many rows were updated. Names `database.generic.refusal` refuses raise.
         """
+        table_name, rows, upsert, now = save.table_name, save.rows, save.upsert, save.now
         check_name(table_name)
         table = _generic_table(table_name)
         try:
@@ -175,18 +173,7 @@ class SqlEntityStore:
                             [{"b_id": i, "b_data": last[i]} for i in existing],
                         )
                 pending = last.items() if upsert else rows
-                inserts = [
-                    {
-                        "id": i,
-                        "data": d,
-                        "workflowId": workflow_id,
-                        "executionId": execution_id,
-                        "createdAt": now,
-                        "updatedAt": now,
-                    }
-                    for i, d in pending
-                    if i not in existing
-                ]
+                inserts = [generic_row(save, i, d) for i, d in pending if i not in existing]
                 if inserts:
                     await conn.execute(table.insert(), inserts)
         except sa.exc.IntegrityError as exc:

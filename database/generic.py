@@ -7,6 +7,7 @@ same names.
 import re
 from collections.abc import Iterable
 
+from database.interfaces import GenericSave, Row
 from errors import EntityStoreError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -101,3 +102,15 @@ def duplicate_id(table_name: str) -> EntityStoreError:
         f"A record id already exists in table {table_name!r} (saveMode insert; use "
         f"saveMode upsert to update existing records)"
     )
+
+
+def generic_row(save: GenericSave, record_id: str, data: str) -> Row:
+    """A new row of a generic table."""
+    return {
+        "id": record_id,
+        "data": data,
+        "workflowId": save.workflow_id,
+        "executionId": save.execution_id,
+        "createdAt": save.now,
+        "updatedAt": save.now,
+    }

@@ -114,21 +114,45 @@ class NewExecution:
     """Results adopted from an earlier execution (a retry), JSON text."""
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What one engine checkpoint commits (`Recorder.checkpoint`)."""
+
+    rows: list[LogRow]
+    """Log rows of settled nodes and of nodes just started."""
+    current_node_id: str | None
+    node_results: str | None
+    """All node results so far (JSON text), or None when unchanged."""
+    counts: dict[str, int]
+    """Empty, or completedNodes, failedNodes and skippedNodes."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """How a run starts (`QueueStore.start`)."""
+
+    total_nodes: int
+    mode: str
+    mode_reason: str | None
+    flow_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How a run ends (`QueueStore.finish`)."""
+
+    status: ExecutionStatus
+    error: str | None
+    node_results: str | None
+    """All node results (JSON text; also the final output), or None to keep the stored ones."""
+
+
 class Recorder(Protocol):
     """The engine's checkpoints."""
 
-    async def checkpoint(
-        self,
-        execution_id: str,
-        rows: list[LogRow],
-        *,
-        current_node_id: str | None,
-        node_results: str | None,
-        counts: dict[str, int],
-    ) -> bool:
+    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
         """Commit settled and started nodes atomically. False when the row left `running`
-        (cancelled): then only the final rows of settled nodes are written, no `running` rows.
-        `counts` is empty or has completedNodes, failedNodes and skippedNodes."""
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows."""
         ...
 
 
@@ -144,7 +168,9 @@ class ApiStore(Protocol):
     ) -> tuple[str, str] | None:
         """Insert the pending execution row and queue it, in one transaction. With
         `idempotency`, an unexpired earlier submit with the same key and organization wins:
-        nothing is inserted and its (execution id, request hash) is returned instead."""
+        nothing is inserted and its (execution id, request hash) is returned instead.
+        Raises `errors.DuplicateExecution` when the execution id exists, or when a concurrent
+        submit with the same key inserted first (a second call then finds its row)."""
         ...
 
     async def get_execution(self, execution_id: str) -> Row | None:
@@ -198,26 +224,11 @@ class QueueStore(Protocol):
         """Those of `execution_ids` whose status is `cancelled`."""
         ...
 
-    async def start(
-        self,
-        execution_id: str,
-        *,
-        total_nodes: int,
-        mode: str,
-        mode_reason: str | None,
-        flow_run_id: str | None = None,
-    ) -> bool:
+    async def start(self, execution_id: str, run: RunStart) -> bool:
         """Mark the execution running; False when it is no longer pending/running (cancelled)."""
         ...
 
-    async def finish(
-        self,
-        execution_id: str,
-        *,
-        status: ExecutionStatus,
-        error: str | None,
-        node_results: str | None,
-    ) -> bool:
+    async def finish(self, execution_id: str, end: RunEnd) -> bool:
         """Write the terminal status unless the row is no longer pending/running (never
         overwrites `cancelled`); the queue state becomes done either way."""
         ...
@@ -243,6 +254,19 @@ class EntitySave:
     """(name, type) of every property created for keys the entity did not have."""
 
 
+@dataclass(frozen=True, slots=True)
+class GenericSave:
+    """A saveRecords write into a generic table (`EntityStore.save_generic_records`)."""
+
+    table_name: str
+    rows: Sequence[tuple[str, str]]
+    """(id, data JSON) per record."""
+    upsert: bool
+    workflow_id: str | None
+    execution_id: str | None
+    now: str
+
+
 class EntityStore(Protocol):
     """The data of fetchData and saveRecords: the Node backend's entity tables and the generic
     tables saveRecords creates (contract §2.5). Errors are `EntityStoreError`s."""
@@ -259,18 +283,9 @@ class EntityStore(Protocol):
         values, in one transaction."""
         ...
 
-    async def save_generic_records(
-        self,
-        table_name: str,
-        rows: Sequence[tuple[str, str]],
-        *,
-        upsert: bool,
-        workflow_id: str | None,
-        execution_id: str | None,
-        now: str,
-    ) -> int:
-        """Write `(id, data JSON)` rows into `table_name` (created if missing) in one
-        transaction; returns how many existing rows were updated (upsert)."""
+    async def save_generic_records(self, save: GenericSave) -> int:
+        """Write `save.rows` into `save.table_name` (created if missing) in one transaction;
+        returns how many existing rows were updated (upsert)."""
         ...
 
 

@@ -14,23 +14,31 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from database.ids import new_log_id
+from database.ids import log_row
 from database.interfaces import (
     EXECUTION_COLUMNS,
     LIST_COLUMNS,
     RUN_COLUMNS,
+    Checkpoint,
     Claim,
     IdempotencyKey,
-    LogRow,
     NewExecution,
     Row,
+    RunEnd,
+    RunStart,
 )
 from database.memory_entities import MemoryEntityStore
+from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
-from states import ACTIVE_STATUSES, ExecutionStatus, NodeStatus, RunState
+from states import (
+    ACTIVE_STATUSES,
+    CHECKPOINT_STATUSES,
+    SETTLED_NODE_STATUSES,
+    ExecutionStatus,
+    RunState,
+)
 
 _named: "weakref.WeakValueDictionary[str, MemoryStore]" = weakref.WeakValueDictionary()
-_CHECKPOINT_LIVE = frozenset({ExecutionStatus.RUNNING})
 
 
 def open_memory_store(name: str) -> "MemoryStore":
@@ -74,10 +82,6 @@ class MemoryStore:
             "organizationId": organization_id,
         }
 
-    def set_status(self, execution_id: str, status: str, **columns: Any) -> None:
-        """Test helper: change a row as the Node backend would (e.g. cancel it)."""
-        self.executions[execution_id].update(status=status, **columns)
-
     async def get_workflow(self, workflow_id: str) -> Row | None:
         row = self.workflows.get(workflow_id)
         return dict(row) if row else None
@@ -87,7 +91,7 @@ class MemoryStore:
     ) -> tuple[str, str] | None:
         eid = new.execution_id
         if eid in self.executions or eid in self.runs:
-            raise ValueError(f"An execution with id {eid!r} already exists")
+            raise DuplicateExecution(f"An execution with id {eid!r} already exists")
         if idempotency is not None:
             match = idempotency.key, new.organization_id or ""
             earlier = self.keys.get(match)
@@ -141,7 +145,9 @@ class MemoryStore:
     async def log_counts(self, execution_id: str) -> dict[str, int]:
         nodes: dict[str, set[Any]] = {}
         for r in self.logs.get(execution_id, []):
-            nodes.setdefault(r["status"] or "", set()).add(r["nodeId"])
+            ids = nodes.setdefault(r["status"] or "", set())
+            if r["nodeId"] is not None:  # SQL's count(distinct) skips NULLs
+                ids.add(r["nodeId"])
         return {status: len(ids) for status, ids in nodes.items()}
 
     async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
@@ -167,11 +173,16 @@ class MemoryStore:
         return [{c: r[c] for c in LIST_COLUMNS} for r in mine[:limit]], len(mine)
 
     def _claimable(self, now: float) -> list[str]:
+        """Queued, or running with an expired lease (a NULL lease never expires, as in SQL)."""
         ready = [
             eid
             for eid, run in self.runs.items()
             if run["state"] == RunState.QUEUED
-            or (run["state"] == RunState.RUNNING and (run["leaseExpiresAt"] or 0.0) < now)
+            or (
+                run["state"] == RunState.RUNNING
+                and run["leaseExpiresAt"] is not None
+                and run["leaseExpiresAt"] < now
+            )
         ]
         return sorted(ready, key=lambda eid: self.runs[eid]["seq"])
 
@@ -243,84 +254,50 @@ class MemoryStore:
         row = self.executions.get(execution_id)
         return None if row is None else row["status"]
 
-    async def start(
-        self,
-        execution_id: str,
-        *,
-        total_nodes: int,
-        mode: str,
-        mode_reason: str | None,
-        flow_run_id: str | None = None,
-    ) -> bool:
+    async def start(self, execution_id: str, run: RunStart) -> bool:
         live = self._status(execution_id) in ACTIVE_STATUSES
         if live:
             row = self.executions[execution_id]
             row.update(
                 status=ExecutionStatus.RUNNING.value, startedAt=row["startedAt"] or now_iso()
             )
-        if (run := self.runs.get(execution_id)) is not None:
-            run.update(
-                totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id
+        if (queued := self.runs.get(execution_id)) is not None:
+            queued.update(
+                totalNodes=run.total_nodes,
+                mode=run.mode,
+                modeReason=run.mode_reason,
+                flowRunId=run.flow_run_id,
             )
         return live
 
-    async def checkpoint(
-        self,
-        execution_id: str,
-        rows: list[LogRow],
-        *,
-        current_node_id: str | None,
-        node_results: str | None,
-        counts: dict[str, int],
-    ) -> bool:
-        live = self._status(execution_id) in _CHECKPOINT_LIVE
+    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
+        live = self._status(execution_id) in CHECKPOINT_STATUSES
         now = now_iso()
         if live:
             row = self.executions[execution_id]
-            if current_node_id is not None:
-                row["currentNodeId"] = current_node_id
-            if node_results is not None:
-                row["nodeResults"] = node_results
+            if checkpoint.current_node_id is not None:
+                row["currentNodeId"] = checkpoint.current_node_id
+            if checkpoint.node_results is not None:
+                row["nodeResults"] = checkpoint.node_results
         self.logs.setdefault(execution_id, []).extend(
-            _log_row(execution_id, r, now) for r in rows if live or r.status != NodeStatus.RUNNING
+            log_row(execution_id, r, now)
+            for r in checkpoint.rows
+            if live or r.status in SETTLED_NODE_STATUSES
         )
-        if counts and (run := self.runs.get(execution_id)) is not None:
+        if (counts := checkpoint.counts) and (run := self.runs.get(execution_id)) is not None:
             run.update({k: counts[k] for k in ("completedNodes", "failedNodes", "skippedNodes")})
         return live
 
-    async def finish(
-        self,
-        execution_id: str,
-        *,
-        status: ExecutionStatus,
-        error: str | None,
-        node_results: str | None,
-    ) -> bool:
+    async def finish(self, execution_id: str, end: RunEnd) -> bool:
         live = self._status(execution_id) in ACTIVE_STATUSES
         if live:
             row = self.executions[execution_id]
-            row.update(status=str(status), error=error, completedAt=now_iso())
-            if node_results is not None:
-                row.update(nodeResults=node_results, finalOutput=node_results)
+            row.update(status=str(end.status), error=end.error, completedAt=now_iso())
+            if end.node_results is not None:
+                row.update(nodeResults=end.node_results, finalOutput=end.node_results)
         await self.mark_done(execution_id)
         return live
 
     async def mark_done(self, execution_id: str) -> None:
         if (run := self.runs.get(execution_id)) is not None:
             run.update(state=RunState.DONE.value, leaseExpiresAt=None)
-
-
-def _log_row(execution_id: str, r: LogRow, now: str) -> Row:
-    return {
-        "id": new_log_id(),
-        "executionId": execution_id,
-        "nodeId": r.node_id,
-        "nodeType": r.node_type,
-        "nodeLabel": r.node_label,
-        "status": r.status.value if isinstance(r.status, NodeStatus) else r.status,
-        "inputData": r.input_json,
-        "outputData": r.output_json,
-        "error": r.error,
-        "duration": r.duration_ms,
-        "timestamp": now,
-    }

@@ -3,9 +3,15 @@ records and values, and the generic saveRecords tables, with the SQL store's rul
 
 from collections.abc import Sequence
 
-from database.generic import GENERIC_COLUMNS, check_columns, check_name, duplicate_id
+from database.generic import (
+    GENERIC_COLUMNS,
+    check_columns,
+    check_name,
+    duplicate_id,
+    generic_row,
+)
 from database.ids import new_log_id, new_row_id
-from database.interfaces import EntitySave, NewRecord, Row
+from database.interfaces import EntitySave, GenericSave, NewRecord, Row
 from errors import EntityNotFound
 
 
@@ -89,16 +95,8 @@ class MemoryEntityStore:
             )
         return EntitySave(name, ids, created)
 
-    async def save_generic_records(
-        self,
-        table_name: str,
-        rows: Sequence[tuple[str, str]],
-        *,
-        upsert: bool,
-        workflow_id: str | None,
-        execution_id: str | None,
-        now: str,
-    ) -> int:
+    async def save_generic_records(self, save: GenericSave) -> int:
+        table_name, rows, upsert, now = save.table_name, save.rows, save.upsert, save.now
         check_name(table_name)
         columns, table = self.tables.get(table_name, (frozenset(GENERIC_COLUMNS), {}))
         check_columns(table_name, columns)
@@ -111,13 +109,6 @@ class MemoryEntityStore:
         for i in existing:
             table[i].update(data=last[i], updatedAt=now)
         for i, d in pending:
-            table[i] = {
-                "id": i,
-                "data": d,
-                "workflowId": workflow_id,
-                "executionId": execution_id,
-                "createdAt": now,
-                "updatedAt": now,
-            }
+            table[i] = generic_row(save, i, d)
         self.tables[table_name] = (columns, table)
         return len(existing)

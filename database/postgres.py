@@ -15,6 +15,8 @@ R = TypeVar("R")
 class PostgresStore(SqlStore):
     """`SqlStore` on PostgreSQL: concurrent writers, so claims and group commits lock rows."""
 
+    DRIVER = "postgresql+asyncpg"
+
     @classmethod
     def connect(cls, url: sa.URL) -> "PostgresStore":
         return cls(create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True))

@@ -8,7 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from states import RunState
+from database.interfaces import EXECUTION_COLUMNS
+from states import ExecutionStatus
 
 metadata = sa.MetaData()
 T = sa.Text
@@ -108,28 +109,17 @@ workflows = _table(
     sa.Column("activeVersionNumber", sa.Integer),
     sa.Column("isPublic", sa.Integer, server_default="0"),
 )
+# workflow_executions: the columns of `EXECUTION_COLUMNS`, TEXT unless typed here
+_EXECUTION_TYPED = {
+    "id": _pk(),
+    "workflowId": sa.Column("workflowId", T, nullable=False),
+    "status": sa.Column("status", T, server_default=ExecutionStatus.PENDING.value),
+    "triggerType": sa.Column("triggerType", T, server_default="manual"),
+    "versionNumber": sa.Column("versionNumber", sa.Integer),
+}
 executions = _table(
     "workflow_executions",
-    _pk(),
-    sa.Column("workflowId", T, nullable=False),
-    sa.Column("organizationId", T),
-    sa.Column("status", T, server_default="pending"),
-    sa.Column("triggerType", T, server_default="manual"),
-    *(
-        sa.Column(c, T)
-        for c in (
-            "inputs",
-            "currentNodeId",
-            "nodeResults",
-            "finalOutput",
-            "error",
-            "createdAt",
-            "startedAt",
-            "completedAt",
-            "triggeredByName",
-        )
-    ),
-    sa.Column("versionNumber", sa.Integer),
+    *(_EXECUTION_TYPED[c] if c in _EXECUTION_TYPED else sa.Column(c, T) for c in EXECUTION_COLUMNS),
 )
 logs = _table(
     "execution_logs",
@@ -197,10 +187,6 @@ idempotency = _table(
     sa.Column("executionId", T, nullable=False),
     sa.Column("expiresAt", sa.Float, nullable=False),
 )
-
-
-QUEUED, RUNNING, DONE = RunState.QUEUED.value, RunState.RUNNING.value, RunState.DONE.value
-"""`wos_executions.state` values as plain strings (bound as SQL parameters)."""
 
 
 def create_all(conn: sa.Connection) -> None:

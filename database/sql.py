@@ -11,26 +11,29 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from database.batch import INLINE_BATCH_MAX, GroupCommit, Op
+from database.batch import INLINE_BATCH_MAX, INTEGRITY_ERRORS, GroupCommit, Op
 from database.interfaces import (
     LIST_COLUMNS,
     RUN_COLUMNS,
+    Checkpoint,
     EntityStore,
     IdempotencyKey,
-    LogRow,
     NewExecution,
+    RunEnd,
+    RunStart,
 )
-from database.schema import DONE, QUEUED, create_all, executions, logs, runs, workflows
+from database.schema import create_all, executions, logs, runs, workflows
 from database.schema import idempotency as keys
 from database.sql_queue import SqlQueue
+from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
-from states import ACTIVE_STATUSES, ExecutionStatus
+from states import ACTIVE_STATUSES, ExecutionStatus, RunState
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -42,6 +45,9 @@ class SqlStore(SqlQueue):
     """All database access of the service over SQLAlchemy Core. Open with `database.open_store`,
     close with `close`. Each operation is one short transaction written as a plain function of a
     SQLAlchemy Connection, run by the backend's `_run`."""
+
+    DRIVER: ClassVar[str]
+    """The SQLAlchemy async driver of the backend's URLs (`sqlite+aiosqlite`, …)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -61,10 +67,7 @@ class SqlStore(SqlQueue):
     async def open(cls, url: str, *, create: bool = True) -> "SqlStore":
         """The store on `url` (its async driver chosen here); see `database.open_store`."""
         parsed = make_url(url)
-        driver = (
-            "sqlite+aiosqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+asyncpg"
-        )
-        store = cls.connect(parsed.set(drivername=driver))
+        store = cls.connect(parsed.set(drivername=cls.DRIVER))
         if create:
             await store.create_all()
         logger.info("store open: %s", parsed.render_as_string(hide_password=True))
@@ -138,6 +141,7 @@ class SqlStore(SqlQueue):
 
         With `idempotency`, an unexpired earlier submit with the same key and organization
         wins: nothing is inserted and its (execution id, request hash) is returned instead.
+        Raises DuplicateExecution when the id exists or a concurrent same-key submit won.
         """
         execution_id, organization_id = new.execution_id, new.organization_id
         now = now_iso()
@@ -158,39 +162,25 @@ class SqlStore(SqlQueue):
                 "workflowName": new.workflow_name,
                 "definition": new.definition,
                 "requestedMode": new.mode,
-                "state": QUEUED,
+                "state": RunState.QUEUED,
                 "createdAt": now,
                 "retryOf": new.retry_of,
             },
         }
-        if idempotency is None:  # the common case: group-committed with concurrent submits
-            await self._group.submit(Op("create", execution_id, rows))
-            return None
-
-        def op(conn: sa.Connection) -> tuple[str, str] | None:
-            key, request_hash, ttl_s = idempotency.key, idempotency.request_hash, idempotency.ttl_s
-            match = keys.c.key == key, keys.c.organizationId == org
-            earlier = conn.execute(
-                sa.select(keys.c.executionId, keys.c.requestHash, keys.c.expiresAt).where(*match)
-            ).first()
-            if earlier is not None and earlier.expiresAt > time.time():
-                return earlier.executionId, earlier.requestHash
-            if earlier is not None:
-                conn.execute(keys.delete().where(*match))
-            conn.execute(
-                keys.insert().values(
-                    key=key,
-                    organizationId=org,
-                    requestHash=request_hash,
-                    executionId=execution_id,
-                    expiresAt=time.time() + ttl_s,
-                )
+        try:
+            if idempotency is None:  # the common case: group-committed with concurrent submits
+                await self._group.submit(Op("create", execution_id, rows))
+                return None
+            return await self._run(
+                functools.partial(_insert_keyed, rows=rows, key=idempotency, org=org), write=True
             )
-            conn.execute(executions.insert().values(rows["execution"]))
-            conn.execute(runs.insert().values(rows["run"]))
-            return None
-
-        return await self._run(op, write=True)
+        except INTEGRITY_ERRORS as exc:
+            if await self._run(
+                functools.partial(_taken, execution_id=execution_id, key=idempotency, org=org),
+                write=False,
+            ):
+                raise DuplicateExecution() from exc
+            raise  # another constraint (e.g. a foreign key of the Node backend's schema)
 
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         """The execution row joined with the service's own state (None where not ours)."""
@@ -258,8 +248,8 @@ class SqlStore(SqlQueue):
             )
             conn.execute(
                 runs.update()
-                .where(runs.c.executionId == execution_id, runs.c.state == QUEUED)
-                .values(state=DONE)
+                .where(runs.c.executionId == execution_id, runs.c.state == RunState.QUEUED)
+                .values(state=RunState.DONE)
             )
             return status, True
 
@@ -289,56 +279,55 @@ class SqlStore(SqlQueue):
 
         return await self._run(op, write=False)
 
-    async def start(
-        self,
-        execution_id: str,
-        *,
-        total_nodes: int,
-        mode: str,
-        mode_reason: str | None,
-        flow_run_id: str | None = None,
-    ) -> bool:
+    async def start(self, execution_id: str, run: RunStart) -> bool:
         """Mark the execution running; False when it is no longer pending/running (cancelled)."""
-        return await self._group.submit(
-            Op(
-                "start",
-                execution_id,
-                dict(
-                    totalNodes=total_nodes, mode=mode, modeReason=mode_reason, flowRunId=flow_run_id
-                ),
-            )
-        )
+        return await self._group.submit(Op("start", execution_id, run))
 
-    async def checkpoint(
-        self,
-        execution_id: str,
-        rows: list[LogRow],
-        *,
-        current_node_id: str | None,
-        node_results: str | None,
-        counts: dict[str, int],
-    ) -> bool:
+    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
         """Commit settled nodes and started nodes atomically. False when the row left `running`
-        (cancelled): then only the final rows of settled nodes are written, no `running` rows.
-        `counts` is empty or has completedNodes, failedNodes and skippedNodes."""
-        return await self._group.submit(
-            Op(
-                "checkpoint",
-                execution_id,
-                dict(rows=rows, current=current_node_id, results=node_results, counts=counts),
-            )
-        )
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows."""
+        return await self._group.submit(Op("checkpoint", execution_id, checkpoint))
 
-    async def finish(
-        self,
-        execution_id: str,
-        *,
-        status: ExecutionStatus,
-        error: str | None,
-        node_results: str | None,
-    ) -> bool:
-        """Write the terminal status unless the row is no longer running (never overwrites
-        `cancelled`); the service's run state becomes done either way."""
-        return await self._group.submit(
-            Op("finish", execution_id, dict(status=str(status), error=error, results=node_results))
+    async def finish(self, execution_id: str, end: RunEnd) -> bool:
+        """Write the terminal status unless the row is no longer pending/running (never
+        overwrites `cancelled`); the service's run state becomes done either way."""
+        return await self._group.submit(Op("finish", execution_id, end))
+
+
+def _insert_keyed(
+    conn: sa.Connection, *, rows: dict[str, dict[str, Any]], key: IdempotencyKey, org: str
+) -> tuple[str, str] | None:
+    """An `Idempotency-Key` submit: the earlier unexpired submit's (id, hash), or insert."""
+    match = keys.c.key == key.key, keys.c.organizationId == org
+    earlier = conn.execute(
+        sa.select(keys.c.executionId, keys.c.requestHash, keys.c.expiresAt).where(*match)
+    ).first()
+    if earlier is not None and earlier.expiresAt > time.time():
+        return earlier.executionId, earlier.requestHash
+    if earlier is not None:
+        conn.execute(keys.delete().where(*match))
+    conn.execute(
+        keys.insert().values(
+            key=key.key,
+            organizationId=org,
+            requestHash=key.request_hash,
+            executionId=rows["execution"]["id"],
+            expiresAt=time.time() + key.ttl_s,
         )
+    )
+    conn.execute(executions.insert().values(rows["execution"]))
+    conn.execute(runs.insert().values(rows["run"]))
+    return None
+
+
+def _taken(conn: sa.Connection, *, execution_id: str, key: IdempotencyKey | None, org: str) -> bool:
+    """After an insert failed on a constraint: was it this execution id, or this key?"""
+    found = [
+        sa.select(executions.c.id).where(executions.c.id == execution_id),
+        sa.select(runs.c.executionId).where(runs.c.executionId == execution_id),
+    ]
+    if key is not None:
+        found.append(
+            sa.select(keys.c.key).where(keys.c.key == key.key, keys.c.organizationId == org)
+        )
+    return any(conn.execute(query.limit(1)).first() is not None for query in found)

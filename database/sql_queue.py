@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from database.interfaces import Claim
-from database.schema import DONE, QUEUED, RUNNING, executions, runs
+from database.schema import executions, runs
 from jsonutil import now_iso
-from states import ExecutionStatus
+from states import ExecutionStatus, RunState
 
 R = TypeVar("R")
 
@@ -28,10 +28,9 @@ class SqlQueue:
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
         """Take up to `limit` queued executions in submission order, and any whose lease expired."""
         now = time.time()
-        ready = sa.or_(
-            runs.c.state == QUEUED, sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now)
+        pick = (
+            sa.select(runs.c.executionId).where(_claimable(now)).order_by(runs.c.seq).limit(limit)
         )
-        pick = sa.select(runs.c.executionId).where(ready).order_by(runs.c.seq).limit(limit)
         pick = self._lock_unclaimed(pick)
 
         def op(conn: sa.Connection) -> list[Claim]:
@@ -42,7 +41,7 @@ class SqlQueue:
                 runs.update()
                 .where(runs.c.executionId.in_(ids))
                 .values(
-                    state=RUNNING,
+                    state=RunState.RUNNING,
                     leaseOwner=owner,
                     leaseExpiresAt=now + lease_s,
                     attempts=runs.c.attempts + 1,
@@ -74,16 +73,7 @@ class SqlQueue:
     async def has_queued(self) -> bool:
         """Cheap read-only check the idle worker polls before taking the write lock to claim."""
         now = time.time()
-        query = (
-            sa.select(runs.c.executionId)
-            .where(
-                sa.or_(
-                    runs.c.state == QUEUED,
-                    sa.and_(runs.c.state == RUNNING, runs.c.leaseExpiresAt < now),
-                )
-            )
-            .limit(1)
-        )
+        query = sa.select(runs.c.executionId).where(_claimable(now)).limit(1)
         return await self._run(lambda conn: conn.execute(query).first() is not None, write=False)
 
     async def _update_runs(self, where: Any, **values: Any) -> None:
@@ -92,29 +82,33 @@ class SqlQueue:
         )
 
     async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:
-        ids = list(running)
-        mine = sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING)
+        """One write: a renewal and a give-back in two would let a claim of `owner` commit in
+        between and be given back."""
+        lease = sa.case((runs.c.executionId.in_(list(running)), time.time() + lease_s), else_=0.0)
         await self._update_runs(
-            sa.and_(mine, runs.c.executionId.in_(ids)), leaseExpiresAt=time.time() + lease_s
+            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RunState.RUNNING),
+            leaseExpiresAt=lease,
         )
-        await self._update_runs(sa.and_(mine, runs.c.executionId.not_in(ids)), leaseExpiresAt=0.0)
 
     async def release(self, owner: str) -> None:
         """Give back every unfinished execution of `owner` (graceful shutdown) so that the next
         worker, or this service's next start, resumes it at once instead of after the lease."""
         await self._update_runs(
-            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RUNNING), leaseExpiresAt=0.0
+            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RunState.RUNNING),
+            leaseExpiresAt=0.0,
         )
 
     async def release_instance(self, instance: str) -> None:
         """At start-up: give back what a previous run of this instance still held."""
         await self._update_runs(
-            sa.and_(runs.c.leaseOwner.startswith(instance + ":"), runs.c.state == RUNNING),
+            sa.and_(runs.c.leaseOwner.startswith(instance + ":"), runs.c.state == RunState.RUNNING),
             leaseExpiresAt=0.0,
         )
 
     async def mark_done(self, execution_id: str) -> None:
-        await self._update_runs(runs.c.executionId == execution_id, state=DONE, leaseExpiresAt=None)
+        await self._update_runs(
+            runs.c.executionId == execution_id, state=RunState.DONE, leaseExpiresAt=None
+        )
 
     async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
         ids = list(execution_ids)
@@ -124,3 +118,11 @@ class SqlQueue:
             executions.c.id.in_(ids), executions.c.status == ExecutionStatus.CANCELLED.value
         )
         return await self._run(lambda conn: set(conn.execute(query).scalars()), write=False)
+
+
+def _claimable(now: float) -> sa.ColumnElement[bool]:
+    """Queued, or running with an expired lease (a NULL lease never expires)."""
+    return sa.or_(
+        runs.c.state == RunState.QUEUED,
+        sa.and_(runs.c.state == RunState.RUNNING, runs.c.leaseExpiresAt < now),
+    )

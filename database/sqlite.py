@@ -30,6 +30,8 @@ LOCK_POLL_S = 0.0005
 class SqliteStore(SqlStore):
     """`SqlStore` on a SQLite file (WAL, foreign keys off: Decision 11)."""
 
+    DRIVER = "sqlite+aiosqlite"
+
     def __init__(self, engine: AsyncEngine, sync_engine: sa.Engine) -> None:
         super().__init__(engine)
         self.sync_engine = sync_engine

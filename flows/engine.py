@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from database.interfaces import LogRow, Recorder
+from database.interfaces import Checkpoint, LogRow, Recorder
 from errors import NodeError
 from flows.graph import Plan, assemble_input, edge_payload, is_failed, is_skipped
 from jsonutil import dump_json
@@ -146,10 +146,12 @@ class _Run:
         rows, self.rows = self.rows, []
         live = await self.recorder.checkpoint(
             self.job.execution_id,
-            rows,
-            current_node_id=self.current,
-            node_results=self.node_results_json() if self.dirty else None,
-            counts=self.counts() if self.dirty else {},
+            Checkpoint(
+                rows,
+                current_node_id=self.current,
+                node_results=self.node_results_json() if self.dirty else None,
+                counts=self.counts() if self.dirty else {},
+            ),
         )
         self.dirty = False
         return live

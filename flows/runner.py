@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from config import Settings
-from database.interfaces import Claim, WorkerStore
+from database.interfaces import Claim, RunEnd, RunStart, WorkerStore
 from errors import GraphValidationError
 from flows.engine import Job, RunResult, execute
 from flows.graph import Plan, build_plan, parse_workflow
@@ -97,9 +97,9 @@ class Runner:
         try:
             plan = plan_of(claim.definition, eid)
         except GraphValidationError as exc:
-            await self.store.start(eid, total_nodes=0, mode=ExecutionMode.INLINE, mode_reason=None)
+            await self.store.start(eid, RunStart(0, ExecutionMode.INLINE, None))
             await self.store.finish(
-                eid, status=ExecutionStatus.FAILED, error=str(exc), node_results="{}"
+                eid, RunEnd(status=ExecutionStatus.FAILED, error=str(exc), node_results="{}")
             )
             return Outcome.FAILED
         previous = _json_object(claim.node_results)
@@ -124,11 +124,7 @@ class Runner:
             nonlocal started
             started = True
             if not await self.store.start(
-                eid,
-                total_nodes=len(plan.nodes),
-                mode=mode,
-                mode_reason=reason,
-                flow_run_id=flow_run_id,
+                eid, RunStart(len(plan.nodes), mode, reason, flow_run_id)
             ):
                 await self.store.mark_done(eid)
                 return Outcome.CANCELLED
@@ -187,9 +183,11 @@ class Runner:
             return
         await self.store.finish(
             eid,
-            status=ExecutionStatus(result.status),
-            error=result.error,
-            node_results=result.node_results,
+            RunEnd(
+                status=ExecutionStatus(result.status),
+                error=result.error,
+                node_results=result.node_results,
+            ),
         )
 
     async def _guarded(self, eid: str, body: Awaitable[Outcome]) -> Outcome:
@@ -202,8 +200,10 @@ class Runner:
             logger.exception("execution %s crashed", eid, extra={"execution_id": eid})
             await self.store.finish(
                 eid,
-                status=ExecutionStatus.FAILED,
-                error=f"{type(exc).__name__}: {exc}",
-                node_results=None,
+                RunEnd(
+                    status=ExecutionStatus.FAILED,
+                    error=f"{type(exc).__name__}: {exc}",
+                    node_results=None,
+                ),
             )
             return Outcome.FAILED

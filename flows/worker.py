@@ -30,6 +30,9 @@ class Worker:
         self.tasks: dict[str, asyncio.Task[Outcome]] = {}
         self.cancels: dict[str, asyncio.Event] = {}
         self.wake = asyncio.Event()
+        # held by "claim + spawn" and by a lease renewal: a renewal's snapshot of `self.tasks`
+        # then holds every execution this worker's committed claims gave it
+        self._claiming = asyncio.Lock()
 
     @property
     def lease_s(self) -> float:
@@ -46,11 +49,11 @@ class Worker:
             while not stop.is_set():
                 free = self.settings.concurrency_limit - len(self.tasks)
                 if free > 0 and await self._has_work():
-                    claims = await self._claim(free)
-                    for claim in claims:
-                        self._spawn(claim)
-                    if claims:
+                    claimed = await self.claim_and_spawn(free)
+                    if claimed:
                         continue
+                    if claimed is None:
+                        await asyncio.sleep(1)
                 self.wake.clear()
                 waits = [
                     asyncio.ensure_future(stop.wait()),
@@ -73,13 +76,17 @@ class Worker:
             await asyncio.sleep(1)
             return False
 
-    async def _claim(self, limit: int) -> list[Claim]:
-        try:
-            return await self.store.claim(self.owner, limit, self.lease_s)
-        except Exception:  # noqa: BLE001 - a store hiccup must not kill the worker
-            logger.exception("claim failed; retrying")
-            await asyncio.sleep(1)
-            return []
+    async def claim_and_spawn(self, limit: int) -> int | None:
+        """Claim up to `limit` executions and start them; how many, None when the claim failed."""
+        async with self._claiming:
+            try:
+                claims = await self.store.claim(self.owner, limit, self.lease_s)
+            except Exception:  # noqa: BLE001 - a store hiccup must not kill the worker
+                logger.exception("claim failed; retrying")
+                return None
+            for claim in claims:
+                self._spawn(claim)
+            return len(claims)
 
     def _spawn(self, claim: Claim) -> None:
         eid = claim.execution_id
@@ -116,9 +123,15 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                await self.store.renew_leases(self.owner, list(self.tasks), self.lease_s)
+                await self.renew_leases()
             except Exception:  # noqa: BLE001 - retried on the next tick
                 logger.exception("lease renewal failed")
+
+    async def renew_leases(self) -> None:
+        """One renewal. Never concurrent with a claim: a claim committed after the snapshot of
+        `self.tasks` would be given back by it, and run twice."""
+        async with self._claiming:
+            await self.store.renew_leases(self.owner, list(self.tasks), self.lease_s)
 
     async def _watch_cancels(self) -> None:
         """Cancels written straight into the row (by the API or the Node backend) stop the run."""

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from database.generic import DEFAULT_TABLE, refusal
-from database.interfaces import EntityStore, NewRecord
+from database.interfaces import EntityStore, GenericSave, NewRecord
 from errors import EntityNotFound, EntityStoreError, NodeConfigError, NodeExecutionError
 from jsonutil import dump_json, iso_ms, now_iso
 from tasks.context import RunContext
@@ -185,12 +185,14 @@ async def _save_to_table(
         rows.append((secrets.token_hex(8) if rid in (None, "") else js_str(rid), dump_json(record)))
     try:
         updated = await _store(ctx).save_generic_records(
-            table,
-            rows,
-            upsert=mode == "upsert",
-            workflow_id=ctx.workflow_id,
-            execution_id=ctx.execution_id,
-            now=now_iso(),
+            GenericSave(
+                table,
+                rows,
+                upsert=mode == "upsert",
+                workflow_id=ctx.workflow_id,
+                execution_id=ctx.execution_id,
+                now=now_iso(),
+            )
         )
     except EntityStoreError as exc:
         raise NodeExecutionError(str(exc)) from exc

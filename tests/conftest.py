@@ -224,17 +224,24 @@ async def _service(
     kind: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Service]:
     db = tmp_path / "node.sqlite"
-    if kind == "sqlite":
-        monkeypatch.setenv("DATABASE_PATH", str(db))
-    else:
+    if kind == "postgres":
         monkeypatch.setenv("DATABASE_URL", url)
+    else:  # memory: is no DATABASE_URL; the app's lifespan is handed the worker's store
+        monkeypatch.setenv("DATABASE_PATH", str(db))
     monkeypatch.setenv("EXECUTION_MODE", "inline")
     monkeypatch.delenv("API_KEYS", raising=False)
     get_settings.cache_clear()
     settings = get_settings()
+    import api_service
     from api_service import app
 
-    store = await open_store(settings.database_url)
+    store = await open_store(url if kind == "memory" else settings.database_url)
+    if kind == "memory":
+
+        async def same_store(_url: str, **_kw: Any) -> Store:
+            return store
+
+        monkeypatch.setattr(api_service, "open_store", same_store)
     resources = open_resources(settings, store)
     worker = Worker(settings, store, Runner(settings, store, resources, PrefectProbe(None)))
     stop = asyncio.Event()

@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from database.interfaces import EXECUTION_COLUMNS, RUN_COLUMNS
+
+LOG_COLUMNS = ("id", "executionId", "nodeId", "nodeType", "nodeLabel", "status", "inputData")
+LOG_COLUMNS += ("outputData", "error", "duration", "timestamp")
 FIXTURES = Path(__file__).parent / "fixtures"
 NODE_SCHEMA = FIXTURES / "node_schema.sql"
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -101,8 +105,8 @@ async def store_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
 
 
 async def seed_rows(store: Any, table: str, rows: list[dict[str, Any]]) -> None:
-    """Insert rows as the Node backend would: SQL on the SQL stores; the in-memory store's
-    helpers (workflows and entities only)."""
+    """Insert rows as the Node backend (or another process) would: SQL on the SQL stores, the
+    in-memory store's dictionaries otherwise (missing columns are NULL, as in SQL)."""
     if hasattr(store, "write"):
         from database import schema
 
@@ -120,6 +124,19 @@ async def seed_rows(store: Any, table: str, rows: list[dict[str, Any]]) -> None:
             store.entities.records[row["id"]] = dict(row)
         elif table == "record_values":
             store.entities.values.append(dict(row))
+        elif table == "workflow_executions":
+            store.executions[row["id"]] = {**dict.fromkeys(EXECUTION_COLUMNS), **row}
+        elif table == "wos_executions":
+            store.runs[row["executionId"]] = {
+                **dict.fromkeys(RUN_COLUMNS),
+                "leaseOwner": None,
+                "leaseExpiresAt": None,
+                **row,
+            }
+        elif table == "execution_logs":
+            store.logs.setdefault(row["executionId"], []).append(
+                {**{c: None for c in LOG_COLUMNS}, **row}
+            )
         elif table != "organizations":
             raise ValueError(f"the in-memory store has no table {table!r}")
 

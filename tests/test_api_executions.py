@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from api import executions
 from api.schemas import ExecutionCreate
-from database.interfaces import Store
+from database.interfaces import RunEnd, RunStart, Store
 from errors import Conflict, ExecutionNotFound, GraphValidationError, UnsupportedNodeTypes
 from states import ExecutionMode, ExecutionStatus
 
@@ -42,12 +42,10 @@ async def _fail(store: Store, execution_id: str, node_results: dict[str, Any]) -
     """Run the execution's lifecycle as a worker would, ending `failed`."""
     [claim] = await store.claim("test-owner", 1, 30)
     assert claim.execution_id == execution_id
-    assert await store.start(execution_id, total_nodes=3, mode="inline", mode_reason=None)
+    assert await store.start(execution_id, RunStart(3, "inline", None))
     assert await store.finish(
         execution_id,
-        status=ExecutionStatus.FAILED,
-        error="boom",
-        node_results=json.dumps(node_results),
+        RunEnd(status=ExecutionStatus.FAILED, error="boom", node_results=json.dumps(node_results)),
     )
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from database import open_store
 from database.generic import SERVICE_TABLES
 from database.interfaces import NewExecution
@@ -110,3 +112,54 @@ def open_url(tmp_path: Path) -> "object":
     from sqlalchemy.engine import make_url
 
     return make_url(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite'}")
+
+
+async def commit_all(errors: dict[int, Exception]) -> tuple[list[list[str]], list[object]]:
+    """Three operations group-committed by a fake commit that raises `errors[size of the
+    batch]`; returns the batches it was given and each waiter's outcome."""
+    from database.batch import GroupCommit, Op
+
+    batches: list[list[str]] = []
+
+    async def commit(batch: list[Op]) -> list[bool]:
+        batches.append([op.execution_id for op in batch])
+        if len(batch) in errors and (len(batch) > 1 or batch[0].execution_id == "bad"):
+            raise errors[len(batch)]
+        return [True] * len(batch)
+
+    group = GroupCommit(commit)
+    outcomes = await asyncio.gather(
+        *(group.submit(Op("finish", eid, {})) for eid in ("a", "bad", "c")),
+        return_exceptions=True,
+    )
+    return batches, outcomes
+
+
+async def test_group_commit_replays_one_by_one_after_a_row_error() -> None:
+    """Bug 3: a constraint violation fails only the operation that caused it."""
+    duplicate = sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+    batches, outcomes = await commit_all({3: duplicate, 1: duplicate})
+    assert batches == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+    assert outcomes[0] is True and outcomes[2] is True
+    assert outcomes[1] is duplicate
+
+
+async def test_group_commit_fails_the_whole_batch_at_once_on_other_errors() -> None:
+    """A lock timeout or a lost connection is not replayed 500 times: every waiter gets it."""
+    locked = sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+    batches, outcomes = await commit_all({3: locked})
+    assert batches == [["a", "bad", "c"]]
+    assert outcomes == [locked, locked, locked]
+
+
+def test_interfaces_column_lists_agree_with_the_schema() -> None:
+    """`database.interfaces` names the columns without SQLAlchemy; the tables must have them."""
+    from database.interfaces import EXECUTION_COLUMNS, LIST_COLUMNS, RUN_COLUMNS
+    from database.schema import executions, runs
+
+    assert tuple(executions.c.keys()) == EXECUTION_COLUMNS
+    assert set(RUN_COLUMNS) <= set(runs.c.keys())
+    assert set(runs.c.keys()) - set(RUN_COLUMNS) == {
+        *("executionId", "seq", "leaseOwner", "leaseExpiresAt", "createdAt")
+    }
+    assert set(LIST_COLUMNS) <= set(EXECUTION_COLUMNS)

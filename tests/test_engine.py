@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from config import Settings
-from database.interfaces import LogRow
+from database.interfaces import Checkpoint, LogRow
 from errors import CycleDetected, GraphValidationError, NodeExecutionError
 from flows.engine import Job, execute
 from flows.graph import build_plan, parse_workflow
@@ -27,18 +27,16 @@ class MemoryRecorder:
         self.checkpoints: list[dict[str, Any]] = []
         self.cancelled = False
 
-    async def checkpoint(
-        self,
-        execution_id: str,
-        rows: list[LogRow],
-        *,
-        current_node_id: str | None,
-        node_results: str | None,
-        counts: dict[str, int],
-    ) -> bool:
+    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
         live = not self.cancelled
-        self.rows.extend(r for r in rows if live or r.status != "running")
-        self.checkpoints.append({"rows": rows, "current": current_node_id, "counts": counts})
+        self.rows.extend(r for r in checkpoint.rows if live or r.status != "running")
+        self.checkpoints.append(
+            {
+                "rows": checkpoint.rows,
+                "current": checkpoint.current_node_id,
+                "counts": checkpoint.counts,
+            }
+        )
         return live
 
 
@@ -366,10 +364,10 @@ class FailingRecorder(MemoryRecorder):
         super().__init__()
         self.fail_at = fail_at
 
-    async def checkpoint(self, execution_id: str, rows: list[LogRow], **kw: Any) -> bool:
+    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
         if len(self.checkpoints) + 1 == self.fail_at:
             raise RuntimeError("checkpoint write failed")
-        return await super().checkpoint(execution_id, rows, **kw)
+        return await super().checkpoint(execution_id, checkpoint)
 
 
 async def test_failed_checkpoint_cancels_and_awaits_in_flight_nodes(resources: Resources) -> None:

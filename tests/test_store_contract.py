@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from database import LogRow, NewExecution, Store
-from database.interfaces import IdempotencyKey, NewRecord
-from errors import EntityNotFound, EntityStoreError
+from database import Checkpoint, LogRow, NewExecution, RunEnd, RunStart, Store
+from database.interfaces import GenericSave, IdempotencyKey, NewRecord
+from errors import DuplicateExecution, EntityNotFound, EntityStoreError
 from states import ExecutionStatus
 from tests.conftest import Service
 from tests.support import on_every_store, seed_rows
@@ -93,14 +93,16 @@ async def test_release_instance_frees_a_previous_incarnation(store: Store) -> No
 async def test_checkpoint_and_finish_never_overwrite_cancel(store: Store) -> None:
     await add(store, "e1")
     await store.claim("w", 1, 15)
-    assert await store.start("e1", total_nodes=2, mode="inline", mode_reason=None)
+    assert await store.start("e1", RunStart(2, "inline", None))
     rows = [LogRow("a", "trigger", "A", "running")]
     assert await store.checkpoint(
         "e1",
-        rows,
-        current_node_id="a",
-        node_results="{}",
-        counts={"completedNodes": 0, "failedNodes": 0, "skippedNodes": 0},
+        Checkpoint(
+            rows,
+            current_node_id="a",
+            node_results="{}",
+            counts={"completedNodes": 0, "failedNodes": 0, "skippedNodes": 0},
+        ),
     )
     assert await store.cancel("e1") == ("running", True)
     late = [
@@ -109,12 +111,14 @@ async def test_checkpoint_and_finish_never_overwrite_cancel(store: Store) -> Non
     ]
     assert not await store.checkpoint(
         "e1",
-        late,
-        current_node_id="b",
-        node_results='{"a": {}}',
-        counts={"completedNodes": 1, "failedNodes": 0, "skippedNodes": 0},
+        Checkpoint(
+            late,
+            current_node_id="b",
+            node_results='{"a": {}}',
+            counts={"completedNodes": 1, "failedNodes": 0, "skippedNodes": 0},
+        ),
     )
-    assert not await store.finish("e1", status="completed", error=None, node_results="{}")
+    assert not await store.finish("e1", RunEnd(status="completed", error=None, node_results="{}"))
     row = await store.get_execution("e1")
     assert row is not None
     assert (row["status"], row["error"], row["currentNodeId"]) == (
@@ -138,14 +142,16 @@ async def test_cancel_answers_for_every_status(store: Store) -> None:
 async def test_logs_keep_insertion_order_and_last_n(store: Store) -> None:
     await add(store, "e1")
     await store.claim("w", 1, 15)
-    await store.start("e1", total_nodes=12, mode="inline", mode_reason=None)
+    await store.start("e1", RunStart(12, "inline", None))
     for i in range(12):
         await store.checkpoint(
             "e1",
-            [LogRow(f"n{i}", "t", "L", "running")],
-            current_node_id=f"n{i}",
-            node_results=None,
-            counts={},
+            Checkpoint(
+                [LogRow(f"n{i}", "t", "L", "running")],
+                current_node_id=f"n{i}",
+                node_results=None,
+                counts={},
+            ),
         )
     assert [r["nodeId"] for r in await store.get_logs("e1")] == [f"n{i}" for i in range(12)]
     assert [r["nodeId"] for r in await store.get_logs("e1", last=10)] == [
@@ -201,20 +207,22 @@ async def test_a_failing_operation_fails_only_its_own_waiter(store: Store) -> No
         await add(store, eid)
     await store.claim("w", 5, 15)
     for eid in ("e2", "e3"):
-        await store.start(eid, total_nodes=1, mode="inline", mode_reason=None)
+        await store.start(eid, RunStart(1, "inline", None))
     duplicate, finished, checkpointed = await asyncio.gather(
         add(store, "e1"),
-        store.finish("e2", status=ExecutionStatus.COMPLETED, error=None, node_results="{}"),
+        store.finish("e2", RunEnd(status=ExecutionStatus.COMPLETED, error=None, node_results="{}")),
         store.checkpoint(
             "e3",
-            checkpoint_rows(("a", "running")),
-            current_node_id="a",
-            node_results=None,
-            counts={},
+            Checkpoint(
+                checkpoint_rows(("a", "running")),
+                current_node_id="a",
+                node_results=None,
+                counts={},
+            ),
         ),
         return_exceptions=True,
     )
-    assert isinstance(duplicate, Exception)
+    assert isinstance(duplicate, DuplicateExecution)
     assert (finished, checkpointed) == (True, True)
     e2, e3 = await store.get_execution("e2"), await store.get_execution("e3")
     assert e2 is not None and e2["status"] == "completed"
@@ -249,7 +257,7 @@ async def test_release_gives_back_every_unfinished_execution(store: Store) -> No
     for eid in ("e1", "e2"):
         await add(store, eid)
     await store.claim("w:1", 2, 60)
-    await store.finish("e1", status=ExecutionStatus.FAILED, error="x", node_results=None)
+    await store.finish("e1", RunEnd(status=ExecutionStatus.FAILED, error="x", node_results=None))
     assert not await store.has_queued()
     await store.release("w:1")
     assert await store.has_queued()
@@ -273,17 +281,19 @@ async def test_start_finish_and_counts(store: Store) -> None:
     await add(store, "e1")
     (claim,) = await store.claim("w", 1, 15)
     assert (claim.status, claim.definition, claim.attempts) == ("pending", '{"nodes": []}', 1)
-    assert await store.start("e1", total_nodes=3, mode="inline", mode_reason="why", flow_run_id="f")
+    assert await store.start("e1", RunStart(3, "inline", "why", "f"))
     assert await store.checkpoint(
         "e1",
-        checkpoint_rows(("a", "completed"), ("b", "error")),
-        current_node_id=None,
-        node_results='{"a": 1}',
-        counts={"completedNodes": 1, "failedNodes": 1, "skippedNodes": 0},
+        Checkpoint(
+            checkpoint_rows(("a", "completed"), ("b", "error")),
+            current_node_id=None,
+            node_results='{"a": 1}',
+            counts={"completedNodes": 1, "failedNodes": 1, "skippedNodes": 0},
+        ),
     )
     assert await store.log_counts("e1") == {"completed": 1, "error": 1}
     assert await store.finish(
-        "e1", status=ExecutionStatus.FAILED, error="b failed", node_results=None
+        "e1", RunEnd(status=ExecutionStatus.FAILED, error="b failed", node_results=None)
     )
     row = await store.get_execution("e1")
     assert row is not None
@@ -359,7 +369,7 @@ async def test_entity_records_in_byte_order_and_saved_in_order(store: Store) -> 
 async def test_generic_tables_insert_upsert_and_refusals(store: Store) -> None:
     def save(rows: list[tuple[str, str]], *, upsert: bool) -> Any:
         return store.entities.save_generic_records(
-            "devices", rows, upsert=upsert, workflow_id="w", execution_id="e", now="t"
+            GenericSave("devices", rows, upsert=upsert, workflow_id="w", execution_id="e", now="t")
         )
 
     assert await save([("a", "{}"), ("b", "{}")], upsert=False) == 0
@@ -371,7 +381,9 @@ async def test_generic_tables_insert_upsert_and_refusals(store: Store) -> None:
     for name in ("wos_executions", "workflows", "users", "bad name"):
         with pytest.raises(EntityStoreError, match="Invalid table name"):
             await store.entities.save_generic_records(
-                name, [("a", "{}")], upsert=False, workflow_id=None, execution_id=None, now="t"
+                GenericSave(
+                    name, [("a", "{}")], False, workflow_id=None, execution_id=None, now="t"
+                )
             )
 
 
@@ -386,3 +398,39 @@ async def test_service_runs_a_workflow_on_every_store(service: Service) -> None:
     assert response.status_code == 200, response.text
     final = await service.wait(response.json()["executionId"])
     assert final["status"] == "completed", final
+
+
+async def test_a_duplicate_execution_id_is_refused_alike(store: Store) -> None:
+    await add(store, "e1")
+    with pytest.raises(DuplicateExecution):
+        await add(store, "e1")
+    with pytest.raises(DuplicateExecution):
+        await store.create_execution(new("e1"), idempotency=IdempotencyKey("k", "h", 60))
+    assert await store.create_execution(new("e2"), idempotency=IdempotencyKey("k", "h", 60)) is None
+    row = await store.get_execution("e1")
+    assert row is not None and row["status"] == "pending"
+
+
+async def test_a_running_row_without_a_lease_is_not_claimable(store: Store) -> None:
+    """SQL's `NULL < now` is never true: a running row whose lease is NULL stays where it is."""
+    run = {"seq": 1, "definition": "{}", "requestedMode": "inline", "createdAt": "t"}
+    await seed_rows(store, "workflow_executions", [{"id": "e1", "workflowId": "w"}])
+    await seed_rows(
+        store,
+        "wos_executions",
+        [{**run, "executionId": "e1", "state": "running", "leaseOwner": "w:1", "attempts": 1}],
+    )
+    assert not await store.has_queued()
+    assert await store.claim("w:2", 5, 15) == []
+
+
+async def test_log_counts_skip_rows_without_a_node_id(store: Store) -> None:
+    """count(distinct nodeId) ignores NULLs: a Node-written row without a node is not counted."""
+    await add(store, "e1")
+    rows = [
+        {"id": "l1", "executionId": "e1", "nodeId": "a", "status": "completed"},
+        {"id": "l2", "executionId": "e1", "nodeId": None, "status": "completed"},
+        {"id": "l3", "executionId": "e1", "nodeId": None, "status": "error"},
+    ]
+    await seed_rows(store, "execution_logs", rows)
+    assert await store.log_counts("e1") == {"completed": 1, "error": 0}

@@ -10,7 +10,7 @@ import pytest
 import flows.worker as worker_module
 from config import Settings
 from database import NewExecution, open_store
-from database.interfaces import Claim, Store
+from database.interfaces import Claim, RunEnd, RunStart, Store
 from flows.graph import parse_workflow
 from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
@@ -92,9 +92,9 @@ class InterruptedOnce:
         if len(self.attempts) == 1:
             return Outcome.INTERRUPTED
         eid = claim.execution_id
-        await self.store.start(eid, total_nodes=0, mode=ExecutionMode.INLINE, mode_reason=None)
+        await self.store.start(eid, RunStart(0, ExecutionMode.INLINE, None))
         await self.store.finish(
-            eid, status=ExecutionStatus.COMPLETED, error=None, node_results="{}"
+            eid, RunEnd(status=ExecutionStatus.COMPLETED, error=None, node_results="{}")
         )
         return Outcome.COMPLETED
 
@@ -163,3 +163,57 @@ async def test_cancel_watch_survives_a_run_finishing_meanwhile(
     watching.cancel()
     assert second.is_set()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class SlowRenewals:
+    """A store whose lease renewals take a while after their snapshot of the running ids (like
+    a write waiting for the lock), so a claim can commit in between."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def renew_leases(self, owner: str, running: list[str], lease_s: float) -> None:
+        snapshot = list(running)
+        await asyncio.sleep(0.1)
+        await self.store.renew_leases(owner, snapshot, lease_s)
+
+
+class Blocking:
+    """A runner whose runs last until the test ends."""
+
+    def __init__(self) -> None:
+        self.drain, self.release = asyncio.Event(), asyncio.Event()
+
+    async def run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
+        await self.release.wait()
+        return Outcome.COMPLETED
+
+
+async def test_a_claim_during_a_renewal_keeps_its_lease() -> None:
+    """A claim that commits while a renewal with the older snapshot of the running ids is in
+    flight is not given back by it (it would run on two workers)."""
+    store = await open_store("memory:")
+    await store.create_execution(
+        NewExecution(
+            execution_id="e1",
+            workflow_id="w",
+            workflow_name=None,
+            organization_id=None,
+            inputs={},
+            definition="{}",
+            mode="inline",
+        )
+    )
+    runner = Blocking()
+    worker = Worker(Settings(_env_file=None), SlowRenewals(store), runner)  # type: ignore[arg-type, call-arg]
+    renewing = asyncio.create_task(worker.renew_leases())
+    await asyncio.sleep(0.01)  # the renewal took its snapshot: nothing runs here yet
+    assert await worker.claim_and_spawn(5) == 1
+    await renewing
+    assert list(worker.tasks) == ["e1"]
+    assert await store.claim("another:worker", 5, 30) == []
+    runner.release.set()
+    await asyncio.gather(*worker.tasks.values())
