@@ -86,7 +86,12 @@ async def test_submit_without_mode_takes_the_default(store: Store, mode: str | N
 
 def test_unknown_mode_is_refused_naming_the_allowed_ones() -> None:
     with pytest.raises(ValidationError, match="'prefect' or 'inline'"):
-        ExecutionCreate.model_validate({"mode": "optimized"})
+        ExecutionCreate.model_validate({"mode": "turbo"})
+
+
+@pytest.mark.parametrize("legacy", ["optimized", "Legacy", " "])
+def test_the_original_services_mode_names_mean_the_default(legacy: str) -> None:
+    assert ExecutionCreate.model_validate({"mode": legacy}).mode is None
 
 
 async def test_idempotent_submit_answers_the_first_execution(store: Store) -> None:
