@@ -148,6 +148,9 @@ class _InProcessWake:
         pass
 
 
+_COUNT = "SELECT COUNT(*) FROM workflow_executions"
+
+
 class Service:
     """The API in-process (httpx ASGI transport) with an inline worker on the same event loop.
     `kind` is its store's backend; `db` the SQLite file (sqlite only)."""
@@ -179,6 +182,13 @@ class Service:
 
         await asyncio.to_thread(write)
 
+    async def count_executions(self) -> int:
+        """How many `workflow_executions` rows the store holds."""
+        if isinstance(self.store, SqlStore):
+            async with self.store.read() as conn:
+                return int((await conn.exec_driver_sql(_COUNT)).scalar_one())
+        return len(self.store.executions)  # type: ignore[attr-defined]
+
     async def add_workflow(self, wid: str, data: Any, name: str = "WF") -> None:
         text = data if isinstance(data, str) else json.dumps(data)
         if self.kind == "memory":
@@ -209,12 +219,13 @@ class Service:
         raise AssertionError(f"execution {eid} did not finish: {body}")
 
 
-@pytest.fixture
+@pytest.fixture(params=ALL_STORES)
 async def service(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Service]:
-    """On SQLite unless parametrized indirectly (`tests.support.on_every_store`)."""
-    kind = getattr(request, "param", "sqlite")
+    """The in-process service on every store (`tests.support.on_sql_stores` for tests that
+    write raw SQL)."""
+    kind = request.param
     async with store_url(kind, tmp_path) as url:
         async for service in _service(kind, url, tmp_path, monkeypatch):
             yield service

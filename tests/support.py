@@ -24,7 +24,8 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 SQL_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 ALL_STORES = [*SQL_STORES, "memory"]
 """`store`/`service` params: every backend (the contract suite), or those that speak SQL."""
-on_every_store = pytest.mark.parametrize("service", ALL_STORES, indirect=True)
+on_sql_stores = pytest.mark.parametrize("service", SQL_STORES, indirect=True)
+"""For in-process service tests that write raw SQL as the Node backend does."""
 """Runs a test of the in-process `service` fixture on SQLite, PostgreSQL and memory."""
 
 

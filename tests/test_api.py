@@ -1,10 +1,8 @@
 """Every endpoint and error shape, against the app in-process with an in-process inline worker."""
 
-import asyncio
 import json
 import logging
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +14,7 @@ from api.deps import get_store
 from api_service import app
 from config import get_settings
 from tests.conftest import Service
-from tests.support import load_fixture
+from tests.support import load_fixture, on_sql_stores
 
 SIMPLE = {
     "nodes": [
@@ -95,14 +93,7 @@ async def test_execute_errors_are_readable(
     r = await service.execute(**body)
     assert r.status_code == status
     assert isinstance(r.json()["detail"], str) and detail in r.json()["detail"]
-    count = await asyncio.to_thread(
-        lambda: (
-            sqlite3.connect(service.db)
-            .execute("SELECT COUNT(*) FROM workflow_executions")
-            .fetchone()
-        )
-    )
-    assert count == (0,)
+    assert await service.count_executions() == 0
 
 
 async def test_malformed_json_body_is_422_with_string_detail(service: Service) -> None:
@@ -180,6 +171,7 @@ async def test_cancel_without_body_and_second_cancel(service: Service) -> None:
     }
 
 
+@on_sql_stores
 async def test_status_endpoint_serves_rows_written_by_node(service: Service) -> None:
     await service.sql(
         ("INSERT INTO workflows (id, name, data) VALUES ('w', 'W', '{}')", ()),
@@ -344,14 +336,8 @@ async def test_execute_mode_is_normalised(service: Service, sent: str, stored: s
     r = await service.execute(workflow=SIMPLE, inputs={}, mode=sent)
     assert r.status_code == 200
     eid = r.json()["executionId"]
-    row = await asyncio.to_thread(
-        lambda: (
-            sqlite3.connect(service.db)
-            .execute("SELECT requestedMode FROM wos_executions WHERE executionId = ?", (eid,))
-            .fetchone()
-        )
-    )
-    assert row == (stored,)
+    row = await service.store.get_execution(eid)
+    assert row is not None and row["requestedMode"] == stored
 
 
 async def test_execute_unknown_mode_is_422_naming_the_modes(service: Service) -> None:

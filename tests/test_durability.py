@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import random
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from tests.conftest import Service
 from tests.e2e import MockServer
+from tests.support import on_sql_stores
 
 
 @pytest.fixture
@@ -78,14 +78,7 @@ async def test_idempotency_key_returns_the_same_execution(service: Service) -> N
     await service.wait(first.json()["executionId"])
     later = await post("/api/workflows/execute", json=body, headers={"Idempotency-Key": "k1"})
     assert later.json()["status"] == "completed"
-    count = await asyncio.to_thread(
-        lambda: (
-            sqlite3.connect(service.db)
-            .execute("SELECT COUNT(*) FROM workflow_executions")
-            .fetchone()
-        )
-    )
-    assert count == (2,)
+    assert await service.count_executions() == 2
 
 
 async def test_retry_reuses_completed_nodes(service: Service, flaky: MockServer) -> None:
@@ -180,6 +173,7 @@ async def logs_of(service: Service, eid: str) -> list[dict[str, Any]]:
     return list((await service.client.get(f"/api/executions/{eid}/logs")).json()["logs"])
 
 
+@on_sql_stores
 async def test_cancel_written_by_node_backend_stops_the_run(
     service: Service, flaky: MockServer
 ) -> None:

@@ -12,7 +12,7 @@ from database.interfaces import GenericSave, IdempotencyKey, NewRecord
 from errors import DuplicateExecution, EntityNotFound, EntityStoreError
 from states import ExecutionStatus
 from tests.conftest import Service
-from tests.support import on_every_store, seed_rows
+from tests.support import seed_rows
 
 
 def new(eid: str, workflow_id: str = "wf1", org: str | None = "org") -> NewExecution:
@@ -387,7 +387,6 @@ async def test_generic_tables_insert_upsert_and_refusals(store: Store) -> None:
             )
 
 
-@on_every_store
 async def test_service_runs_a_workflow_on_every_store(service: Service) -> None:
     workflow = {
         "nodes": [{"id": "t", "type": "trigger"}, {"id": "m", "type": "manualInput"}],
