@@ -1,6 +1,7 @@
 """Crash and shutdown tests against the real service: SIGKILL mid-run then restart, SIGTERM
 drain, and the Node backend writing the same SQLite file from another process."""
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import MockServer, RunningService
+from tests.support import postgres_database_sync
 
 pytestmark = pytest.mark.slow
 
@@ -57,18 +59,31 @@ def wait_for_log(
     raise AssertionError(f"{node} never logged {status}")
 
 
-@pytest.mark.parametrize("mode", ["prefect", "inline"])
+@pytest.mark.parametrize(
+    ("mode", "database"),
+    [
+        ("prefect", "sqlite"),
+        ("inline", "sqlite"),
+        pytest.param("inline", "postgres", marks=pytest.mark.postgres),
+    ],
+)
 def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
-    tmp_path: Path, mock: MockServer, mode: str
+    tmp_path: Path, mock: MockServer, mode: str, database: str
 ) -> None:
-    svc = RunningService(tmp_path, mode)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database_sync()) if database == "postgres" else None
+        _sigkill_then_resume(tmp_path, mock, mode, url)
+
+
+def _sigkill_then_resume(tmp_path: Path, mock: MockServer, mode: str, url: str | None) -> None:
+    svc = RunningService(tmp_path, mode, database_url=url)
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
     wait_for_log(svc, eid, "slow", "running")
     svc.stop(signal.SIGKILL)
     assert svc.row(eid)["status"] == "running"
 
-    again = RunningService(tmp_path, mode, API_PORT=str(svc.port))
+    again = RunningService(tmp_path, mode, database_url=url, API_PORT=str(svc.port))
     try:
         final = again.wait(eid)
         states = (
