@@ -100,6 +100,21 @@ class Settings(BaseSettings):
     def api_keys(self) -> set[str]:
         return {k.strip() for k in (self.API_KEYS or "").split(",") if k.strip()}
 
+    OUTBOUND_DENY: str = ""
+    """Hosts and CIDRs nodes may not connect to, added to tasks/outbound.py's DEFAULT_DENY."""
+    OUTBOUND_ALLOW_PRIVATE: bool = True
+    OUTBOUND_ALLOW: str = ""
+    """Hosts and CIDRs allowed whatever the deny rules say (never the service's own ports)."""
+    OUTBOUND_PROTECTED_URLS: str = ""
+    """Set by start_service: the embedded Prefect API, refused to nodes like API_PORT."""
+
+    @property
+    def outbound_protected_urls(self) -> list[str]:
+        """The URLs whose ports nodes never reach on a local address: PREFECT_API_URL and
+        OUTBOUND_PROTECTED_URLS."""
+        urls = [self.PREFECT_API_URL or "", *self.OUTBOUND_PROTECTED_URLS.split(",")]
+        return [url.strip() for url in urls if url.strip()]
+
 
 def env_file() -> str | None:
     """The dotenv file settings are read from: `$WOS_ENV_FILE` when set (empty: none, as the

@@ -216,7 +216,16 @@ class Supervisor:
         api_url = settings.PREFECT_API_URL
         if settings.EXECUTION_MODE is ExecutionMode.PREFECT and not api_url:
             api_url = self.start_prefect()
-        worker_env = {**prefect_env(settings, api_url), "WOS_INSTANCE": instance_id(settings)}
+        # the outbound policy refuses nodes this API port and the Prefect API (tasks/outbound.py)
+        outbound_env = {
+            "API_PORT": str(settings.API_PORT),
+            "OUTBOUND_PROTECTED_URLS": api_url or "",
+        }
+        worker_env = {
+            **prefect_env(settings, api_url),
+            **outbound_env,
+            "WOS_INSTANCE": instance_id(settings),
+        }
         wake_ports = [str(free_port(socket.SOCK_DGRAM)) for _ in range(settings.WORKER_PROCESSES)]
         for i, port in enumerate(wake_ports):
             self.spawn(
@@ -236,7 +245,7 @@ class Supervisor:
                 "--log-level",
                 settings.LOG_LEVEL.lower(),
             ],
-            {"WOS_WAKE_PORTS": ",".join(wake_ports)},
+            {**outbound_env, "WOS_WAKE_PORTS": ",".join(wake_ports)},
         )
         logger.info(
             "service starting on http://%s:%d (mode %s)",

@@ -1,6 +1,7 @@
 """What a handler receives besides its config and input: ids, run-time inputs, shared clients."""
 
 import asyncio
+import urllib.request
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -11,6 +12,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from config import Settings
 from database.interfaces import Store
+from tasks.outbound import DEFAULT_PORTS, OutboundPolicy, PolicyResolver
 
 
 @dataclass
@@ -24,6 +26,14 @@ class Resources:
     _openai: Any = field(default=None, repr=False)
     mysql_pools: dict[Any, Any] = field(default_factory=dict, repr=False)
     """aiomysql pools of the mysql node, one per DSN (tasks/mysql_query.py)."""
+    _outbound: OutboundPolicy | None = field(default=None, repr=False)
+
+    @property
+    def outbound(self) -> OutboundPolicy:
+        """The outbound policy for hosts a workflow supplies (tasks/outbound.py)."""
+        if self._outbound is None:
+            self._outbound = OutboundPolicy.from_settings(self.settings)
+        return self._outbound
 
     def openai(self) -> Any:
         """The shared `openai.AsyncOpenAI` client (built on first use, no SDK-level retries)."""
@@ -52,9 +62,26 @@ class _Transport(AiohttpTransport):
     """httpx's API on aiohttp's connection pool. httpcore's pool costs O(requests in flight) of
     CPU per request (15 ms each at 500 in flight on our 2 cores, 0.4 ms with aiohttp; bench/).
     httpx-aiohttp reports every aiohttp connection error as ConnectTimeout; a refused connection
-    or a failed DNS lookup is a ConnectError, a dropped one a ReadError."""
+    or a failed DNS lookup is a ConnectError, a dropped one a ReadError.
+
+    Every request (each redirect is one) passes the outbound policy: names through the
+    connector's PolicyResolver, address literals here (aiohttp does not resolve them), and a
+    target sent through a proxy here too, before the proxy sees it."""
+
+    def __init__(self, policy: OutboundPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    async def _check(self, url: httpx.URL) -> None:
+        port = url.port or DEFAULT_PORTS.get(url.scheme, 80)
+        if self.policy.check_literal(url.host, port) or self.policy.is_trusted(url.host, port):
+            return
+        proxies = urllib.request.getproxies()
+        if url.scheme in proxies and not urllib.request.proxy_bypass(url.host):
+            await self.policy.resolve(url.host, port)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._check(request.url)
         try:
             return await super().handle_async_request(request)
         except httpx.ConnectTimeout as exc:
@@ -73,15 +100,19 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     """The shared client of the network nodes. Cookies are never kept: executions of different
     workflows and organisations share it. HTTP(S)_PROXY / NO_PROXY apply, as with httpx."""
 
+    policy = OutboundPolicy.from_settings(settings)
+
     def session() -> aiohttp.ClientSession:  # built lazily, inside the running event loop
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.HTTP_MAX_CONNECTIONS),
+            connector=aiohttp.TCPConnector(
+                limit=settings.HTTP_MAX_CONNECTIONS, resolver=PolicyResolver(policy)
+            ),
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=True,
         )
 
     return httpx.AsyncClient(
-        transport=_Transport(client=session),
+        transport=_Transport(policy, client=session),
         follow_redirects=True,
         cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
     )

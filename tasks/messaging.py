@@ -8,6 +8,7 @@ import asyncio
 import html
 import logging
 import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -179,10 +180,16 @@ def _smtp_failure(exc: BaseException, password: str | None) -> NodeExecutionErro
 
 
 async def _deliver(
-    target: SmtpTarget, message: EmailMessage, recipients: list[str], ca_file: str | None
+    target: SmtpTarget,
+    message: EmailMessage,
+    recipients: list[str],
+    ctx: RunContext,
 ) -> dict[str, Any]:
     """Connect (implicit TLS, STARTTLS, opportunistic STARTTLS or plain), log in when there are
-    credentials (never in clear text unless emailSecurity is none) and send."""
+    credentials (never in clear text unless emailSecurity is none) and send. A host other than
+    SMTP_HOST is reached through the outbound policy: a socket to a checked address, the name
+    kept for TLS."""
+    ca_file = ctx.settings.SMTP_CA_FILE
     try:
         context = await asyncio.to_thread(_tls_context, ca_file)
     except OSError as exc:
@@ -199,6 +206,8 @@ async def _deliver(
         tls_context=context,
     )
     try:
+        if not _own_host(target.host, ctx.settings):
+            smtp.sock, smtp.port = await _checked_socket(target, ctx), None
         await smtp.connect()
         try:
             encrypted = smtp.get_transport_info("sslcontext") is not None
@@ -220,6 +229,23 @@ async def _deliver(
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise _smtp_failure(exc, target.password) from None
     return {r: f"{response.code} {response.message}" for r, response in refused.items()}
+
+
+async def _checked_socket(target: SmtpTarget, ctx: RunContext) -> socket.socket:
+    """A socket to a policy-checked address of the node's host; failures read as aiosmtplib's."""
+    where = f"{target.host} on port {target.port}"
+    try:
+        return await ctx.resources.outbound.connect(target.host, target.port, SMTP_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise aiosmtplib.SMTPConnectTimeoutError(f"Timed out connecting to {where}") from exc
+    except OSError as exc:
+        raise aiosmtplib.SMTPConnectError(f"Error connecting to {where}: {exc}") from exc
+
+
+def _own_host(host: str, settings: Settings) -> bool:
+    """SMTP_HOST is the operator's relay: trusted, exempt from the outbound policy."""
+    own = (settings.SMTP_HOST or "").strip().lower()
+    return bool(own) and host.strip().lower() == own
 
 
 def _envelope_sender(target: SmtpTarget) -> str:
@@ -250,7 +276,7 @@ async def send_email(config: SendEmailConfig, data: Any, ctx: RunContext) -> Env
         render_fields(config.subject or "", record),
         render_fields(config.body or "", record),
     )
-    refused = await _deliver(target, message, recipients, ctx.settings.SMTP_CA_FILE)
+    refused = await _deliver(target, message, recipients, ctx)
     sent = [r for r in recipients if r not in refused]
     logger.info(
         "sendEmail: sent through %s:%s (%s) to %d recipient(s)",

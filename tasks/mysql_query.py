@@ -255,10 +255,13 @@ async def _query(
     ctx: RunContext, config: MysqlConfig, kwargs: dict[str, Any], password: str, timeout: float
 ) -> tuple[list[dict[str, Any]] | None, int, int | None]:
     """Acquire a pooled connection and run the statement under the query timeout; a connection
-    that did not finish cleanly is closed instead of going back to the pool."""
+    that did not finish cleanly is closed instead of going back to the pool. The pool connects
+    to the address the outbound policy checked (a mysqlHost is resolved once)."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            pool = await _pool(ctx, kwargs, password)
+            found = await ctx.resources.outbound.resolve(kwargs["host"], kwargs["port"])
+            target = {**kwargs, "host": found[0][1]}
+            pool = await _pool(ctx, target, password)
         async with asyncio.timeout(CONNECT_TIMEOUT_S + timeout):
             conn = await pool.acquire()
     except TimeoutError:
@@ -277,7 +280,7 @@ async def _query(
         return result
     except TimeoutError:
         conn.close()
-        await _kill(kwargs, password, conn.thread_id())
+        await _kill(target, password, conn.thread_id())
         raise NodeExecutionError(
             f"MySQL query failed: no answer within {timeout:g} s (mysqlQueryTimeout)"
         ) from None
