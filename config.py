@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     CLIMATIQ_BASE_URL: str = "https://api.climatiq.io"
     CLIMATIQ_DATA_VERSION: str = "^21"
     IMAGE_DIR: str = "./data/images"
+    MAX_WORKFLOW_NODES: int = Field(default=1000, ge=1)
+    MAX_WORKFLOW_CONNECTIONS: int = Field(default=5000, ge=0)
+    MAX_RESUME_ATTEMPTS: int = Field(default=3, ge=0)
 
     @field_validator("EXECUTION_MODE", "SMTP_SECURITY", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from api.schemas import (
     RetrySubmitted,
     WorkflowExecutions,
 )
+from config import get_settings
 from database.ids import new_execution_id
 from database.interfaces import ApiStore, IdempotencyKey, NewExecution, Row
 from errors import (
@@ -31,7 +32,7 @@ from errors import (
     UnsupportedNodeTypes,
     WorkflowNotFound,
 )
-from flows.graph import parse_workflow
+from flows.graph import check_size, parse_workflow
 from jsonutil import dump_json, load_json_column
 from states import (
     RETRYABLE_STATUSES,
@@ -41,6 +42,7 @@ from states import (
     NodeStatus,
 )
 from tasks import node_types
+from tasks.run_node import check_node_limits
 
 logger = logging.getLogger(__name__)
 
@@ -183,20 +185,27 @@ async def _queue(
 
 def validated_definition(raw: Any) -> str:
     """Validate a workflow definition (dict or JSON text) and return it as stored for the run;
-    refuses node types this service does not implement (Decision 3). A stored workflow's text
-    is validated once while it stays unchanged (LRU): the submit path reads it every time."""
+    refuses node types this service does not implement (Decision 3) and workflows over the
+    limits (nodes, connections, per-node retries/retryDelayMs/timeoutMs). A stored workflow's
+    text is validated once while it and the limits stay unchanged (LRU): the submit path reads
+    it every time."""
+    settings = get_settings()
+    limits = settings.MAX_WORKFLOW_NODES, settings.MAX_WORKFLOW_CONNECTIONS
     if isinstance(raw, str) and len(raw) <= DEFINITION_CACHE_MAX_BYTES:
-        return _definition_of_text(raw)
-    return _validated(raw)
+        return _definition_of_text(raw, limits)
+    return _validated(raw, limits)
 
 
 @functools.lru_cache(maxsize=256)
-def _definition_of_text(raw: str) -> str:
-    return _validated(raw)
+def _definition_of_text(raw: str, limits: tuple[int, int]) -> str:
+    return _validated(raw, limits)
 
 
-def _validated(raw: Any) -> str:
+def _validated(raw: Any, limits: tuple[int, int]) -> str:
     workflow = parse_workflow(raw)
+    check_size(workflow, max_nodes=limits[0], max_connections=limits[1])
+    for n in workflow.nodes:
+        check_node_limits(n.config, f"Node {n.id}: ")
     known = set(node_types())
     unsupported = [n for n in workflow.nodes if n.type not in known]
     if unsupported:

@@ -95,6 +95,8 @@ class _Run:
         self.encoded: dict[str, str] = {}
         self.remaining = {nid: len(plan.incoming[nid]) for nid in plan.nodes}
         self.active: dict[str, list[tuple[EdgeDef, Any]]] = {nid: [] for nid in plan.nodes}
+        # each edge's place among its target's incoming edges (the connections array's order)
+        self.position = {id(e): i for edges in plan.incoming.values() for i, e in enumerate(edges)}
         self.ready = deque(nid for nid in plan.order if self.remaining[nid] == 0)
         self.rows: list[LogRow] = []
         self.current: str | None = None
@@ -131,10 +133,6 @@ class _Run:
             live, payload = edge_payload(edge, plan.rules[nid], result)
             if live:
                 self.active[edge.toNodeId].append((edge, payload))
-                # fan-in merges follow the connections array, not the order parents finished in
-                self.active[edge.toNodeId].sort(
-                    key=lambda ep: plan.incoming[ep[0].toNodeId].index(ep[0])
-                )
             self.remaining[edge.toNodeId] -= 1
             if self.remaining[edge.toNodeId] == 0:
                 self.ready.append(edge.toNodeId)
@@ -165,10 +163,12 @@ class _Run:
             if nid in job.previous:
                 self.settle(nid, job.previous[nid])
                 continue
+            # fan-in merges follow the connections array, not the order parents finished in
+            active = sorted(self.active[nid], key=lambda ep: self.position[id(ep[0])])
             run, data, reason = assemble_input(
                 node,
                 job.plan.rules[nid],
-                self.active[nid],
+                active,
                 bool(job.plan.incoming[nid]),
                 job.inputs,
             )

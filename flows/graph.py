@@ -46,6 +46,21 @@ def parse_workflow(data: Any) -> WorkflowDef:
     return workflow
 
 
+def check_size(workflow: WorkflowDef, *, max_nodes: int, max_connections: int) -> None:
+    """Submit limits (MAX_WORKFLOW_NODES, MAX_WORKFLOW_CONNECTIONS; the limit itself is
+    accepted): GraphValidationError naming the limit."""
+    if len(workflow.nodes) > max_nodes:
+        raise GraphValidationError(
+            f"Workflow has {len(workflow.nodes):,} nodes; the limit is {max_nodes:,} "
+            "(MAX_WORKFLOW_NODES)"
+        )
+    if len(workflow.connections) > max_connections:
+        raise GraphValidationError(
+            f"Workflow has {len(workflow.connections):,} connections; the limit is "
+            f"{max_connections:,} (MAX_WORKFLOW_CONNECTIONS)"
+        )
+
+
 RulesOf = Callable[[str], NodeRules]
 """Node type -> its declared graph rules (`tasks.registry.rules_of`)."""
 

@@ -162,7 +162,8 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
     collide with A's first row become `B_<name>`; every row is rebuilt with A's first-row columns,
     then B's, missing values as "". Linear: B is indexed by key once."""
     a_cols = _columns(a)
-    rename = {c: (f"B_{c}" if c in a_cols else c) for c in _columns(b) if c != key}
+    in_a = set(a_cols)
+    rename = {c: (f"B_{c}" if c in in_a else c) for c in _columns(b) if c != key}
     b_rows: list[dict[str, Any]] = [r for r in b if isinstance(r, dict)]
     first_b: dict[tuple[str, Any], dict[str, Any]] = {}
     for r in b_rows:
@@ -180,7 +181,7 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
                 merged.append(dict(row))
             continue
         extra = {
-            rename.get(c, f"B_{c}" if c in a_cols else c): v for c, v in match.items() if c != key
+            rename.get(c, f"B_{c}" if c in in_a else c): v for c, v in match.items() if c != key
         }
         merged.append({**row, **extra})
     if outer:  # B rows whose key no A row has (a matched B row's key is always in a_keys)
@@ -190,7 +191,7 @@ def merge_by_key(a: list[Any], b: list[Any], key: str, outer: bool) -> list[dict
                 merged.append(
                     {key: row.get(key), **{rename.get(c, c): v for c, v in row.items() if c != key}}
                 )
-    columns = a_cols + [c for c in rename.values() if c not in a_cols]
+    columns = a_cols + [c for c in rename.values() if c not in in_a]
     if key not in columns:
         columns.insert(0, key)
     return [{c: r.get(c, "") for c in columns} for r in merged]

@@ -2,20 +2,36 @@
 
 import asyncio
 import logging
+import math
 import random
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from errors import NodeConfigError, NodeError, NodeExecutionError, NodeTimeout
+from errors import (
+    GraphValidationError,
+    NodeConfigError,
+    NodeError,
+    NodeExecutionError,
+    NodeTimeout,
+)
 from models import NodeDef
 from tasks.context import RunContext
 from tasks.registry import Envelope, NodeSpec, get_spec
 
 logger = logging.getLogger(__name__)
 
-MAX_RETRIES = 2  # contract Decision 12: at most 3 requests per node run
+MAX_RETRIES = 2  # contract Decision 12 / §5.5: at most 3 requests per node run
+MAX_RETRY_DELAY_MS = 60_000
+MAX_TIMEOUT_MS = 3_600_000
+_LIMITS: dict[str, int] = {
+    "retries": MAX_RETRIES,
+    "retryDelayMs": MAX_RETRY_DELAY_MS,
+    "timeoutMs": MAX_TIMEOUT_MS,
+}
+"""The largest value of each per-node setting (the limit itself is accepted); checked at submit
+(`check_node_limits`) and again when the node runs (`retry_policy`)."""
 
 
 @dataclass(frozen=True)
@@ -31,20 +47,47 @@ class RetryPolicy:
         return float(self.delay_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
 
+def node_limits(config: dict[str, Any] | None) -> dict[str, float]:
+    """The node's own `retries`, `retryDelayMs` and `timeoutMs` (only those it sets; retries
+    as a whole number). Raises NodeConfigError when one is not a finite number or exceeds its
+    limit (`_LIMITS`)."""
+    values: dict[str, float] = {}
+    for key, limit in _LIMITS.items():
+        raw = (config or {}).get(key)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = float(int(raw) if key == "retries" else float(raw))
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if math.isnan(value):
+            raise NodeConfigError("retries, retryDelayMs and timeoutMs must be numbers")
+        if value > limit:
+            raise NodeConfigError(f"{key} must be at most {limit:,} (got {str(raw)[:30]})")
+        values[key] = value
+    return values
+
+
+def check_node_limits(config: Any, where: str = "") -> None:
+    """Submit-time `node_limits`: a violation is a GraphValidationError (422) naming the limit,
+    prefixed by `where` (the node)."""
+    try:
+        node_limits(config if isinstance(config, dict) else None)
+    except NodeConfigError as exc:
+        raise GraphValidationError(f"{where}{exc}") from None
+
+
 def retry_policy(spec: NodeSpec, node: NodeDef) -> RetryPolicy:
     """The node type's defaults, overridden by the node's `retries`/`retryDelayMs`/`timeoutMs`."""
-    cfg = node.config or {}
+    own = node_limits(node.config)
     retries = spec.retries if spec.network else 0
     delay_s, timeout_s = 0.5, spec.timeout_s
-    try:
-        if cfg.get("retries") not in (None, ""):
-            retries = max(0, min(MAX_RETRIES, int(cfg["retries"])))
-        if cfg.get("retryDelayMs") not in (None, ""):
-            delay_s = max(0.0, float(cfg["retryDelayMs"]) / 1000)
-        if cfg.get("timeoutMs") not in (None, ""):
-            timeout_s = max(0.001, float(cfg["timeoutMs"]) / 1000)
-    except (TypeError, ValueError):
-        raise NodeConfigError("retries, retryDelayMs and timeoutMs must be numbers") from None
+    if "retries" in own:
+        retries = max(0, int(own["retries"]))
+    if "retryDelayMs" in own:
+        delay_s = max(0.0, own["retryDelayMs"] / 1000)
+    if "timeoutMs" in own:
+        timeout_s = max(0.001, own["timeoutMs"] / 1000)
     return RetryPolicy(retries, delay_s, timeout_s)
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from errors import NodeConfigError
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# one way to match each digit (an optional fraction after the integer digits), so a long run of
+# digits followed by a letter fails in linear time; `\d+\.?\d*` tried every split of the run
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}", re.ASCII)  # JS `\w`: ASCII letters, digits, `_`
 
 
@@ -72,10 +74,15 @@ def to_number(value: Any) -> float | None:
     """A finite number from a number or a plain decimal string; None otherwise."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        number = float(value.strip())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range is no finite number
+            return None
+    if isinstance(value, str) and _NUMBER.fullmatch(text := value.strip()):
+        number = float(text)
         return number if math.isfinite(number) else None
     return None
 

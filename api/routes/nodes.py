@@ -9,7 +9,7 @@ from api.schemas import API_ERRORS, NodeExecute, NodeRunFailed, NodeRunResult, N
 from jsonutil import dump_json
 from models import NodeDef
 from tasks.context import Resources, RunContext
-from tasks.run_node import run_with_retries
+from tasks.run_node import check_node_limits, run_with_retries
 
 router = APIRouter(
     prefix="/api/nodes", tags=["nodes"], dependencies=[API_KEY], responses=API_ERRORS
@@ -18,7 +18,9 @@ router = APIRouter(
 
 @router.post("/execute", response_model=NodeRunResult)
 async def execute_node(body: NodeExecute, resources: ResourcesDep) -> NodeRunResult:
-    """A node that fails (unknown type included) is answered 200 `success: false`."""
+    """A node that fails (unknown type included) is answered 200 `success: false`; a config over
+    the per-node limits (retries, retryDelayMs, timeoutMs) is refused with 422."""
+    check_node_limits(body.node.get("config"))
     return await run_single_node(body, resources)
 
 
