@@ -86,6 +86,11 @@ class Claim:
     flow_run_id: str | None
     """The Prefect flow run of the previous attempt, if any (to be marked Crashed)."""
     workflow_name: str | None
+    crash_resumes: int = 0
+    """How often it was resumed after its worker died or lost its lease with a node in flight
+    (this claim included); a graceful give-back never counts."""
+    crashed_node: str | None = None
+    """The node in flight when this claim's previous owner crashed (None: not a crash resume)."""
 
 
 @dataclass(frozen=True)

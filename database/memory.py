@@ -35,6 +35,7 @@ from states import (
     CHECKPOINT_STATUSES,
     SETTLED_NODE_STATUSES,
     ExecutionStatus,
+    NodeStatus,
     RunState,
 )
 
@@ -119,6 +120,7 @@ class MemoryStore:
             requestedMode=new.mode,
             state=RunState.QUEUED.value,
             attempts=0,
+            crashResumes=0,
             completedNodes=0,
             failedNodes=0,
             skippedNodes=0,
@@ -196,6 +198,12 @@ class MemoryStore:
             run = self.runs[eid]
             if run["attempts"] > 0:
                 run["resumedAt"] = now_iso()
+            crashed = None
+            if (
+                run["state"] == RunState.RUNNING and run["leaseExpiresAt"]
+            ):  # expired, not given back
+                crashed = self._node_in_flight(eid)
+                run["crashResumes"] += crashed is not None
             run.update(
                 state=RunState.RUNNING.value,
                 leaseOwner=owner,
@@ -218,9 +226,26 @@ class MemoryStore:
                     run["attempts"],
                     run["flowRunId"],
                     run["workflowName"],
+                    run["crashResumes"],
+                    crashed,
                 )
             )
         return claims
+
+    def _node_in_flight(self, execution_id: str) -> str | None:
+        """The last node with a `running` log row and no final one (as SQL's `_crashed_nodes`)."""
+        rows = self.logs.get(execution_id, [])
+        settled = {r["nodeId"] for r in rows if r["status"] in SETTLED_NODE_STATUSES}
+        running = [
+            r
+            for r in rows
+            if r["status"] == NodeStatus.RUNNING
+            and r["nodeId"] is not None
+            and r["nodeId"] not in settled
+        ]
+        if not running:
+            return None
+        return str(max(running, key=lambda r: (r["timestamp"], r["id"]))["nodeId"])
 
     def _held(self, owned: Callable[[str], bool]) -> dict[str, Row]:
         """The unfinished runs whose lease owner passes `owned`."""

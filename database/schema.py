@@ -175,6 +175,7 @@ runs = _table(
     sa.Column("completedNodes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("failedNodes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("skippedNodes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("crashResumes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("createdAt", T, nullable=False),
     sa.Index("idx_wos_executions_state", "state", "seq"),
 )
@@ -190,9 +191,22 @@ idempotency = _table(
 
 
 def create_all(conn: sa.Connection) -> None:
-    """Create every missing table and index; existing tables are left as they are."""
+    """Create every missing table and index; existing tables are left as they are, except the
+    service's own `wos_executions`, which gains the columns it lacks."""
     metadata.create_all(conn, checkfirst=True)
+    _add_missing_columns(conn, runs)
     # create_all skips the indexes of tables that already exist (the Node backend's)
     for table in metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
+    """The service's own tables gain columns between releases: an existing table gets each
+    missing one (`ALTER TABLE ... ADD COLUMN`, with its default)."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    quote = conn.dialect.identifier_preparer.format_table
+    for column in table.columns:
+        if column.name not in present:
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {quote(table)} ADD COLUMN {ddl}"))

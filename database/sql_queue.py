@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from database.interfaces import Claim
-from database.schema import executions, runs
+from database.schema import executions, logs, runs
 from jsonutil import now_iso
-from states import ExecutionStatus, RunState
+from states import SETTLED_NODE_STATUSES, ExecutionStatus, NodeStatus, RunState
 
 R = TypeVar("R")
 
@@ -29,14 +29,23 @@ class SqlQueue:
         """Take up to `limit` queued executions in submission order, and any whose lease expired."""
         now = time.time()
         pick = (
-            sa.select(runs.c.executionId).where(_claimable(now)).order_by(runs.c.seq).limit(limit)
+            sa.select(runs.c.executionId, runs.c.state, runs.c.leaseExpiresAt)
+            .where(_claimable(now))
+            .order_by(runs.c.seq)
+            .limit(limit)
         )
         pick = self._lock_unclaimed(pick)
 
         def op(conn: sa.Connection) -> list[Claim]:
-            ids = list(conn.execute(pick).scalars())
+            picked = conn.execute(pick).all()
+            ids = [r.executionId for r in picked]
             if not ids:
                 return []
+            # a lease that expired (not one given back at 0) of a run with a node in flight
+            crashed = _crashed_nodes(
+                conn,
+                [r.executionId for r in picked if r.state == RunState.RUNNING and r.leaseExpiresAt],
+            )
             conn.execute(
                 runs.update()
                 .where(runs.c.executionId.in_(ids))
@@ -61,12 +70,13 @@ class SqlQueue:
                     runs.c.attempts,
                     runs.c.flowRunId,
                     runs.c.workflowName,
+                    runs.c.crashResumes,
                 )
                 .join(runs, runs.c.executionId == executions.c.id)
                 .where(executions.c.id.in_(ids))
                 .order_by(runs.c.seq)
             ).all()
-            return [Claim(*r) for r in rows]
+            return [Claim(*r, crashed_node=crashed.get(r.id)) for r in rows]
 
         return await self._run(op, write=True)
 
@@ -118,6 +128,38 @@ class SqlQueue:
             executions.c.id.in_(ids), executions.c.status == ExecutionStatus.CANCELLED.value
         )
         return await self._run(lambda conn: set(conn.execute(query).scalars()), write=False)
+
+
+def _crashed_nodes(conn: sa.Connection, expired: list[str]) -> dict[str, str]:
+    """Of executions whose lease expired while running, those with a node in flight (its last
+    log row `running`, no final row) and that node; each counts one more crash resume. Read only
+    on such claims, so checkpoints stay as they are."""
+    found: dict[str, str] = {}
+    for eid in expired:
+        settled = sa.select(logs.c.nodeId).where(
+            logs.c.executionId == eid,
+            logs.c.status.in_([str(s) for s in SETTLED_NODE_STATUSES]),
+            logs.c.nodeId.is_not(None),
+        )
+        node = conn.execute(
+            sa.select(logs.c.nodeId)
+            .where(
+                logs.c.executionId == eid,
+                logs.c.status == NodeStatus.RUNNING.value,
+                logs.c.nodeId.not_in(settled),
+            )
+            .order_by(logs.c.timestamp.desc(), logs.c.id.desc())
+            .limit(1)
+        ).scalar()
+        if node is not None:
+            found[eid] = node
+    if found:
+        conn.execute(
+            runs.update()
+            .where(runs.c.executionId.in_(list(found)))
+            .values(crashResumes=runs.c.crashResumes + 1)
+        )
+    return found
 
 
 def _claimable(now: float) -> sa.ColumnElement[bool]:

@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 
 from config import Settings
-from database.interfaces import Claim, RunEnd, RunStart, WorkerStore
+from database.interfaces import Checkpoint, Claim, LogRow, RunEnd, RunStart, WorkerStore
 from errors import GraphValidationError
 from flows.engine import Job, RunResult, execute
 from flows.graph import Plan, build_plan, parse_workflow
 from jsonutil import load_json_column
-from states import ExecutionMode, ExecutionStatus, Outcome
+from states import ExecutionMode, ExecutionStatus, NodeStatus, Outcome
 from tasks.context import Resources
 from tasks.registry import rules_of
 from tasks.run_node import run_with_retries
@@ -102,6 +102,9 @@ class Runner:
                 eid, RunEnd(status=ExecutionStatus.FAILED, error=str(exc), node_results="{}")
             )
             return Outcome.FAILED
+        if claim.crash_resumes > self.settings.MAX_RESUME_ATTEMPTS:
+            await self._abandon(claim, plan)
+            return Outcome.FAILED
         previous = _json_object(claim.node_results)
         job = Job(
             eid,
@@ -174,6 +177,22 @@ class Runner:
                 extra={"execution_id": eid},
             )
         return status[-1] if status else Outcome.INTERRUPTED
+
+    async def _abandon(self, claim: Claim, plan: Plan) -> None:
+        """No poison executions: a run that killed or stalled its worker with a node in flight
+        more than MAX_RESUME_ATTEMPTS times fails instead of freezing the next worker too; the
+        node in flight gets the error as its final log row."""
+        eid, nid = claim.execution_id, claim.crashed_node or ""
+        error = f"Execution abandoned after {claim.crash_resumes} worker crashes at node {nid}"
+        logger.error(
+            "execution %s: %s", eid, error, extra={"execution_id": eid, "action": "abandon"}
+        )
+        if (node := plan.nodes.get(nid)) is not None:
+            row = LogRow(nid, node.type, node.display_label, NodeStatus.ERROR, error=error)
+            await self.store.checkpoint(eid, Checkpoint([row], None, None, {}))
+        await self.store.finish(
+            eid, RunEnd(status=ExecutionStatus.FAILED, error=error, node_results=None)
+        )
 
     async def _settle(self, eid: str, result: RunResult) -> None:
         if result.status == Outcome.INTERRUPTED:

@@ -94,9 +94,11 @@ class Worker:
             return
         if claim.attempts > 1:
             logger.info(
-                "resuming execution %s (attempt %d)",
+                "resuming execution %s (attempt %d, %d worker crash(es)%s)",
                 eid,
                 claim.attempts,
+                claim.crash_resumes,
+                f", last at node {claim.crashed_node}" if claim.crashed_node else "",
                 extra={"execution_id": eid, "action": "resume"},
             )
         if claim.status == ExecutionStatus.CANCELLED:

@@ -160,6 +160,6 @@ def test_interfaces_column_lists_agree_with_the_schema() -> None:
     assert tuple(executions.c.keys()) == EXECUTION_COLUMNS
     assert set(RUN_COLUMNS) <= set(runs.c.keys())
     assert set(runs.c.keys()) - set(RUN_COLUMNS) == {
-        *("executionId", "seq", "leaseOwner", "leaseExpiresAt", "createdAt")
+        *("executionId", "seq", "leaseOwner", "leaseExpiresAt", "createdAt", "crashResumes")
     }
     assert set(LIST_COLUMNS) <= set(EXECUTION_COLUMNS)

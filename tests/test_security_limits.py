@@ -2,18 +2,27 @@
 algorithms on user data, and no poison executions. Table-driven; the API cases run against the
 in-process service on a real store."""
 
+import asyncio
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from database import Store
+from database.ids import new_execution_id
+from database.interfaces import Checkpoint, LogRow, NewExecution, RunStart
+from database.sql import SqlStore
 from flows.engine import Job, execute
 from flows.graph import build_plan, parse_workflow
+from flows.runner import PrefectProbe, Runner
+from flows.worker import Worker
+from states import ExecutionMode, NodeStatus
 from tasks.logic import merge_by_key
 from tasks.registry import rules_of
 from tasks.values import parse_number_string, render_fields, render_template, to_number
-from tests.conftest import Service
+from tests.conftest import Service, make_settings
 from tests.test_engine import MemoryRecorder
 
 FAST_S = 5.0
@@ -189,3 +198,124 @@ async def test_a_workflow_at_the_submit_limits_runs_to_completion(service: Servi
     assert body["status"] == "completed", body["error"]
     assert time.perf_counter() - started < 60
     assert body["nodeResults"]["out"]["outputData"] == {a: 1 for a in adders}
+
+
+# No poison executions: crash resumes are counted on every store; the runner abandons after
+# MAX_RESUME_ATTEMPTS of them.
+
+CHAIN = {
+    "nodes": [node("t"), node("a", "addField", addFieldName="x", addFieldValue=1)],
+    "connections": [edge("t", "a")],
+}
+
+
+async def _queued(store: Store) -> str:
+    eid = new_execution_id()
+    new = NewExecution(eid, "wf", "WF", None, {}, json.dumps(CHAIN), ExecutionMode.INLINE.value)
+    await store.create_execution(new)
+    return eid
+
+
+async def _running(
+    store: Store, eid: str, owner: str, lease_s: float, *statuses: NodeStatus
+) -> None:
+    """`owner` claims the execution and logs node `t` with `statuses` (running first)."""
+    (claim,) = await store.claim(owner, 1, lease_s)
+    assert claim.execution_id == eid
+    await store.start(eid, RunStart(2, ExecutionMode.INLINE.value, None))
+    for status in statuses:
+        await store.checkpoint(
+            eid, Checkpoint([LogRow("t", "trigger", "T", status)], "t", None, {})
+        )
+
+
+async def crash(store: Store, eid: str) -> None:
+    """The worker dies with node `t` in flight: its lease just expires."""
+    await _running(store, eid, "host:1:dead", 0.001, NodeStatus.RUNNING)
+    await asyncio.sleep(0.01)
+
+
+async def crash_between_nodes(store: Store, eid: str) -> None:
+    await _running(store, eid, "host:1:dead", 0.001, NodeStatus.RUNNING, NodeStatus.COMPLETED)
+    await asyncio.sleep(0.01)
+
+
+async def drain(store: Store, eid: str) -> None:
+    await _running(store, eid, "host:1:w", 60, NodeStatus.RUNNING)
+    await store.release("host:1:w")
+
+
+async def give_back(store: Store, eid: str) -> None:
+    """A renewal without the execution: the run ended interrupted."""
+    await _running(store, eid, "host:1:w", 60, NodeStatus.RUNNING)
+    await store.renew_leases("host:1:w", [], 60)
+
+
+async def restart(store: Store, eid: str) -> None:
+    await _running(store, eid, "host:8000:w", 60, NodeStatus.RUNNING)
+    await store.release_instance("host:8000")
+
+
+LEAVE_CASES: list[tuple[Callable[[Store, str], Awaitable[None]], int, str | None]] = [
+    (crash, 1, "t"),
+    (crash_between_nodes, 0, None),
+    (drain, 0, None),
+    (give_back, 0, None),
+    (restart, 0, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("leave", "counted", "node_id"), LEAVE_CASES, ids=lambda v: getattr(v, "__name__", str(v))
+)
+async def test_only_a_crash_with_a_node_in_flight_counts(
+    store: Store, leave: Callable[[Store, str], Awaitable[None]], counted: int, node_id: str | None
+) -> None:
+    eid = await _queued(store)
+    await leave(store, eid)
+    await leave(store, eid)
+    (claim,) = await store.claim("host:2:w", 1, 60)
+    assert (claim.attempts, claim.crash_resumes, claim.crashed_node) == (3, 2 * counted, node_id)
+
+
+@pytest.mark.parametrize(("crashes", "status"), [(3, "completed"), (4, "failed")])
+async def test_a_poison_execution_is_abandoned(
+    store: Store, make_resources: Any, crashes: int, status: str
+) -> None:
+    """Claims with an expired lease, again and again: resumed MAX_RESUME_ATTEMPTS (3) times,
+    then failed by the next worker naming the node in flight."""
+    eid = await _queued(store)
+    for _ in range(crashes):
+        await crash(store, eid)
+    settings = make_settings(EXECUTION_MODE="inline")
+    runner = Runner(settings, store, make_resources(), PrefectProbe(None))
+    worker = Worker(settings, store, runner)
+    assert await worker.claim_and_spawn(1) == 1
+    await asyncio.gather(*worker.tasks.values())
+    row = await store.get_execution(eid)
+    assert row is not None and row["status"] == status
+    if status == "failed":
+        assert row["error"] == f"Execution abandoned after {crashes} worker crashes at node t"
+        logs = await store.get_logs(eid)
+        assert (logs[-1]["nodeId"], logs[-1]["status"]) == ("t", "error")
+        assert not await store.has_queued()
+
+
+async def test_graceful_restarts_never_abandon(store: Store, make_resources: Any) -> None:
+    eid = await _queued(store)
+    for _ in range(5):
+        await drain(store, eid)
+    settings = make_settings(EXECUTION_MODE="inline", MAX_RESUME_ATTEMPTS=0)
+    runner = Runner(settings, store, make_resources(), PrefectProbe(None))
+    (claim,) = await store.claim("host:2:w", 1, 60)
+    assert await runner.run(claim, asyncio.Event()) == "completed"
+
+
+async def test_an_older_store_gains_the_crash_counter(sql_store: SqlStore) -> None:
+    async with sql_store.write() as conn:
+        await conn.exec_driver_sql('ALTER TABLE wos_executions DROP COLUMN "crashResumes"')
+    await sql_store.create_all()
+    eid = await _queued(sql_store)
+    await crash(sql_store, eid)
+    (claim,) = await sql_store.claim("host:2:w", 1, 60)
+    assert (claim.crash_resumes, claim.crashed_node) == (1, "t")
