@@ -102,8 +102,8 @@ class Runner:
                 eid, RunEnd(status=ExecutionStatus.FAILED, error=str(exc), node_results="{}")
             )
             return Outcome.FAILED
-        if claim.crash_resumes > self.settings.MAX_RESUME_ATTEMPTS:
-            await self._abandon(claim, plan)
+        if claim.crashed_node and claim.crash_resumes > self.settings.MAX_RESUME_ATTEMPTS:
+            await self._abandon(claim, plan, claim.crashed_node)
             return Outcome.FAILED
         previous = _json_object(claim.node_results)
         job = Job(
@@ -178,11 +178,11 @@ class Runner:
             )
         return status[-1] if status else Outcome.INTERRUPTED
 
-    async def _abandon(self, claim: Claim, plan: Plan) -> None:
+    async def _abandon(self, claim: Claim, plan: Plan, nid: str) -> None:
         """No poison executions: a run that killed or stalled its worker with a node in flight
         more than MAX_RESUME_ATTEMPTS times fails instead of freezing the next worker too; the
-        node in flight gets the error as its final log row."""
-        eid, nid = claim.execution_id, claim.crashed_node or ""
+        node in flight (`nid`) gets the error as its final log row."""
+        eid = claim.execution_id
         error = f"Execution abandoned after {claim.crash_resumes} worker crashes at node {nid}"
         logger.error(
             "execution %s: %s", eid, error, extra={"execution_id": eid, "action": "abandon"}

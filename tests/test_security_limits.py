@@ -302,7 +302,9 @@ async def test_a_poison_execution_is_abandoned(
 
 
 async def test_graceful_restarts_never_abandon(store: Store, make_resources: Any) -> None:
+    """Even past the limit (one crash, MAX_RESUME_ATTEMPTS=0), a resume after a give-back runs."""
     eid = await _queued(store)
+    await crash(store, eid)
     for _ in range(5):
         await drain(store, eid)
     settings = make_settings(EXECUTION_MODE="inline", MAX_RESUME_ATTEMPTS=0)
