@@ -1,6 +1,9 @@
 """Service settings, read once from the environment and `.env` (the environment wins)."""
 
+import hashlib
 import os
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -12,6 +15,43 @@ from states import ExecutionMode
 
 PROJECT_DIR = Path(__file__).resolve().parent
 ENV_FILE_VAR = "WOS_ENV_FILE"
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One `API_KEYS` entry: the sha256 digest of the key (plaintext entries are hashed here, so
+    every comparison is over digests) and the organization an organization key is bound to
+    (None: a service key, which may act for any organization)."""
+
+    digest: bytes
+    organization: str | None
+
+
+@lru_cache(maxsize=8)
+def parse_api_keys(text: str | None) -> tuple[ApiKey, ...]:
+    """`API_KEYS`: comma-separated `<key>`, `<key>@<org>`, `sha256:<hex>` or `sha256:<hex>@<org>`
+    entries (the org is what follows the last `@`). Raises ValueError for a malformed entry."""
+    keys = []
+    for raw in (text or "").split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        key, at, org = entry.rpartition("@")
+        if not at:
+            key, org = entry, ""
+        elif not key or not org.strip():
+            raise ValueError("an API_KEYS entry <key>@<org> needs both a key and an org")
+        key, organization = key.strip(), org.strip() or None
+        if key.lower().startswith("sha256:"):
+            hexdigest = key[len("sha256:") :].strip()
+            if not _SHA256_HEX.match(hexdigest):
+                raise ValueError("an API_KEYS entry sha256:<hex> needs 64 hex digits")
+            digest = bytes.fromhex(hexdigest)
+        else:
+            digest = hashlib.sha256(key.encode()).digest()
+        keys.append(ApiKey(digest, organization))
+    return tuple(keys)
 
 
 class Settings(BaseSettings):
@@ -67,6 +107,12 @@ class Settings(BaseSettings):
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("API_KEYS")
+    @classmethod
+    def _valid_api_keys(cls, value: str | None) -> str | None:
+        parse_api_keys(value)
+        return value
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _not_in_memory(cls, value: str | None) -> str | None:
@@ -100,8 +146,9 @@ class Settings(BaseSettings):
         return PROJECT_DIR / ".prefect" / f"instance-{self.API_PORT}"
 
     @property
-    def api_keys(self) -> set[str]:
-        return {k.strip() for k in (self.API_KEYS or "").split(",") if k.strip()}
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        """The parsed `API_KEYS` entries (empty: no key is required)."""
+        return parse_api_keys(self.API_KEYS)
 
     OUTBOUND_DENY: str = ""
     """Hosts and CIDRs nodes may not connect to, added to tasks/outbound.py's DEFAULT_DENY."""

@@ -5,6 +5,10 @@
     ├── worker process(es)   python -m flows.worker           (WORKER_PROCESSES)
     └── HTTP API             uvicorn api_service:app          (API_HOST:API_PORT)
 
+The embedded Prefect API requires an auth string generated here at every start
+(`PREFECT_SERVER_API_AUTH_STRING` on the server, `PREFECT_API_AUTH_STRING` for the workers, never
+logged nor given to the HTTP API process), so nothing else on the machine can drive it.
+
 SIGTERM/SIGINT: the API stops, workers drain for SHUTDOWN_GRACE_SECONDS, then Prefect stops;
 exit status 0. A signal during start-up (store preparation, Prefect start) ends start-up: no API
 or worker is spawned, a started Prefect server is stopped, and the exit status is 128 + the
@@ -16,6 +20,7 @@ import contextlib
 import logging
 import logging.config
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +32,9 @@ import httpx
 
 from config import PROJECT_DIR, Settings, get_settings
 from states import ExecutionMode
+
+PREFECT_SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
+PREFECT_CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
 
 logger = logging.getLogger("start_service")
 
@@ -126,6 +134,8 @@ class Supervisor:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.signal: int | None = None
+        self.prefect_auth = secrets.token_urlsafe(32)
+        """The embedded Prefect API's auth string (this run's only)."""
 
     def request_stop(self, signum: int) -> None:
         """The signal handler: only a flag, acted upon by `run` (start-up or the watch loop)."""
@@ -153,7 +163,7 @@ class Supervisor:
         self.spawn(
             "prefect-server",
             ["-m", "flows.prefect_server", "--host", "127.0.0.1", "--port", str(port)],
-            prefect_env(self.settings, None),
+            {**prefect_env(self.settings, None), PREFECT_SERVER_AUTH: self.prefect_auth},
         )
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + 120
@@ -214,8 +224,10 @@ class Supervisor:
         if self.stopping:
             raise StartupInterrupted("store prepared")
         api_url = settings.PREFECT_API_URL
+        prefect_auth: dict[str, str] = {}
         if settings.EXECUTION_MODE is ExecutionMode.PREFECT and not api_url:
             api_url = self.start_prefect()
+            prefect_auth = {PREFECT_CLIENT_AUTH: self.prefect_auth}
         # the outbound policy refuses nodes this API port and the Prefect API (tasks/outbound.py)
         outbound_env = {
             "API_PORT": str(settings.API_PORT),
@@ -223,6 +235,7 @@ class Supervisor:
         }
         worker_env = {
             **prefect_env(settings, api_url),
+            **prefect_auth,
             **outbound_env,
             "WOS_INSTANCE": instance_id(settings),
         }

@@ -2,13 +2,16 @@
 `app.dependency_overrides`). All are `async def`: FastAPI runs a plain `def` dependency in a
 worker thread, one thread round trip per dependency per request on the submit path."""
 
+import hashlib
+import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from starlette.exceptions import HTTPException
 
 from api.executions import Wakeup
-from config import Settings, get_settings, settings_dependency
+from config import ApiKey, Settings, get_settings, settings_dependency
 from database.interfaces import ApiStore
 from tasks.context import Resources
 
@@ -30,25 +33,62 @@ async def get_resources(request: Request) -> Resources:
     return resources
 
 
-async def require_api_key(
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: a service key (or no keys configured), which acts for any organization
+    and names it in the body, or an organization key, bound to `organization`."""
+
+    organization: str | None = None
+    """The organization key's org; None for a service key."""
+
+    @property
+    def is_service(self) -> bool:
+        return self.organization is None
+
+    def check_body_org(self, organization_id: str | None) -> None:
+        """An organization key may not name another org in a body (403)."""
+        if self.organization is not None and organization_id not in (None, self.organization):
+            raise HTTPException(403, "organizationId differs from the organization of the API key")
+
+
+SERVICE = Caller()
+
+
+def _match(presented: str, keys: tuple[ApiKey, ...]) -> ApiKey | None:
+    """The entry whose digest equals the presented key's, compared in constant time (every
+    entry is compared, whether an earlier one matched or not)."""
+    digest = hashlib.sha256(presented.encode()).digest()
+    found = None
+    for key in keys:
+        if hmac.compare_digest(digest, key.digest) and found is None:
+            found = key
+    return found
+
+
+async def authenticate(
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
-) -> None:
-    """With API_KEYS set, `Authorization: Bearer <key>` or `X-API-Key: <key>` (else 401)."""
+) -> Caller:
+    """With API_KEYS set, `Authorization: Bearer <key>` or `X-API-Key: <key>` (else 401); the
+    caller is the matching entry's (a service key, or an organization key with its org)."""
     keys = get_settings().api_keys
     if not keys:
-        return
+        return SERVICE
     auth = authorization or ""
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-    if bearer not in keys and x_api_key not in keys:
-        raise HTTPException(
-            401, "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)"
-        )
+    for presented in (bearer, x_api_key):
+        if presented and (key := _match(presented, keys)) is not None:
+            return Caller(key.organization)
+    raise HTTPException(
+        401, "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)"
+    )
 
 
 StoreDep = Annotated[ApiStore, Depends(get_store)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 SettingsDep = Annotated[Settings, Depends(settings_dependency)]
-API_KEY = Depends(require_api_key)
+CallerDep = Annotated[Caller, Depends(authenticate)]
+"""The authenticated caller (FastAPI runs `authenticate` once per request)."""
+API_KEY = Depends(authenticate)
 """For `dependencies=[API_KEY]` of every router but the health check (Decision 14)."""

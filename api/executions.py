@@ -61,21 +61,31 @@ async def submit(
     *,
     default_mode: ExecutionMode,
     idempotency_key: str | None = None,
+    key_organization: str | None = None,
 ) -> ExecutionSubmitted:
     """Validate the stored or inline definition and queue a pending execution of it. With an
     `idempotency_key`, an earlier submit of the same key and organization within 24 h is
     answered instead (Conflict if its body differed). Raises WorkflowNotFound and
-    GraphValidationError (nothing is queued then)."""
+    GraphValidationError (nothing is queued then).
+
+    `key_organization` is an organization key's org (the caller checked that the body names no
+    other): the execution's org. A stored workflow runs only as its own org: another org
+    (given, or the key's) is WorkflowNotFound; with none given the row keeps null and the data
+    nodes act for the workflow's org. A workflow without org runs as the execution's."""
     name: str | None = None
+    organization_id = key_organization or body.organizationId
+    data_organization_id = organization_id
     if body.workflow is not None:
         workflow_id = body.workflowId or f"inline_{new_execution_id()}"
         raw: Any = body.workflow
     elif body.workflowId:
         workflow_id = body.workflowId
-        row = await store.get_workflow(workflow_id)
-        if row is None:
+        row = await store.get_workflow(workflow_id, key_organization)
+        owner = None if row is None else row["organizationId"]
+        if row is None or organization_id not in (None, owner or organization_id):
             raise WorkflowNotFound(f"Workflow {workflow_id} not found")
         name, raw = row["name"], row["data"]
+        data_organization_id = owner or organization_id
     else:
         raise GraphValidationError("workflowId is required (or send an inline 'workflow')")
     key = None
@@ -86,22 +96,29 @@ async def submit(
         execution_id=new_execution_id(),
         workflow_id=workflow_id,
         workflow_name=name,
-        organization_id=body.organizationId,
+        organization_id=organization_id,
         inputs=body.inputs or {},
         definition=validated_definition(raw),
         mode=(body.mode or default_mode).value,
+        data_organization_id=data_organization_id,
     )
     return await _queue(store, wake, new, key)
 
 
 async def retry(
-    store: ApiStore, wake: Wakeup, execution_id: str, *, from_scratch: bool = False
+    store: ApiStore,
+    wake: Wakeup,
+    execution_id: str,
+    *,
+    from_scratch: bool = False,
+    organization: str | None = None,
 ) -> RetrySubmitted:
-    """Queue a new execution of a failed or cancelled one, with the same definition, inputs and
-    requested mode, adopting the results of the nodes that completed (`reusable_results`)
-    unless `from_scratch`. Raises ExecutionNotFound, or Conflict for other statuses and for
-    executions this service did not run."""
-    row = await store.get_execution(execution_id)
+    """Queue a new execution of a failed or cancelled one, with the same definition, inputs,
+    requested mode and organizations, adopting the results of the nodes that completed
+    (`reusable_results`) unless `from_scratch`. Raises ExecutionNotFound (also for an execution
+    of another org than an organization key's `organization`), or Conflict for other statuses
+    and for executions this service did not run."""
+    row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     if row["status"] not in RETRYABLE_STATUSES:
@@ -124,6 +141,7 @@ async def retry(
         mode=row["requestedMode"],
         retry_of=execution_id,
         node_results=None if from_scratch else reusable_results(row["nodeResults"], execution_id),
+        data_organization_id=row.get("dataOrganizationId") or row["organizationId"],
     )
     queued = await _queue(store, wake, new, None)
     return RetrySubmitted(
@@ -214,9 +232,12 @@ def _validated(raw: Any, limits: tuple[int, int]) -> str:
     return workflow.model_dump_json(exclude_none=True)
 
 
-async def execution_public(store: ApiStore, execution_id: str) -> ExecutionPublic:
-    """The status view: the row with its JSON columns decoded, progress and the last logs."""
-    row = await store.get_execution(execution_id)
+async def execution_public(
+    store: ApiStore, execution_id: str, organization: str | None = None
+) -> ExecutionPublic:
+    """The status view: the row with its JSON columns decoded, progress and the last logs.
+    `organization` (an organization key's) makes another org's execution unknown."""
+    row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     logs = await store.get_logs(execution_id, last=STATUS_LOG_ROWS)
@@ -281,19 +302,24 @@ def progress_of(
     )
 
 
-async def execution_logs(store: ApiStore, execution_id: str) -> ExecutionLogs:
-    """Every log row, oldest first; ExecutionNotFound only when there are neither logs nor row."""
-    rows = await store.get_logs(execution_id)
-    if not rows and await store.get_execution(execution_id) is None:
+async def execution_logs(
+    store: ApiStore, execution_id: str, organization: str | None = None
+) -> ExecutionLogs:
+    """Every log row, oldest first; ExecutionNotFound only when there are neither logs nor row
+    (with an organization key's `organization`: unless the row is of that org)."""
+    rows = await store.get_logs(execution_id, organization=organization)
+    if not rows and await store.get_execution(execution_id, organization) is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     return ExecutionLogs(
         executionId=execution_id, logs=[ExecutionLogRow.model_validate(r) for r in rows]
     )
 
 
-async def cancel(store: ApiStore, execution_id: str) -> CancelResult:
+async def cancel(
+    store: ApiStore, execution_id: str, organization: str | None = None
+) -> CancelResult:
     """Cancel a pending or running execution; an ended one is answered `success: false`."""
-    previous, cancelled = await store.cancel(execution_id)
+    previous, cancelled = await store.cancel(execution_id, organization)
     if previous is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
     message = (
@@ -306,12 +332,15 @@ async def cancel(store: ApiStore, execution_id: str) -> CancelResult:
     )
 
 
-async def workflow_executions(store: ApiStore, workflow_id: str, limit: int) -> WorkflowExecutions:
-    """The newest `limit` executions of a stored workflow; raises WorkflowNotFound."""
-    workflow = await store.get_workflow(workflow_id)
+async def workflow_executions(
+    store: ApiStore, workflow_id: str, limit: int, organization: str | None = None
+) -> WorkflowExecutions:
+    """The newest `limit` executions of a stored workflow (of an organization key's
+    `organization` only); raises WorkflowNotFound."""
+    workflow = await store.get_workflow(workflow_id, organization)
     if workflow is None:
         raise WorkflowNotFound(f"Workflow {workflow_id} not found")
-    rows, total = await store.list_executions(workflow_id, limit)
+    rows, total = await store.list_executions(workflow_id, limit, organization)
     return WorkflowExecutions(
         workflowId=workflow_id,
         workflowName=workflow["name"],

@@ -198,7 +198,8 @@ class WorkflowExecutions(_Answer):
 
 _ERRORS = {
     401: "Missing or invalid API key (only when API_KEYS is set)",
-    404: "Unknown id",
+    403: "An organization key's body names another organization",
+    404: "Unknown id (or of another organization than an organization key's)",
     409: "Conflicts with the current state",
     413: "Request body larger than MAX_REQUEST_BYTES",
     422: "Invalid request",

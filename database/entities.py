@@ -32,7 +32,9 @@ class SqlEntityStore:
     def __init__(self, store: SqlStore) -> None:
         self._store = store
 
-    async def fetch_entity_records(self, entity_id: str) -> tuple[str | None, list[Row]]:
+    async def fetch_entity_records(
+        self, entity_id: str, organization: str | None
+    ) -> tuple[str | None, list[Row]]:
         """(entity name, records) with values keyed by property name, ordered by createdAt then id.
 
         A record's own `id` and `createdAt` win over properties of the same name; a value whose
@@ -59,7 +61,7 @@ class SqlEntityStore:
         )
         try:
             async with self._store.read() as conn:
-                name = await _entity_name(conn, entity_id)
+                name = await _entity_name(conn, entity_id, organization)
                 rows = (await conn.execute(query)).all()
         except sa.exc.SQLAlchemyError as exc:
             raise EntityStoreError(
@@ -76,14 +78,18 @@ class SqlEntityStore:
         return name, list(by_id.values())
 
     async def save_entity_records(
-        self, entity_id: str, new_records: Sequence[NewRecord], types: dict[str, str]
+        self,
+        entity_id: str,
+        organization: str | None,
+        new_records: Sequence[NewRecord],
+        types: dict[str, str],
     ) -> EntitySave:
         """Create a property for each key of `types` (name → type) the entity lacks (names match
         case-insensitively), then one `records` row per record and one `record_values` row per
         value, in one transaction. Every key of a record's values must be in `types`."""
         try:
             async with self._store.write() as conn:
-                name = await _entity_name(conn, entity_id)
+                name = await _entity_name(conn, entity_id, organization)
                 existing = (
                     await conn.execute(
                         sa.select(properties.c.id, properties.c.name)
@@ -142,38 +148,41 @@ class SqlEntityStore:
     async def save_generic_records(self, save: GenericSave) -> int:
         """Write `(id, data JSON)` rows into `table_name` (created if missing), in one transaction.
 
-        Insert mode fails on an existing id; upsert updates `data`/`updatedAt` of existing ids.
-        Returns how many rows were updated. Names `database.generic.refusal` refuses raise.
+        Insert mode fails on an existing id; upsert updates `data`/`updatedAt` of existing ids
+        of the run's organization only. Returns how many rows were updated. Names
+        `database.generic.refusal` refuses raise, and tables `check_columns` refuses.
         """
         table_name, rows, upsert, now = save.table_name, save.rows, save.upsert, save.now
         check_name(table_name)
-        table = _generic_table(table_name)
         try:
             async with self._store.write() as conn:
-                await _ensure_generic_table(conn, table)
+                table = await _ensure_generic_table(conn, table_name, save.organization_id)
+                mine = org_filter(table, save.organization_id)
                 last = dict(rows)  # upsert: the last record with an id wins
                 existing: set[str] = set()
                 if upsert:
                     keys = list(last)
                     for start in range(0, len(keys), _CHUNK):
+                        chunk = table.c.id.in_(keys[start : start + _CHUNK])
                         existing |= set(
                             (
-                                await conn.execute(
-                                    sa.select(table.c.id).where(
-                                        table.c.id.in_(keys[start : start + _CHUNK])
-                                    )
-                                )
+                                await conn.execute(sa.select(table.c.id).where(chunk, *mine))
                             ).scalars()
                         )
                     if existing:
                         await conn.execute(
                             table.update()
-                            .where(table.c.id == sa.bindparam("b_id"))
+                            .where(table.c.id == sa.bindparam("b_id"), *mine)
                             .values(data=sa.bindparam("b_data"), updatedAt=now),
                             [{"b_id": i, "b_data": last[i]} for i in existing],
                         )
                 pending = last.items() if upsert else rows
-                inserts = [generic_row(save, i, d) for i, d in pending if i not in existing]
+                with_org = "organizationId" in table.c
+                inserts = [
+                    generic_row(save, i, d, with_org=with_org)
+                    for i, d in pending
+                    if i not in existing
+                ]
                 if inserts:
                     await conn.execute(table.insert(), inserts)
         except sa.exc.IntegrityError as exc:
@@ -185,34 +194,57 @@ class SqlEntityStore:
         return len(existing)
 
 
-async def _entity_name(conn: AsyncConnection, entity_id: str) -> str | None:
-    row = (await conn.execute(sa.select(entities.c.name).where(entities.c.id == entity_id))).first()
+async def _entity_name(
+    conn: AsyncConnection, entity_id: str, organization: str | None
+) -> str | None:
+    """The entity's name; EntityNotFound unless it exists in `organization` (None: in none)."""
+    org = entities.c.organizationId
+    same_org = org.is_(None) if organization is None else org == organization
+    row = (
+        await conn.execute(sa.select(entities.c.name).where(entities.c.id == entity_id, same_org))
+    ).first()
     if row is None:
         raise EntityNotFound(f"Entity {entity_id!r} not found")
     name: str | None = row.name
     return name
 
 
-def _generic_table(name: str) -> sa.Table:
+def _generic_table(name: str, columns: Sequence[str]) -> sa.Table:
     return sa.Table(
         name,
         sa.MetaData(),
-        *(sa.Column(c, sa.Text, primary_key=c == "id") for c in GENERIC_COLUMNS),
+        *(sa.Column(c, sa.Text, primary_key=c == "id") for c in columns),
     )
 
 
-async def _ensure_generic_table(conn: AsyncConnection, table: sa.Table) -> None:
+def org_filter(table: sa.Table, organization: str | None) -> list[sa.ColumnElement[bool]]:
+    """The rows of `organization` (None: rows without one); no filter on a table that predates
+    the organizationId column (only runs without an org may use it: `check_columns`)."""
+    if "organizationId" not in table.c:
+        return []
+    column = table.c.organizationId
+    return [column.is_(None) if organization is None else column == organization]
+
+
+async def _ensure_generic_table(
+    conn: AsyncConnection, name: str, organization: str | None
+) -> sa.Table:
+    """The generic table `name`, created with every `GENERIC_COLUMNS` if missing; an existing
+    one must pass `check_columns` for the run's organization."""
+
     def existing_columns(sync_conn: sa.Connection) -> set[str] | None:
         inspector = sa.inspect(sync_conn)
-        if not inspector.has_table(table.name):
+        if not inspector.has_table(name):
             return None
-        return {c["name"] for c in inspector.get_columns(table.name)}
+        return {c["name"] for c in inspector.get_columns(name)}
 
     columns = await conn.run_sync(existing_columns)
     if columns is None:
+        table = _generic_table(name, GENERIC_COLUMNS)
         await conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
-    else:
-        check_columns(table.name, columns)
+        return table
+    check_columns(name, columns, organization)
+    return _generic_table(name, [c for c in GENERIC_COLUMNS if c in columns])
 
 
 def _reason(exc: sa.exc.SQLAlchemyError) -> str:

@@ -12,7 +12,17 @@ from errors import EntityStoreError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 DEFAULT_TABLE = "saved_records"
-GENERIC_COLUMNS = ("id", "data", "workflowId", "executionId", "createdAt", "updatedAt")
+GENERIC_COLUMNS = (
+    "id",
+    "data",
+    "workflowId",
+    "executionId",
+    "createdAt",
+    "updatedAt",
+    "organizationId",
+)
+ORG_COLUMN = "organizationId"
+"""Added by issue 9; a table created before it is still used by runs without an org."""
 RESERVED_PREFIXES = ("wos_", "sqlite_", "pg_")
 SERVICE_TABLES = frozenset(
     {
@@ -88,9 +98,13 @@ def check_name(table_name: str) -> None:
         raise EntityStoreError(f"Invalid table name {table_name!r}: it {reason}")
 
 
-def check_columns(table_name: str, columns: Iterable[str]) -> None:
-    """Raise EntityStoreError when an existing table lacks the saveRecords columns."""
-    if missing := set(GENERIC_COLUMNS) - set(columns):
+def check_columns(table_name: str, columns: Iterable[str], organization: str | None) -> None:
+    """Raise EntityStoreError when an existing table lacks the saveRecords columns; a table
+    without `organizationId` serves only runs without an organization."""
+    missing = set(GENERIC_COLUMNS) - set(columns)
+    if organization is None:
+        missing.discard(ORG_COLUMN)
+    if missing:
         raise EntityStoreError(
             f"Table {table_name!r} exists but is not a saveRecords table (it lacks "
             f"{', '.join(sorted(missing))})"
@@ -104,9 +118,9 @@ def duplicate_id(table_name: str) -> EntityStoreError:
     )
 
 
-def generic_row(save: GenericSave, record_id: str, data: str) -> Row:
-    """A new row of a generic table."""
-    return {
+def generic_row(save: GenericSave, record_id: str, data: str, *, with_org: bool = True) -> Row:
+    """A new row of a generic table (`with_org`: the table has the organizationId column)."""
+    row: Row = {
         "id": record_id,
         "data": data,
         "workflowId": save.workflow_id,
@@ -114,3 +128,6 @@ def generic_row(save: GenericSave, record_id: str, data: str) -> Row:
         "createdAt": save.now,
         "updatedAt": save.now,
     }
+    if with_org:
+        row[ORG_COLUMN] = save.organization_id
+    return row

@@ -49,6 +49,7 @@ RUN_COLUMNS = (
     "failedNodes",
     "skippedNodes",
     "state",
+    "dataOrganizationId",
 )
 """The service's own state `get_execution` joins in (None where the service did not create the
 row)."""
@@ -77,6 +78,7 @@ class Claim:
     execution_id: str
     workflow_id: str
     organization_id: str | None
+    """The organization its data nodes act for: the stored workflow's org, else the row's."""
     status: str
     inputs: str | None
     node_results: str | None
@@ -117,6 +119,9 @@ class NewExecution:
     retry_of: str | None = None
     node_results: str | None = None
     """Results adopted from an earlier execution (a retry), JSON text."""
+    data_organization_id: str | None = None
+    """The organization its data nodes act for (the stored workflow's, else
+    `organization_id`), kept in the service's own table: the row's organizationId may be null."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +167,13 @@ class Recorder(Protocol):
 
 
 class ApiStore(Protocol):
-    """What the HTTP API reads and writes."""
+    """What the HTTP API reads and writes. `organization` scopes a read or action to an
+    organization key's org (None: no filter, a service key): an execution of another org is
+    answered exactly like an unknown one."""
 
-    async def get_workflow(self, workflow_id: str) -> Row | None:
-        """The stored workflow's id, name, data and organizationId."""
+    async def get_workflow(self, workflow_id: str, organization: str | None = None) -> Row | None:
+        """The stored workflow's id, name, data and organizationId; with `organization`, only
+        a workflow of that org or of none."""
         ...
 
     async def create_execution(
@@ -178,24 +186,31 @@ class ApiStore(Protocol):
         submit with the same key inserted first (a second call then finds its row)."""
         ...
 
-    async def get_execution(self, execution_id: str) -> Row | None:
+    async def get_execution(self, execution_id: str, organization: str | None = None) -> Row | None:
         """The execution row joined with the service's own state (those keys None where the
         service did not create the row)."""
         ...
 
-    async def get_logs(self, execution_id: str, last: int | None = None) -> list[Row]:
-        """Log rows oldest first; with `last`, only the `last` most recent."""
+    async def get_logs(
+        self, execution_id: str, last: int | None = None, organization: str | None = None
+    ) -> list[Row]:
+        """Log rows oldest first; with `last`, only the `last` most recent. With
+        `organization`, none unless the execution row is of that org."""
         ...
 
     async def log_counts(self, execution_id: str) -> dict[str, int]:
         """Distinct nodes per log status, for rows the service did not create."""
         ...
 
-    async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
+    async def cancel(
+        self, execution_id: str, organization: str | None = None
+    ) -> tuple[str | None, bool]:
         """Cancel a pending/running execution: (previous status or None if unknown, cancelled?)."""
         ...
 
-    async def list_executions(self, workflow_id: str, limit: int) -> tuple[list[Row], int]:
+    async def list_executions(
+        self, workflow_id: str, limit: int, organization: str | None = None
+    ) -> tuple[list[Row], int]:
         """The newest `limit` executions of a workflow, and how many it has in all."""
         ...
 
@@ -270,19 +285,29 @@ class GenericSave:
     workflow_id: str | None
     execution_id: str | None
     now: str
+    organization_id: str | None = None
+    """The run's data organization: rows are written with it and only its rows are updated."""
 
 
 class EntityStore(Protocol):
     """The data of fetchData and saveRecords: the Node backend's entity tables and the generic
-    tables saveRecords creates (contract §2.5). Errors are `EntityStoreError`s."""
+    tables saveRecords creates (contract §2.5). Errors are `EntityStoreError`s. A run touches
+    only its data organization's data: an entity of another org (or, for a run without org,
+    any entity that has one) is EntityNotFound."""
 
-    async def fetch_entity_records(self, entity_id: str) -> tuple[str | None, list[Row]]:
+    async def fetch_entity_records(
+        self, entity_id: str, organization: str | None
+    ) -> tuple[str | None, list[Row]]:
         """(entity name, records) with values keyed by property name, ordered by createdAt
         then id. Raises EntityNotFound."""
         ...
 
     async def save_entity_records(
-        self, entity_id: str, new_records: Sequence[NewRecord], types: dict[str, str]
+        self,
+        entity_id: str,
+        organization: str | None,
+        new_records: Sequence[NewRecord],
+        types: dict[str, str],
     ) -> EntitySave:
         """Create the properties the entity lacks (name → type), then the records and their
         values, in one transaction."""

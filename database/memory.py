@@ -83,9 +83,13 @@ class MemoryStore:
             "organizationId": organization_id,
         }
 
-    async def get_workflow(self, workflow_id: str) -> Row | None:
+    async def get_workflow(self, workflow_id: str, organization: str | None = None) -> Row | None:
         row = self.workflows.get(workflow_id)
-        return dict(row) if row else None
+        if row is None:
+            return None
+        if organization is not None and row["organizationId"] not in (None, organization):
+            return None
+        return dict(row)
 
     async def create_execution(
         self, new: NewExecution, *, idempotency: IdempotencyKey | None = None
@@ -125,20 +129,32 @@ class MemoryStore:
             failedNodes=0,
             skippedNodes=0,
             retryOf=new.retry_of,
+            dataOrganizationId=new.data_organization_id,
             leaseOwner=None,
             leaseExpiresAt=None,
         )
         self.runs[eid] = run
         return None
 
-    async def get_execution(self, execution_id: str) -> Row | None:
+    def _execution(self, execution_id: str, organization: str | None) -> Row | None:
+        """The execution row, of `organization` when given (None: any org)."""
         row = self.executions.get(execution_id)
+        if row is None or organization not in (None, row["organizationId"]):
+            return None
+        return row
+
+    async def get_execution(self, execution_id: str, organization: str | None = None) -> Row | None:
+        row = self._execution(execution_id, organization)
         if row is None:
             return None
         run = self.runs.get(execution_id) or {}
         return {**row, **{c: run.get(c) for c in RUN_COLUMNS}}
 
-    async def get_logs(self, execution_id: str, last: int | None = None) -> list[Row]:
+    async def get_logs(
+        self, execution_id: str, last: int | None = None, organization: str | None = None
+    ) -> list[Row]:
+        if organization is not None and self._execution(execution_id, organization) is None:
+            return []
         rows = sorted(self.logs.get(execution_id, []), key=lambda r: (r["timestamp"], r["id"]))
         if last is not None:
             rows = rows[-last:] if last > 0 else []
@@ -152,8 +168,10 @@ class MemoryStore:
                 ids.add(r["nodeId"])
         return {status: len(ids) for status, ids in nodes.items()}
 
-    async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
-        row = self.executions.get(execution_id)
+    async def cancel(
+        self, execution_id: str, organization: str | None = None
+    ) -> tuple[str | None, bool]:
+        row = self._execution(execution_id, organization)
         if row is None:
             return None, False
         status = row["status"] or ""
@@ -169,8 +187,14 @@ class MemoryStore:
             run["state"] = RunState.DONE.value
         return status, True
 
-    async def list_executions(self, workflow_id: str, limit: int) -> tuple[list[Row], int]:
-        mine = [r for r in self.executions.values() if r["workflowId"] == workflow_id]
+    async def list_executions(
+        self, workflow_id: str, limit: int, organization: str | None = None
+    ) -> tuple[list[Row], int]:
+        mine = [
+            r
+            for r in self.executions.values()
+            if r["workflowId"] == workflow_id and organization in (None, r["organizationId"])
+        ]
         mine.sort(key=lambda r: (r["createdAt"] or "", r["id"]), reverse=True)
         return [{c: r[c] for c in LIST_COLUMNS} for r in mine[:limit]], len(mine)
 
@@ -217,7 +241,7 @@ class MemoryStore:
                 Claim(
                     row["id"],
                     row["workflowId"],
-                    row["organizationId"],
+                    run["dataOrganizationId"] or row["organizationId"],
                     row["status"],
                     row["inputs"],
                     row["nodeResults"],

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from database.generic import (
     GENERIC_COLUMNS,
+    ORG_COLUMN,
     check_columns,
     check_name,
     duplicate_id,
@@ -23,6 +24,7 @@ class MemoryEntityStore:
 
     def reset(self) -> None:
         self.entities: dict[str, str | None] = {}
+        self.entity_orgs: dict[str, str | None] = {}
         self.properties: dict[str, Row] = {}
         self.records: dict[str, Row] = {}
         self.values: list[Row] = []
@@ -34,10 +36,12 @@ class MemoryEntityStore:
         name: str | None,
         props: Sequence[tuple[str, str, str]] = (),
         rows: Sequence[tuple[str, str | None, dict[str, str]]] = (),
+        organization_id: str | None = None,
     ) -> None:
         """Test helper: an entity with `(id, name, type)` properties and `(id, createdAt,
         {property id: value})` records, as the Node backend would have written them."""
         self.entities[entity_id] = name
+        self.entity_orgs[entity_id] = organization_id
         for pid, pname, ptype in props:
             self.properties[pid] = {"id": pid, "entityId": entity_id, "name": pname, "type": ptype}
         for rid, created, values in rows:
@@ -51,13 +55,15 @@ class MemoryEntityStore:
         """Test helper: a table someone else created (not necessarily a saveRecords one)."""
         self.tables[name] = (frozenset(columns), {})
 
-    def _name(self, entity_id: str) -> str | None:
-        if entity_id not in self.entities:
+    def _name(self, entity_id: str, organization: str | None) -> str | None:
+        if entity_id not in self.entities or self.entity_orgs.get(entity_id) != organization:
             raise EntityNotFound(f"Entity {entity_id!r} not found")
         return self.entities[entity_id]
 
-    async def fetch_entity_records(self, entity_id: str) -> tuple[str | None, list[Row]]:
-        name = self._name(entity_id)
+    async def fetch_entity_records(
+        self, entity_id: str, organization: str | None
+    ) -> tuple[str | None, list[Row]]:
+        name = self._name(entity_id, organization)
         mine = [r for r in self.records.values() if r["entityId"] == entity_id]
         # byte order (code point order of str), NULL createdAt first, as the SQL stores sort
         mine.sort(key=lambda r: (r["createdAt"] is not None, r["createdAt"] or "", r["id"]))
@@ -75,9 +81,13 @@ class MemoryEntityStore:
         return name, list(by_id.values())
 
     async def save_entity_records(
-        self, entity_id: str, new_records: Sequence[NewRecord], types: dict[str, str]
+        self,
+        entity_id: str,
+        organization: str | None,
+        new_records: Sequence[NewRecord],
+        types: dict[str, str],
     ) -> EntitySave:
-        name = self._name(entity_id)
+        name = self._name(entity_id, organization)
         prop_ids: dict[str, str] = {}
         for prop in sorted(self.properties.values(), key=lambda p: p["id"]):
             if prop["entityId"] == entity_id:
@@ -99,9 +109,13 @@ class MemoryEntityStore:
         table_name, rows, upsert, now = save.table_name, save.rows, save.upsert, save.now
         check_name(table_name)
         columns, table = self.tables.get(table_name, (frozenset(GENERIC_COLUMNS), {}))
-        check_columns(table_name, columns)
+        check_columns(table_name, columns, save.organization_id)
+        with_org = ORG_COLUMN in columns
+        mine = {
+            i for i, r in table.items() if not with_org or r[ORG_COLUMN] == save.organization_id
+        }
         last = dict(rows)
-        existing = set(last) & set(table) if upsert else set()
+        existing = set(last) & mine if upsert else set()
         pending = [(i, d) for i, d in (last.items() if upsert else rows) if i not in existing]
         ids = [i for i, _ in pending]
         if len(set(ids)) != len(ids) or set(ids) & set(table):
@@ -109,6 +123,6 @@ class MemoryEntityStore:
         for i in existing:
             table[i].update(data=last[i], updatedAt=now)
         for i, d in pending:
-            table[i] = generic_row(save, i, d)
+            table[i] = generic_row(save, i, d, with_org=with_org)
         self.tables[table_name] = (columns, table)
         return len(existing)

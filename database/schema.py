@@ -177,6 +177,7 @@ runs = _table(
     sa.Column("skippedNodes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("crashResumes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("createdAt", T, nullable=False),
+    sa.Column("dataOrganizationId", T),
     sa.Index("idx_wos_executions_state", "state", "seq"),
 )
 

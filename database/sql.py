@@ -121,10 +121,19 @@ class SqlStore(SqlQueue):
     async def create_all(self) -> None:
         await self._run(create_all, write=True)
 
-    async def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
+    async def get_workflow(
+        self, workflow_id: str, organization: str | None = None
+    ) -> dict[str, Any] | None:
         query = sa.select(
             workflows.c.id, workflows.c.name, workflows.c.data, workflows.c.organizationId
         ).where(workflows.c.id == workflow_id)
+        if organization is not None:
+            query = query.where(
+                sa.or_(
+                    workflows.c.organizationId == organization,
+                    workflows.c.organizationId.is_(None),
+                )
+            )
 
         def op(conn: sa.Connection) -> dict[str, Any] | None:
             row = conn.execute(query).mappings().first()
@@ -165,6 +174,7 @@ class SqlStore(SqlQueue):
                 "state": RunState.QUEUED,
                 "createdAt": now,
                 "retryOf": new.retry_of,
+                "dataOrganizationId": new.data_organization_id,
             },
         }
         try:
@@ -182,7 +192,9 @@ class SqlStore(SqlQueue):
                 raise DuplicateExecution() from exc
             raise  # another constraint (e.g. a foreign key of the Node backend's schema)
 
-    async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
+    async def get_execution(
+        self, execution_id: str, organization: str | None = None
+    ) -> dict[str, Any] | None:
         """The execution row joined with the service's own state (None where not ours)."""
         query = (
             sa.select(
@@ -190,7 +202,7 @@ class SqlStore(SqlQueue):
                 *[runs.c[c] for c in RUN_COLUMNS],
             )
             .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
-            .where(executions.c.id == execution_id)
+            .where(_of_execution(execution_id, organization))
         )
 
         def op(conn: sa.Connection) -> dict[str, Any] | None:
@@ -199,10 +211,14 @@ class SqlStore(SqlQueue):
 
         return await self._run(op, write=False)
 
-    async def get_logs(self, execution_id: str, last: int | None = None) -> list[dict[str, Any]]:
+    async def get_logs(
+        self, execution_id: str, last: int | None = None, organization: str | None = None
+    ) -> list[dict[str, Any]]:
         """Log rows oldest first; with `last`, only the `last` most recent."""
         order = (logs.c.timestamp, logs.c.id)
         query = sa.select(logs).where(logs.c.executionId == execution_id)
+        if organization is not None:
+            query = query.where(sa.exists().where(_of_execution(execution_id, organization)))
         if last is not None:
             query = query.order_by(*(c.desc() for c in order)).limit(last)
         else:
@@ -225,12 +241,14 @@ class SqlStore(SqlQueue):
             lambda conn: {s or "": n for s, n in conn.execute(query).all()}, write=False
         )
 
-    async def cancel(self, execution_id: str) -> tuple[str | None, bool]:
+    async def cancel(
+        self, execution_id: str, organization: str | None = None
+    ) -> tuple[str | None, bool]:
         """Cancel a pending/running execution. Returns (previous status or None, cancelled?)."""
 
         def op(conn: sa.Connection) -> tuple[str | None, bool]:
             row = conn.execute(
-                sa.select(executions.c.status).where(executions.c.id == execution_id)
+                sa.select(executions.c.status).where(_of_execution(execution_id, organization))
             ).first()
             if row is None:
                 return None, False
@@ -256,10 +274,12 @@ class SqlStore(SqlQueue):
         return await self._run(op, write=True)
 
     async def list_executions(
-        self, workflow_id: str, limit: int
+        self, workflow_id: str, limit: int, organization: str | None = None
     ) -> tuple[list[dict[str, Any]], int]:
         cols = [executions.c[c] for c in LIST_COLUMNS]
         where = executions.c.workflowId == workflow_id
+        if organization is not None:
+            where = sa.and_(where, executions.c.organizationId == organization)
 
         def op(conn: sa.Connection) -> tuple[list[dict[str, Any]], int]:
             rows = (
@@ -292,6 +312,14 @@ class SqlStore(SqlQueue):
         """Write the terminal status unless the row is no longer pending/running (never
         overwrites `cancelled`); the service's run state becomes done either way."""
         return await self._group.submit(Op("finish", execution_id, end))
+
+
+def _of_execution(execution_id: str, organization: str | None) -> sa.ColumnElement[bool]:
+    """The execution row, of `organization` when given (None: any org)."""
+    where = executions.c.id == execution_id
+    if organization is None:
+        return where
+    return sa.and_(where, executions.c.organizationId == organization)
 
 
 def _insert_keyed(

@@ -61,7 +61,7 @@ class SqlQueue:
                 sa.select(
                     executions.c.id,
                     executions.c.workflowId,
-                    executions.c.organizationId,
+                    sa.func.coalesce(runs.c.dataOrganizationId, executions.c.organizationId),
                     executions.c.status,
                     executions.c.inputs,
                     executions.c.nodeResults,

@@ -50,8 +50,20 @@ class FileSource:
             return handle.read(size)
 
 
-def _upload_path(ctx: RunContext, value: str) -> Path:
+def upload_root(ctx: RunContext) -> Path:
+    """Where a run's `filePath` files live: `UPLOAD_DIR/<org>` for a run with a (data)
+    organization, UPLOAD_DIR itself for a run without one."""
     root = Path(ctx.settings.UPLOAD_DIR).expanduser().resolve()
+    org = ctx.organization_id
+    if org is None:
+        return root
+    if org in ("", ".", "..") or "/" in org or "\\" in org or "\0" in org:
+        raise NodeConfigError("filePath cannot be used: the organization id is not a folder name")
+    return root / org
+
+
+def _upload_path(ctx: RunContext, value: str) -> Path:
+    root = upload_root(ctx)
     try:
         path = (root / value).resolve()
     except (OSError, ValueError):

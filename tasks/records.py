@@ -1,5 +1,7 @@
 """Entity node types: fetchData (records keyed by property name) and saveRecords (contract
-§4.11, §4.12). The data lives behind the store's `EntityStore`; these handlers shape it."""
+§4.11, §4.12). The data lives behind the store's `EntityStore`; these handlers shape it. Both act
+for the run's data organization (`RunContext.organization_id`) only: an entity of another
+organization is not found, a generic table's rows of another organization are never touched."""
 
 import datetime as dt
 import re
@@ -62,7 +64,7 @@ async def fetch_data(config: FetchDataConfig, data: Any, ctx: RunContext) -> Env
     if not config.entityId:
         raise NodeConfigError("No entity configured for fetchData node")
     try:
-        name, rows = await _store(ctx).fetch_entity_records(config.entityId)
+        name, rows = await _store(ctx).fetch_entity_records(config.entityId, ctx.organization_id)
     except EntityNotFound:
         raise NodeConfigError(f"Entity {config.entityId!r} not found (entityId)") from None
     except EntityStoreError as exc:
@@ -140,7 +142,9 @@ async def _save_to_entity(
         )
     types = {key: type_ or "text" for key, type_ in inferred.items()}
     try:
-        saved = await _store(ctx).save_entity_records(entity_id, new_records, types)
+        saved = await _store(ctx).save_entity_records(
+            entity_id, ctx.organization_id, new_records, types
+        )
     except EntityNotFound:
         raise NodeConfigError(f"Entity {entity_id!r} not found (entityId)") from None
     except EntityStoreError as exc:
@@ -192,6 +196,7 @@ async def _save_to_table(
                 workflow_id=ctx.workflow_id,
                 execution_id=ctx.execution_id,
                 now=now_iso(),
+                organization_id=ctx.organization_id,
             )
         )
     except EntityStoreError as exc:

@@ -2,7 +2,9 @@
 tests make against it."""
 
 import asyncio
+import base64
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -112,9 +114,34 @@ class RunningService(ServiceProcess):
         finally:
             conn.close()
 
+    def prefect_url(self) -> str:
+        return self.log_text().rsplit("Prefect API ready at ", 1)[1].split()[0]
+
+    def prefect_auth(self) -> str | None:
+        """The embedded Prefect API's auth string (never logged), read from the environment of
+        a worker of this service's process group, as only a process of the same user can."""
+        for proc in Path("/proc").iterdir():
+            try:
+                if not proc.name.isdigit() or os.getpgid(int(proc.name)) != self.pgid:
+                    continue
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for item in environ:
+                if item.startswith(b"PREFECT_API_AUTH_STRING="):
+                    return item.split(b"=", 1)[1].decode()
+        return None
+
+    def prefect_headers(self) -> dict[str, str]:
+        auth = self.prefect_auth()
+        if auth is None:
+            return {}
+        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
     def _prefect(self, path: str, query: dict[str, Any]) -> list[dict[str, Any]]:
-        url = self.log_text().rsplit("Prefect API ready at ", 1)[1].split()[0]
-        r = httpx.post(f"{url}{path}", json=query, timeout=10)
+        r = httpx.post(
+            f"{self.prefect_url()}{path}", json=query, headers=self.prefect_headers(), timeout=10
+        )
         r.raise_for_status()
         runs: list[dict[str, Any]] = r.json()
         return runs

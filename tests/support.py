@@ -118,7 +118,9 @@ async def seed_rows(store: Any, table: str, rows: list[dict[str, Any]]) -> None:
         if table == "workflows":
             store.put_workflow(row["id"], row["data"], row["name"], row.get("organizationId"))
         elif table == "entities":
-            store.entities.put_entity(row["id"], row.get("name"))
+            store.entities.put_entity(
+                row["id"], row.get("name"), organization_id=row.get("organizationId")
+            )
         elif table == "properties":
             store.entities.properties[row["id"]] = dict(row)
         elif table == "records":

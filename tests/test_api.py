@@ -298,7 +298,7 @@ async def test_unexpected_error_answers_an_id_not_the_exception_text(
     secret = "SELECT * FROM workflow_executions WHERE id = 'p4ssw0rd'"
 
     class Broken:
-        async def get_execution(self, execution_id: str) -> Any:
+        async def get_execution(self, execution_id: str, *_org: Any) -> Any:
             raise OperationalError(secret, {"id": "p4ssw0rd"}, Exception("disk I/O error"))
 
     async def broken() -> Any:

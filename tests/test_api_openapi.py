@@ -86,7 +86,7 @@ async def test_every_answer_matches_the_openapi_schema(
 
     await service.add_workflow("wf1", SIMPLE, name="Simple")
     execute, history = "/api/workflows/execute", "/api/workflows/{workflow_id}/executions"
-    r = await service.execute(workflowId="wf1", inputs={"m": "3"}, organizationId="org")
+    r = await service.execute(workflowId="wf1", inputs={"m": "3"}, organizationId="org_test")
     check(r, execute)
     eid = r.json()["executionId"]
     await service.wait(eid)

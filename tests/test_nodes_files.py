@@ -20,14 +20,15 @@ HEADER = ["id", "name", "amount", "ratio", "day", "moment", "code", "empty", "fl
 
 @pytest.fixture
 def uploads(tmp_path: Path) -> Path:
-    folder = tmp_path / "uploads"
-    folder.mkdir()
+    """The run's organization folder (`make_ctx` runs as org_test) under UPLOAD_DIR."""
+    folder = tmp_path / "uploads" / "org_test"
+    folder.mkdir(parents=True)
     return folder
 
 
 @pytest.fixture
 def res(make_resources: MakeResources, uploads: Path) -> Resources:
-    return make_resources(UPLOAD_DIR=str(uploads))
+    return make_resources(UPLOAD_DIR=str(uploads.parent))
 
 
 def b64(data: bytes) -> str:

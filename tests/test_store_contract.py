@@ -181,6 +181,7 @@ async def test_get_execution_answers_the_same_columns_everywhere(store: Store) -
         *("completedAt", "triggeredByName", "versionNumber", "workflowName", "definition"),
         *("requestedMode", "mode", "modeReason", "attempts", "resumedAt", "retryOf"),
         *("flowRunId", "totalNodes", "completedNodes", "failedNodes", "skippedNodes", "state"),
+        "dataOrganizationId",
     }
     assert (row["state"], row["attempts"], row["completedNodes"]) == ("queued", 0, 0)
 
@@ -342,17 +343,18 @@ async def seed_entity(store: Store) -> None:
 
 async def test_entity_records_in_byte_order_and_saved_in_order(store: Store) -> None:
     await seed_entity(store)
-    name, rows = await store.entities.fetch_entity_records("ent_1")
+    name, rows = await store.entities.fetch_entity_records("ent_1", "org")
     assert name == "Machines"
     assert [r["id"] for r in rows] == ["r_0", "r_A", "r_a", "r_b"]
     assert rows[-1] == {"id": "r_b", "createdAt": "2025-06-15T10:00:00.000Z", "Name": "Boiler"}
     saved = await store.entities.save_entity_records(
         "ent_1",
+        "org",
         [NewRecord("2030-01-01T00:00:00.000Z", {"name": "x", "Temp": "3"})] * 2,
         {"name": "text", "Temp": "number"},
     )
     assert (saved.entity_name, saved.created_properties) == ("Machines", [("Temp", "number")])
-    _, rows = await store.entities.fetch_entity_records("ent_1")
+    _, rows = await store.entities.fetch_entity_records("ent_1", "org")
     assert [r["id"] for r in rows[-2:]] == saved.saved_ids
     assert rows[-1] == {
         "id": saved.saved_ids[1],
@@ -361,9 +363,9 @@ async def test_entity_records_in_byte_order_and_saved_in_order(store: Store) -> 
         "Temp": "3",
     }
     with pytest.raises(EntityNotFound):
-        await store.entities.fetch_entity_records("nope")
+        await store.entities.fetch_entity_records("nope", "org")
     with pytest.raises(EntityNotFound):
-        await store.entities.save_entity_records("nope", [], {})
+        await store.entities.save_entity_records("nope", "org", [], {})
 
 
 async def test_generic_tables_insert_upsert_and_refusals(store: Store) -> None:

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from api import executions
-from api.deps import API_KEY, StoreDep, WakeupDep
+from api.deps import API_KEY, CallerDep, StoreDep, WakeupDep
 from api.schemas import (
     API_ERRORS,
     CancelResult,
@@ -20,28 +20,36 @@ router = APIRouter(
 
 
 @router.get("/{execution_id}", response_model=ExecutionPublic, responses=error_responses(404))
-async def get_execution(execution_id: str, store: StoreDep) -> ExecutionPublic:
-    return await executions.execution_public(store, execution_id)
+async def get_execution(execution_id: str, store: StoreDep, caller: CallerDep) -> ExecutionPublic:
+    return await executions.execution_public(store, execution_id, caller.organization)
 
 
 @router.get("/{execution_id}/logs", response_model=ExecutionLogs, responses=error_responses(404))
-async def get_execution_logs(execution_id: str, store: StoreDep) -> ExecutionLogs:
-    return await executions.execution_logs(store, execution_id)
+async def get_execution_logs(
+    execution_id: str, store: StoreDep, caller: CallerDep
+) -> ExecutionLogs:
+    return await executions.execution_logs(store, execution_id, caller.organization)
 
 
 @router.post("/{execution_id}/cancel", response_model=CancelResult, responses=error_responses(404))
-async def cancel_execution(execution_id: str, store: StoreDep) -> CancelResult:
+async def cancel_execution(execution_id: str, store: StoreDep, caller: CallerDep) -> CancelResult:
     """No body needed; an execution that already ended is answered 200 `success: false`."""
-    return await executions.cancel(store, execution_id)
+    return await executions.cancel(store, execution_id, caller.organization)
 
 
 @router.post(
     "/{execution_id}/retry", response_model=RetrySubmitted, responses=error_responses(404, 409)
 )
 async def retry_execution(
-    execution_id: str, store: StoreDep, wake: WakeupDep, body: RetryRequest | None = None
+    execution_id: str,
+    store: StoreDep,
+    wake: WakeupDep,
+    caller: CallerDep,
+    body: RetryRequest | None = None,
 ) -> RetrySubmitted:
     """A new execution of a failed/cancelled one, with the same definition and inputs, reusing
     the results of the nodes that completed (unless `fromScratch`)."""
     from_scratch = body is not None and body.fromScratch
-    return await executions.retry(store, wake, execution_id, from_scratch=from_scratch)
+    return await executions.retry(
+        store, wake, execution_id, from_scratch=from_scratch, organization=caller.organization
+    )

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from api.deps import API_KEY, SettingsDep
+from api.deps import API_KEY, CallerDep, SettingsDep, StoreDep
 from api.schemas import API_ERRORS, error_responses
 from tasks.visualization import image_path
 
@@ -20,15 +20,22 @@ router = APIRouter(
         **error_responses(404),
     },
 )
-async def get_node_image(execution_id: str, node_id: str, settings: SettingsDep) -> Response:
-    """The chart a dataVisualization node rendered in this execution; 404 when there is none."""
+async def get_node_image(
+    execution_id: str, node_id: str, settings: SettingsDep, store: StoreDep, caller: CallerDep
+) -> Response:
+    """The chart a dataVisualization node rendered in this execution; 404 when there is none
+    (and, for an organization key, when the execution is not of its org)."""
     path = image_path(settings, execution_id, node_id)
     if path is None:
         return JSONResponse(
             {"detail": "Invalid execution or node id: use letters, digits, '_', '-' and '.' only"},
             422,
         )
-    if not path.is_file():
+    foreign = (
+        caller.organization is not None
+        and await store.get_execution(execution_id, caller.organization) is None
+    )
+    if foreign or not path.is_file():
         return JSONResponse(
             {"detail": f"No image for node {node_id} in execution {execution_id}"}, 404
         )

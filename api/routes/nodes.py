@@ -4,7 +4,7 @@ import json
 
 from fastapi import APIRouter
 
-from api.deps import API_KEY, ResourcesDep
+from api.deps import API_KEY, CallerDep, ResourcesDep, StoreDep
 from api.schemas import API_ERRORS, NodeExecute, NodeRunFailed, NodeRunResult, NodeRunSucceeded
 from jsonutil import dump_json
 from models import NodeDef
@@ -17,21 +17,31 @@ router = APIRouter(
 
 
 @router.post("/execute", response_model=NodeRunResult)
-async def execute_node(body: NodeExecute, resources: ResourcesDep) -> NodeRunResult:
+async def execute_node(
+    body: NodeExecute, resources: ResourcesDep, store: StoreDep, caller: CallerDep
+) -> NodeRunResult:
     """A node that fails (unknown type included) is answered 200 `success: false`; a config over
-    the per-node limits (retries, retryDelayMs, timeoutMs) is refused with 422."""
+    the per-node limits (retries, retryDelayMs, timeoutMs) is refused with 422. It acts for an
+    organization key's org; with a service key, for the org of its stored `workflowId` (else
+    for none)."""
     check_node_limits(body.node.get("config"))
-    return await run_single_node(body, resources)
+    organization = caller.organization
+    if organization is None and body.workflowId:
+        workflow = await store.get_workflow(body.workflowId)
+        organization = None if workflow is None else workflow["organizationId"]
+    return await run_single_node(body, resources, organization)
 
 
-async def run_single_node(body: NodeExecute, resources: Resources) -> NodeRunResult:
-    """Run the node with its retries and timeout, outside any execution."""
+async def run_single_node(
+    body: NodeExecute, resources: Resources, organization: str | None = None
+) -> NodeRunResult:
+    """Run the node with its retries and timeout, outside any execution, for `organization`."""
     try:
         node = NodeDef.model_validate({**body.node, "id": body.nodeId, "type": body.nodeType})
         ctx = RunContext(
             execution_id="single_node",
             workflow_id=body.workflowId,
-            organization_id=None,
+            organization_id=organization,
             inputs={},
             node_id=node.id,
             node_type=node.type,

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 
 from api import executions
-from api.deps import API_KEY, SettingsDep, StoreDep, WakeupDep
+from api.deps import API_KEY, CallerDep, SettingsDep, StoreDep, WakeupDep
 from api.schemas import (
     API_ERRORS,
     ExecutionCreate,
@@ -20,22 +20,28 @@ router = APIRouter(
 )
 
 
-@router.post("/execute", response_model=ExecutionSubmitted, responses=error_responses(404, 409))
+@router.post(
+    "/execute", response_model=ExecutionSubmitted, responses=error_responses(403, 404, 409)
+)
 async def execute_workflow(
     body: ExecutionCreate,
     store: StoreDep,
     settings: SettingsDep,
     wake: WakeupDep,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> ExecutionSubmitted:
     """Queue a run of the stored workflow `workflowId` (or of an inline `workflow`) and answer
-    at once; a worker runs it. 422 for unsupported node types (nothing is queued)."""
+    at once; a worker runs it. 422 for unsupported node types (nothing is queued); 403 when an
+    organization key's body names another organization."""
+    caller.check_body_org(body.organizationId)
     return await executions.submit(
         store,
         wake,
         body,
         default_mode=ExecutionMode(settings.EXECUTION_MODE),
         idempotency_key=idempotency_key,
+        key_organization=caller.organization,
     )
 
 
@@ -43,7 +49,10 @@ async def execute_workflow(
     "/{workflow_id}/executions", response_model=WorkflowExecutions, responses=error_responses(404)
 )
 async def list_workflow_executions(
-    workflow_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    workflow_id: str,
+    store: StoreDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> WorkflowExecutions:
-    """The workflow's executions, newest first."""
-    return await executions.workflow_executions(store, workflow_id, limit)
+    """The workflow's executions, newest first (an organization key's: its org's only)."""
+    return await executions.workflow_executions(store, workflow_id, limit, caller.organization)
