@@ -58,7 +58,11 @@ class Settings(BaseSettings):
     """Every setting of the service; field names are the environment variable names."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", env_ignore_empty=True, case_sensitive=True
+        env_file=".env",
+        extra="ignore",
+        env_ignore_empty=True,
+        case_sensitive=True,
+        hide_input_in_errors=True,  # a malformed API_KEYS (or password) is never echoed
     )
 
     API_HOST: str = "127.0.0.1"

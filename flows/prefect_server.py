@@ -21,6 +21,8 @@ Measured (2 cores, 50 concurrent async flows x 10 tasks): unpatched 135-149 s, ~
 itself (PrefectHQ/prefect#10188, #16299, #17473).
 
 Environment:
+  PREFECT_SERVER_API_AUTH_STRING  set by start_service.py at every start: every route but
+  ``GET /health`` then needs it (Basic auth; the workers get it as PREFECT_API_AUTH_STRING).
   WOS_PREFECT_SQLITE_IMMEDIATE=0  turns the patch off (for A/B checks only; the default is on).
   The quiet defaults and batching settings below use ``os.environ.setdefault``, so any value set
   by the caller (e.g. PREFECT_SERVER_UI_ENABLED=true) takes precedence.

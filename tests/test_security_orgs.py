@@ -13,7 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from config import ApiKey, get_settings, parse_api_keys
+from config import ApiKey, Settings, get_settings, parse_api_keys
 from database.interfaces import GenericSave, NewExecution, Store
 from database.sql import SqlStore
 from errors import EntityNotFound, EntityStoreError, NodeConfigError
@@ -117,6 +117,12 @@ def test_api_keys_entries(text: str, expected: list[ApiKey]) -> None:
 def test_malformed_api_keys_entries_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_api_keys(text)
+
+
+def test_a_malformed_api_keys_setting_is_refused_without_echoing_the_keys() -> None:
+    with pytest.raises(ValueError) as info:
+        Settings(_env_file=None, API_KEYS="plaintext-secret, other-secret@")  # type: ignore[call-arg]
+    assert "API_KEYS" in str(info.value) and "secret" not in str(info.value)
 
 
 @pytest.mark.parametrize(
