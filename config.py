@@ -169,6 +169,22 @@ class Settings(BaseSettings):
         urls = [self.PREFECT_API_URL or "", *self.OUTBOUND_PROTECTED_URLS.split(",")]
         return [url.strip() for url in urls if url.strip()]
 
+    MAX_NODE_OUTPUT_ROWS: int = Field(default=1_000_000, ge=1)
+    """Rows (list items) one node may output; also the default of MAX_FILE_ROWS."""
+    MAX_NODE_OUTPUT_BYTES: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Encoded JSON size one node may output (a bounded estimate, tasks/limits.py)."""
+    HTTP_MAX_RESPONSE_BYTES: int = Field(default=50 * 1024 * 1024, ge=1)
+    MAX_FILE_ROWS: int | None = Field(default=None, ge=1)
+    """Rows of a spreadsheet/CSV file (default MAX_NODE_OUTPUT_ROWS)."""
+    MAX_FILE_COLUMNS: int = Field(default=1000, ge=1)
+    MAX_PDF_PAGES: int = Field(default=1000, ge=1)
+    CHART_RENDER_TIMEOUT_S: float = Field(default=10.0, gt=0)
+
+    @property
+    def max_file_rows(self) -> int:
+        """MAX_FILE_ROWS, else MAX_NODE_OUTPUT_ROWS."""
+        return self.MAX_FILE_ROWS or self.MAX_NODE_OUTPUT_ROWS
+
 
 def env_file() -> str | None:
     """The dotenv file settings are read from: `$WOS_ENV_FILE` when set (empty: none, as the

@@ -21,6 +21,7 @@ from jsonutil import dump_json
 from models import EdgeDef, NodeDef
 from states import NodeStatus, Outcome
 from tasks.context import Resources, RunContext
+from tasks.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +61,16 @@ def _log_json(value: Any, encoded: str | None = None) -> str | None:
         return None
     text = encoded if encoded is not None else dump_json(value)
     if len(text) <= LOG_PAYLOAD_MAX_BYTES:
-        return text
+        return redact_url(text)
     preview: Any = None
     if isinstance(value, list):
         preview = value[:10]
     elif isinstance(value, dict) and isinstance(value.get("outputData"), list):
         preview = {k: v for k, v in value.items() if not isinstance(v, list | dict)}
         preview["outputData"] = value["outputData"][:10]
-    return dump_json({"truncated": True, "originalBytes": len(text), "preview": preview})
+    return redact_url(
+        dump_json({"truncated": True, "originalBytes": len(text), "preview": preview})
+    )
 
 
 def error_result(message: str, attempts: int | None = None) -> Envelope:

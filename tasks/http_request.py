@@ -13,6 +13,8 @@ from tasks.registry import Envelope, NodeConfig, envelope, node
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
 WITH_BODY = {"POST", "PUT", "PATCH"}
 REQUEST_TIMEOUT_S = 30.0
+_UNDONE = {"content-encoding", "content-length", "transfer-encoding"}
+"""Headers that describe the body as sent, not the decoded body `send` returns."""
 
 
 class HttpConfig(NodeConfig):
@@ -23,17 +25,49 @@ class HttpConfig(NodeConfig):
 async def send(
     ctx: RunContext, method: str, url: str, *, label: str, secret: str | None = None, **kwargs: Any
 ) -> httpx.Response:
-    """One request through the shared client (`kwargs` go to `httpx.AsyncClient.request`). A
+    """One request through the shared client (`kwargs` go to `httpx.AsyncClient.stream`); the
+    body is streamed and cut at HTTP_MAX_RESPONSE_BYTES (decoded bytes). A
     timeout or transport failure is a retryable NodeExecutionError, `<label> timed out: …` or
     `<label> failed: …`, with `secret` redacted and, when there is one, without the cause."""
     try:
-        return await ctx.http.request(method, url, timeout=REQUEST_TIMEOUT_S, **kwargs)
+        async with ctx.http.stream(method, url, timeout=REQUEST_TIMEOUT_S, **kwargs) as response:
+            body = await _read_body(response, ctx.settings.HTTP_MAX_RESPONSE_BYTES, label)
     except httpx.TimeoutException as exc:
         error = NodeExecutionError(f"{label} timed out: {type(exc).__name__}", retryable=True)
         raise error from (None if secret else exc)
     except httpx.HTTPError as exc:
         text = redact(f"{label} failed: {type(exc).__name__}: {exc}", secret)
         raise NodeExecutionError(text, retryable=True) from (None if secret else exc)
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _UNDONE]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions=response.extensions,
+    )
+
+
+async def _read_body(response: httpx.Response, limit: int, label: str) -> bytes:
+    """The decoded body, read chunk by chunk; over `limit` bytes (declared or counted) it is
+    a NodeExecutionError naming HTTP_MAX_RESPONSE_BYTES, before the rest is read."""
+    declared = response.headers.get("content-length", "")
+    too_big = NodeExecutionError(
+        f"{label}: response body over the limit of {limit:,} bytes (HTTP_MAX_RESPONSE_BYTES)"
+    )
+    if (
+        declared.isdigit()
+        and int(declared) > limit
+        and not response.headers.get("content-encoding")
+    ):
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse(response: httpx.Response) -> Any:

@@ -19,6 +19,7 @@ from pydantic import AliasChoices, ConfigDict, Field
 
 from errors import NodeConfigError
 from tasks.context import RunContext
+from tasks.limits import FileLimits
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str
 
@@ -211,6 +212,7 @@ def _xlsx_rows(source: FileSource, sheet_name: str | None) -> Iterator[list[Any]
                     f"{', '.join(map(repr, workbook.sheetnames))}"
                 )
             sheet = workbook[sheet_name] if sheet_name else workbook.worksheets[0]
+            sheet.reset_dimensions()  # a declared A1:XFD1048576 must not pad a billion cells
             for row in sheet.iter_rows():
                 yield [_xlsx_value(cell) for cell in row]
         finally:
@@ -258,18 +260,20 @@ def _delimiter(value: str | None) -> str | None:
 
 
 def parse_table(
-    config: ExcelInputConfig, source: FileSource
+    config: ExcelInputConfig, source: FileSource, limits: FileLimits
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Headers and records of an .xlsx or .csv source (blocking: run it in a thread)."""
+    """Headers and records of an .xlsx or .csv source within `limits` (blocking: run it in a
+    thread)."""
     kind, default_delimiter = _table_type(config, source)
     if kind == "xlsx":
-        return rows_to_records(_xlsx_rows(source, config.sheetName))
+        return rows_to_records(limits.bounded(_xlsx_rows(source, config.sheetName), source.field))
     delimiter = _delimiter(config.delimiter) or default_delimiter
     convert = None if config.keepText else csv_value
     encodings = [config.encoding] if config.encoding else ["utf-8-sig", "cp1252"]
     for encoding in encodings:
         try:
-            return rows_to_records(_csv_rows(source, encoding, delimiter), convert)
+            rows = limits.bounded(_csv_rows(source, encoding, delimiter), source.field)
+            return rows_to_records(rows, convert)
         except LookupError:
             raise NodeConfigError(f"Invalid encoding {encoding!r}") from None
         except UnicodeDecodeError:
@@ -285,7 +289,8 @@ async def excel_input(config: ExcelInputConfig, data: Any, ctx: RunContext) -> E
     (which the editor truncates to 100 rows)."""
     source = file_source(ctx, config.filePath, config.fileContent, config.fileName)
     if source is not None:
-        headers, rows = await asyncio.to_thread(parse_table, config, source)
+        limits = FileLimits.from_settings(ctx.settings)
+        headers, rows = await asyncio.to_thread(parse_table, config, source, limits)
         name = source.name or "base64 content"
         extras: dict[str, Any] = {"headers": headers}
         if config.sheetName:
@@ -354,8 +359,9 @@ def _pdf_metadata(reader: Any) -> dict[str, str]:
     return out
 
 
-def read_pdf(source: FileSource) -> tuple[str, int, dict[str, str]]:
-    """(text of all pages joined by blank lines, page count, metadata); blocking."""
+def read_pdf(source: FileSource, max_pages: int) -> tuple[str, int, dict[str, str]]:
+    """(text of all pages joined by blank lines, page count, metadata); blocking. More than
+    `max_pages` pages is a NodeConfigError naming MAX_PDF_PAGES."""
     from pypdf import PdfReader
 
     with source.open() as handle:
@@ -363,6 +369,11 @@ def read_pdf(source: FileSource) -> tuple[str, int, dict[str, str]]:
             reader = PdfReader(handle)
             if reader.is_encrypted and not reader.decrypt(""):
                 raise NodeConfigError(f"{source.field}: the PDF is password-protected")
+            if len(reader.pages) > max_pages:
+                raise NodeConfigError(
+                    f"{source.field}: the PDF has {len(reader.pages):,} pages, over the limit "
+                    f"of {max_pages:,} (MAX_PDF_PAGES)"
+                )
             texts = [page.extract_text() or "" for page in reader.pages]
             return "\n\n".join(texts).strip(), len(texts), _pdf_metadata(reader)
         except NodeConfigError:
@@ -378,7 +389,8 @@ async def pdf_input(config: PdfInputConfig, data: Any, ctx: RunContext) -> Envel
     """A file (`filePath`, else base64 `fileContent`) wins over the inline `pdfText`."""
     source = file_source(ctx, config.filePath, config.fileContent, config.fileName)
     if source is not None:
-        text, pages, metadata = await asyncio.to_thread(read_pdf, source)
+        max_pages = ctx.settings.MAX_PDF_PAGES
+        text, pages, metadata = await asyncio.to_thread(read_pdf, source, max_pages)
         name = source.name if source.kind == "file" else config.fileName
         return envelope(
             f"Extracted {len(text)} characters from {pages} page(s) of {name or 'base64 content'}",

@@ -59,6 +59,9 @@ class SmtpTarget:
     user: str | None
     password: str | None = field(repr=False)
     sender: str
+    reply_to: str | None = None
+    relay: bool = False
+    """Sent through SMTP_HOST, the service's relay: From is SMTP_FROM (or SMTP_ALLOWED_FROM)."""
 
 
 def _incomplete(detail: str) -> NodeConfigError:
@@ -74,6 +77,11 @@ def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
     if not host:
         raise _incomplete("no SMTP host (set emailSmtpHost or SMTP_HOST)")
     own = bool(own_host) and host.lower() == own_host.lower()
+    if own and settings.SMTP_PASSWORD and not config.password and settings.SMTP_SECURITY == "none":
+        raise NodeConfigError(
+            "SMTP_SECURITY is none while SMTP_PASSWORD is set: the service's SMTP password is "
+            "never sent over an unencrypted connection (nothing was sent)"
+        )
     security = (config.security or (settings.SMTP_SECURITY if own else "auto")).strip().lower()
     if security not in SECURITY_MODES:
         raise NodeConfigError(
@@ -93,14 +101,44 @@ def smtp_target(config: SendEmailConfig, settings: Settings) -> SmtpTarget:
         password = settings.SMTP_PASSWORD.get_secret_value() if settings.SMTP_PASSWORD else None
     if bool(user) != bool(password):
         raise _incomplete("emailSmtpUser and emailSmtpPass go together (give both or neither)")
+    if own and security == "none" and password and not config.password:
+        raise NodeConfigError(
+            "emailSecurity none is refused for SMTP_HOST: the service's SMTP password is never "
+            "sent over an unencrypted connection (nothing was sent)"
+        )
     user_address = user if user and _ADDRESS.match(user) else None
-    candidates = [settings.SMTP_FROM, user_address] if own else [user_address, settings.SMTP_FROM]
-    sender = config.sender or next((c for c in candidates if c), None)
+    if own:
+        return _relay_target(config, settings, (host, port, security), user, password)
+    sender = config.sender or user_address or settings.SMTP_FROM
     if not sender:
         raise _incomplete(
             "no sender (set emailFrom or SMTP_FROM, or use an address as emailSmtpUser)"
         )
     return SmtpTarget(host, port, security, user or None, password or None, sender.strip())
+
+
+def _relay_target(
+    config: SendEmailConfig,
+    settings: Settings,
+    where: tuple[str, int, str],
+    user: str | None,
+    password: str | None,
+) -> SmtpTarget:
+    """Through SMTP_HOST the message is from SMTP_FROM (else SMTP_USER when it is an address);
+    a node's emailFrom is the sender only when SMTP_ALLOWED_FROM lists it, else the Reply-To."""
+    user_address = user if user and _ADDRESS.match(user) else None
+    sender = settings.SMTP_FROM or user_address
+    if not sender:
+        raise _incomplete("no sender for SMTP_HOST (set SMTP_FROM)")
+    reply_to = (config.sender or "").strip() or None
+    allowed = {a.strip().lower() for a in settings.SMTP_ALLOWED_FROM.split(",") if a.strip()}
+    named = {a.lower() for _, a in getaddresses([reply_to or ""]) if a}
+    if reply_to and named and named <= allowed:
+        sender, reply_to = reply_to, None
+    host, port, security = where
+    return SmtpTarget(
+        host, port, security, user or None, password or None, sender.strip(), reply_to, True
+    )
 
 
 def _addresses(text: str, key: str) -> list[tuple[str, str]]:
@@ -118,12 +156,20 @@ def _addresses(text: str, key: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_message(sender: str, to: str, subject: str, body: str) -> tuple[EmailMessage, list[str]]:
+def build_message(
+    target: SmtpTarget, to: str, subject: str, body: str, max_recipients: int
+) -> tuple[EmailMessage, list[str]]:
     """A multipart/alternative message (plain text + HTML with `<br>` line breaks) and the
-    envelope recipients."""
+    envelope recipients (at most `max_recipients`, EMAIL_MAX_RECIPIENTS)."""
+    sender = target.sender
     recipients = _addresses(to, "emailTo")
     if not recipients:
         raise _incomplete("no recipient (emailTo)")
+    if len(recipients) > max_recipients:
+        raise NodeConfigError(
+            f"emailTo has {len(recipients)} recipients; at most {max_recipients} are allowed "
+            "(EMAIL_MAX_RECIPIENTS)"
+        )
     senders = _addresses(sender, "emailFrom")
     if len(senders) != 1:
         raise NodeConfigError(f"emailFrom: {sender!r} must be exactly one email address")
@@ -132,6 +178,9 @@ def build_message(sender: str, to: str, subject: str, body: str) -> tuple[EmailM
     message["Subject"] = " ".join(subject.split()) or NO_SUBJECT
     message["From"] = formataddr(senders[0])
     message["To"] = ", ".join(formataddr(pair) for pair in recipients)
+    if target.reply_to:
+        replies = _addresses(target.reply_to, "emailFrom")
+        message["Reply-To"] = ", ".join(formataddr(pair) for pair in replies)
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(domain=senders[0][1].rsplit("@", 1)[-1])
     message.set_content(body)
@@ -271,10 +320,11 @@ async def send_email(config: SendEmailConfig, data: Any, ctx: RunContext) -> Env
         raise _incomplete("no recipient (emailTo)")
     target = smtp_target(config, ctx.settings)
     message, recipients = build_message(
-        target.sender,
+        target,
         to,
         render_fields(config.subject or "", record),
         render_fields(config.body or "", record),
+        ctx.settings.EMAIL_MAX_RECIPIENTS,
     )
     refused = await _deliver(target, message, recipients, ctx)
     sent = [r for r in recipients if r not in refused]
@@ -331,6 +381,13 @@ async def send_sms(config: SendSmsConfig, data: Any, ctx: RunContext) -> Envelop
     secret = config.auth_token or settings.TWILIO_AUTH_TOKEN
     token = secret.get_secret_value() if secret else ""
     sender = (config.from_number or settings.TWILIO_FROM_NUMBER or "").strip()
+    service = config.auth_token is None and settings.TWILIO_AUTH_TOKEN is not None
+    own_number = (settings.TWILIO_FROM_NUMBER or "").strip()
+    if service and sender != own_number:
+        raise NodeConfigError(
+            "twilioFromNumber is refused with the service's Twilio account: its SMS are sent "
+            "from TWILIO_FROM_NUMBER only (give twilioAuthToken to use your own account)"
+        )
     missing = [
         name
         for name, value in [

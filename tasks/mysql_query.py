@@ -2,7 +2,11 @@
 
 Read-only by default (`mysqlReadOnly`): the statement must be SELECT/SHOW/DESCRIBE/DESC/EXPLAIN
 (or WITH … SELECT) and also runs inside `START TRANSACTION READ ONLY`, so the server refuses a
-write the keyword check missed. Values come back JSON-safe; the password never leaves this module.
+write the keyword check missed. Exactly one statement is sent: a `;` or a control character outside
+string literals is refused, the connection has multi-statements switched off, and every pooled
+connection is reset (COM_RESET_CONNECTION) before it goes back, so no session state (`SET`,
+variables, locks) reaches the next execution; `USE` is refused. At most MYSQL_MAX_ROWS rows are
+fetched (unbuffered). Values come back JSON-safe; the password never leaves this module.
 """
 
 import asyncio
@@ -10,11 +14,13 @@ import hashlib
 import json
 import logging
 import re
+import struct
 from typing import Any
 
 import aiomysql
 import pymysql
 from pydantic import AliasChoices, Field, SecretStr
+from pymysql.constants import CLIENT, COMMAND
 
 from errors import NodeConfigError, NodeExecutionError
 from jsonutil import json_value
@@ -32,7 +38,11 @@ KILL_TIMEOUT_S = 5.0
 POOL_MAX_SIZE = 10
 POOL_RECYCLE_S = 600
 READ_KEYWORDS = ("SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "WITH")
+FETCH_CHUNK = 1000
+COM_RESET_CONNECTION = 0x1F
+MULTI_STATEMENTS_OFF = struct.pack("<H", 1)
 _WORD = re.compile(r"[A-Za-z_]+")
+_FORBIDDEN = re.compile(r"[;\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class MysqlConfig(NodeConfig):
@@ -50,12 +60,15 @@ class MysqlConfig(NodeConfig):
 
 
 def _scan(sql: str) -> tuple[list[str], bool]:
-    """Split `sql` into statements with comments removed and string literals blanked.
+    """`sql` with comments removed and string literals blanked; NodeConfigError for a `;` or a
+    control character (other than tab, CR, LF) outside string literals, comments included.
 
-    Returns (non-empty statements, whether an executable comment `/*! … */` was seen). Quotes
+    Returns ([the statement] or [] when empty, whether an executable comment `/*! … */` was
+    seen). One pass over the text. Quotes
     follow MySQL's defaults: backslash escapes and doubled quotes in '…' and "…", `` `…` ``.
     """
     out: list[str] = []
+    comments: list[str] = []
     executable = False
     i, n = 0, len(sql)
     while i < n:
@@ -76,18 +89,29 @@ def _scan(sql: str) -> tuple[list[str], bool]:
             i = j + 1
         elif ch == "#" or (sql.startswith("--", i) and (i + 2 == n or sql[i + 2] in " \t\r\n")):
             end = sql.find("\n", i)
+            comments.append(sql[i : n if end < 0 else end])
             i = n if end < 0 else end
             out.append(" ")
         elif sql.startswith("/*", i):
             executable = executable or sql.startswith(("/*!", "/*M!"), i)
             end = sql.find("*/", i + 2)
+            comments.append(sql[i : n if end < 0 else end + 2])
             i = n if end < 0 else end + 2
             out.append(" ")
         else:
             out.append(ch)
             i += 1
-    statements = [s.strip() for s in "".join(out).split(";")]
-    return [s for s in statements if s], executable
+    code = "".join(out)
+    forbidden = _FORBIDDEN.search(code) or _FORBIDDEN.search("".join(comments))
+    if forbidden:
+        char = forbidden.group(0)
+        raise NodeConfigError(
+            "mysqlQuery must contain a single statement: "
+            + ("';'" if char == ";" else f"control character U+{ord(char):04X}")
+            + " outside a string literal is refused"
+        )
+    statement = code.strip()
+    return ([statement] if statement else []), executable
 
 
 def check_statement(sql: str, read_only: bool) -> str:
@@ -95,12 +119,10 @@ def check_statement(sql: str, read_only: bool) -> str:
     statements, executable = _scan(sql)
     if not statements:
         raise NodeConfigError("No query configured for MySQL node (mysqlQuery)")
-    if len(statements) > 1:
-        raise NodeConfigError(
-            f"mysqlQuery must contain a single statement (found {len(statements)})"
-        )
     first = _WORD.search(statements[0].lstrip("( \t\r\n"))
     keyword = first.group(0).upper() if first else ""
+    if keyword == "USE":
+        raise NodeConfigError("mysqlQuery: USE is refused; set mysqlDatabase instead")
     if not read_only:
         return keyword
     if executable:
@@ -236,19 +258,57 @@ def _param(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
+async def _single_statements(conn: Any) -> None:
+    """Switch multi-statements off on the server side (aiomysql always asks for them at the
+    handshake): COM_SET_OPTION MYSQL_OPTION_MULTI_STATEMENTS_OFF, once per connection."""
+    if conn.client_flag & CLIENT.MULTI_STATEMENTS:
+        await conn._execute_command(COMMAND.COM_SET_OPTION, MULTI_STATEMENTS_OFF)
+        await conn._read_packet()
+        conn.client_flag &= ~CLIENT.MULTI_STATEMENTS
+
+
+async def _reset(conn: Any) -> None:
+    """COM_RESET_CONNECTION: session variables, user variables, temporary tables, locks and
+    transactions are dropped before the connection goes back to the pool."""
+    await conn._execute_command(COM_RESET_CONNECTION, b"")
+    await conn._read_ok_packet()
+
+
+async def _fetch(cursor: Any, max_rows: int) -> list[dict[str, Any]]:
+    """Rows of an unbuffered cursor in chunks; a node error once there are more than
+    `max_rows` (the caller then drops the connection instead of reading the rest)."""
+    rows: list[dict[str, Any]] = []
+    while chunk := await cursor.fetchmany(FETCH_CHUNK):
+        rows.extend(chunk)
+        if len(rows) > max_rows:
+            raise NodeExecutionError(
+                f"MySQL query returned more than {max_rows:,} rows (MYSQL_MAX_ROWS); "
+                "add a LIMIT or a narrower WHERE"
+            )
+    return rows
+
+
 async def _run(
-    conn: Any, query: str, params: list[Any] | dict[str, Any] | None, read_only: bool
+    conn: Any,
+    query: str,
+    params: list[Any] | dict[str, Any] | None,
+    read_only: bool,
+    max_rows: int,
 ) -> tuple[list[dict[str, Any]] | None, int, int | None]:
-    """Execute on `conn`: (rows, or None when there is no result set; rowcount; lastrowid)."""
-    async with conn.cursor(aiomysql.DictCursor) as cursor:
-        sql = _bind(cursor, query, params)
-        if read_only:
-            await cursor.execute("START TRANSACTION READ ONLY")
-        await cursor.execute(sql)
-        rows = await cursor.fetchall() if cursor.description else None
-        if read_only:
-            await cursor.execute("ROLLBACK")
-        return rows, cursor.rowcount, cursor.lastrowid
+    """Execute on `conn`: (rows, or None when there is no result set; rowcount; lastrowid).
+    The cursor is unbuffered and not closed on failure (closing would read every row)."""
+    await _single_statements(conn)
+    cursor = await conn.cursor(aiomysql.SSDictCursor)
+    sql = _bind(cursor, query, params)
+    if read_only:
+        await cursor.execute("START TRANSACTION READ ONLY")
+    await cursor.execute(sql)
+    rows = await _fetch(cursor, max_rows) if cursor.description else None
+    rowcount, last_id = cursor.rowcount, cursor.lastrowid
+    await cursor.close()
+    if read_only:
+        await conn.query("ROLLBACK")
+    return rows, rowcount, last_id
 
 
 async def _query(
@@ -275,7 +335,14 @@ async def _query(
     clean = False
     try:
         async with asyncio.timeout(timeout):
-            result = await _run(conn, config.query or "", _params(config.params), config.read_only)
+            result = await _run(
+                conn,
+                config.query or "",
+                _params(config.params),
+                config.read_only,
+                ctx.settings.MYSQL_MAX_ROWS,
+            )
+            await _reset(conn)
         clean = True
         return result
     except TimeoutError:

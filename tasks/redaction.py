@@ -3,6 +3,38 @@
 import re
 
 MASK = "***"
+SECRET_PARAMS = (
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "token",
+    "access_token",
+    "auth_token",
+    "refresh_token",
+    "client_secret",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "sig",
+    "signature",
+)
+# Both anchored on a literal (`://`, or one of `?&;` then a fixed name) and followed by one
+# character class that stops at the URL's delimiters and at JSON/HTML quotes: linear time.
+_USERINFO = re.compile(r"://[^\s/?#@\"'<>\\]*@")
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:" + "|".join(map(re.escape, SECRET_PARAMS)) + r")=)[^&#;\s\"'<>\\]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the user-info of every URL in it (`scheme://user:pass@`) and the values of
+    secret-looking query parameters (SECRET_PARAMS, any case) replaced by `***`."""
+    if "://" in text:
+        text = _USERINFO.sub(f"://{MASK}@", text)
+    return _SECRET_PARAM.sub(rf"\g<1>{MASK}", text) if "=" in text else text
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -18,6 +18,7 @@ from errors import (
 )
 from models import NodeDef
 from tasks.context import RunContext
+from tasks.limits import check_output
 from tasks.registry import Envelope, NodeSpec, get_spec
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
             raise NodeExecutionError(
                 str(result.get("error") or result.get("message") or "Node failed")
             )
+        check_output(result, ctx.settings)
     except NodeError as exc:
         exc.attempts = ctx.attempt
         raise

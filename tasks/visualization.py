@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from config import Settings
-from errors import NodeConfigError
+from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import json_text
@@ -253,12 +253,33 @@ def _write(path: Path, png: bytes) -> None:
 
 
 def _render_and_store(
-    widget: dict[str, Any], data: Any, config: VisualizationConfig, path: Path
+    widget: dict[str, Any],
+    data: Any,
+    config: VisualizationConfig,
+    path: Path,
+    abandoned: threading.Event,
 ) -> tuple[int, int, int]:
     png = render_png(parse_chart(widget, data), config.width, config.height)
-    _write(path, png)
+    if not abandoned.is_set():  # a render that outlived its timeout stores nothing
+        _write(path, png)
     width, height = struct.unpack(">II", png[16:24])
     return width, height, len(png)
+
+
+async def render_in_thread(
+    widget: dict[str, Any], data: Any, config: VisualizationConfig, path: Path, timeout_s: float
+) -> tuple[int, int, int]:
+    """`_render_and_store` off the event loop; past `timeout_s` (CHART_RENDER_TIMEOUT_S) the
+    node fails naming the limit (the thread finishes its drawing but writes no file)."""
+    abandoned = threading.Event()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.to_thread(_render_and_store, widget, data, config, path, abandoned)
+    except TimeoutError:
+        abandoned.set()
+        raise NodeExecutionError(
+            f"Chart rendering took longer than {timeout_s:g} s (CHART_RENDER_TIMEOUT_S)"
+        ) from None
 
 
 @node("dataVisualization", config=VisualizationConfig, timeout_s=120)
@@ -287,7 +308,8 @@ async def data_visualization(config: VisualizationConfig, data: Any, ctx: RunCon
                 f"Node id {ctx.node_id!r} cannot name an image file (use "
                 "letters, digits, '_', '-' and '.')"
             )
-        width, height, size = await asyncio.to_thread(_render_and_store, widget, data, config, path)
+        timeout_s = ctx.settings.CHART_RENDER_TIMEOUT_S
+        width, height, size = await render_in_thread(widget, data, config, path, timeout_s)
         extras["image"] = {
             "url": image_url(ctx.execution_id, ctx.node_id),
             "width": width,

@@ -798,7 +798,12 @@ async def test_sms_credentials_from_settings_and_config_wins(
     await call_node("sendSMS", {"smsTo": "+34600111222", "smsBody": "a"}, resources=resources)
     await call_node(
         "sendSMS",
-        {"smsTo": "+34600111222", "smsBody": "b", "twilioFromNumber": FROM_NUMBER},
+        {
+            "smsTo": "+34600111222",
+            "smsBody": "b",
+            "twilioFromNumber": FROM_NUMBER,
+            "twilioAuthToken": TOKEN,
+        },
         resources=resources,
     )
     assert [f["From"] for f in twilio.forms()] == ["+15550000000", FROM_NUMBER]
