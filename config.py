@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     """Hosts and CIDRs allowed whatever the deny rules say (never the service's own ports)."""
     OUTBOUND_PROTECTED_URLS: str = ""
     """Set by start_service: the embedded Prefect API, refused to nodes like API_PORT."""
+    SMTP_ALLOWED_FROM: str = ""
+    """Addresses a node's emailFrom may send from through SMTP_HOST (else it is the Reply-To)."""
+    EMAIL_MAX_RECIPIENTS: int = Field(default=50, ge=1)
+    """Recipients (to, cc and bcc together) of one sendEmail message."""
+    MYSQL_MAX_ROWS: int = Field(default=100_000, ge=1)
+    """Rows one mysql node fetches; a larger result set is a node error."""
 
     @property
     def outbound_protected_urls(self) -> list[str]:

@@ -19,6 +19,7 @@ from errors import (
 from models import NodeDef
 from tasks.context import RunContext
 from tasks.limits import check_output
+from tasks.redaction import redact_url
 from tasks.registry import Envelope, NodeSpec, get_spec
 
 logger = logging.getLogger(__name__)
@@ -116,13 +117,14 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
         check_output(result, ctx.settings)
     except NodeError as exc:
         exc.attempts = ctx.attempt
+        exc.args = (redact_url(str(exc)),)  # no URL credentials in stored errors or logs
         raise
     except TimeoutError:
         timeout = NodeTimeout(f"Node timed out after {policy.timeout_s:g} s")
         timeout.attempts = ctx.attempt
         raise timeout from None
     except Exception as exc:  # noqa: BLE001 - the one place handler errors are wrapped
-        error = NodeExecutionError(f"{type(exc).__name__}: {exc}")
+        error = NodeExecutionError(redact_url(f"{type(exc).__name__}: {exc}"))
         error.attempts = ctx.attempt
         raise error from exc
     return {**result, "attempts": ctx.attempt}
