@@ -423,7 +423,9 @@ async def test_email_through_the_operators_smtp_host_is_exempt(
     call_node: CallNode, real_resources: MakeResources, smtp_alias: tuple[int, Inbox]
 ) -> None:
     port, inbox = smtp_alias
-    resources = real_resources(OUTBOUND_DENY="127.0.0.2", SMTP_HOST="127.0.0.2")
+    resources = real_resources(
+        OUTBOUND_DENY="127.0.0.2", SMTP_HOST="127.0.0.2", SMTP_FROM="service@example.com"
+    )
     result = await call_node("sendEmail", email("127.0.0.2", port), resources=resources)
     assert result["recipients"] == ["a@example.com"] and len(inbox.messages) == 1
 
