@@ -10,6 +10,7 @@ from tasks import (
     messaging,
     mysql_query,
     records,
+    sms,
     transform,
     visualization,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "mysql_query",
     "node_types",
     "records",
+    "sms",
     "transform",
     "visualization",
 ]
