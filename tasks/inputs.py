@@ -1,5 +1,5 @@
-"""File-input node types: excelInput (inline rows, or an .xlsx/.csv file) and pdfInput (inline
-text, or a PDF file). Files come from a path under UPLOAD_DIR or from base64 content and are
+"""The excelInput node type (inline rows, or an .xlsx/.csv file) and the file sources of every
+file-input node (a path under UPLOAD_DIR, or base64 content; see also `tasks.pdf`). Files are
 parsed in a worker thread, streaming rows into one list."""
 
 import asyncio
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import AliasChoices, ConfigDict, Field
+from pydantic import ConfigDict
 
 from errors import NodeConfigError
 from tasks.context import RunContext
@@ -27,7 +27,7 @@ _PLAIN_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?")
 _MAX_EXACT_DIGITS = 15
 _XLSX_TYPES = {"xlsx": "xlsx", "xlsm": "xlsx"}
 _CSV_TYPES = {"csv": None, "tsv": "\t", "txt": None}
-_GCS_UNSUPPORTED = (
+GCS_UNSUPPORTED = (
     "gcsPath: files stored in Google Cloud Storage are not available to this "
     "service; give filePath or fileContent instead"
 )
@@ -305,7 +305,7 @@ async def excel_input(config: ExcelInputConfig, data: Any, ctx: RunContext) -> E
         )
     if config.parsedData is None:
         if config.gcsPath:
-            raise NodeConfigError(_GCS_UNSUPPORTED)
+            raise NodeConfigError(GCS_UNSUPPORTED)
         raise NodeConfigError("No data configured for Excel/CSV node. Please upload a file.")
     rows = config.parsedData
     name = config.fileName or "inline data"
@@ -315,97 +315,4 @@ async def excel_input(config: ExcelInputConfig, data: Any, ctx: RunContext) -> E
         rowCount=len(rows),
         source="inline",
         fileName=config.fileName,
-    )
-
-
-class PdfInputConfig(NodeConfig):
-    """Open model: the editor stores more keys (info, useGCS, pdfTextPreview)."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    pdfText: str | None = Field(
-        default=None, validation_alias=AliasChoices("pdfText", "parsedText")
-    )
-    fileName: str | None = None
-    pages: Any = None
-    metadata: Any = None
-    filePath: str | None = None
-    fileContent: str | None = None
-    gcsPath: str | None = None
-
-
-def _metadata_key(key: str) -> str:
-    name = key.lstrip("/")
-    return name[:1].lower() + name[1:]
-
-
-def _pdf_metadata(reader: Any) -> dict[str, str]:
-    """The document information dictionary as JSON-safe strings (`/CreationDate` → ISO)."""
-    info = reader.metadata
-    if not info:
-        return {}
-    out: dict[str, str] = {}
-    for key in list(info):
-        value = info[key]
-        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        out[_metadata_key(str(key))] = text.replace("\x00", "")
-    for key, moment in (("creationDate", "creation_date"), ("modDate", "modification_date")):
-        try:
-            parsed = getattr(info, moment)
-        except ValueError:
-            continue
-        if parsed is not None:
-            out[key] = parsed.isoformat()
-    return out
-
-
-def read_pdf(source: FileSource, max_pages: int) -> tuple[str, int, dict[str, str]]:
-    """(text of all pages joined by blank lines, page count, metadata); blocking. More than
-    `max_pages` pages is a NodeConfigError naming MAX_PDF_PAGES."""
-    from pypdf import PdfReader
-
-    with source.open() as handle:
-        try:
-            reader = PdfReader(handle)
-            if reader.is_encrypted and not reader.decrypt(""):
-                raise NodeConfigError(f"{source.field}: the PDF is password-protected")
-            if len(reader.pages) > max_pages:
-                raise NodeConfigError(
-                    f"{source.field}: the PDF has {len(reader.pages):,} pages, over the limit "
-                    f"of {max_pages:,} (MAX_PDF_PAGES)"
-                )
-            texts = [page.extract_text() or "" for page in reader.pages]
-            return "\n\n".join(texts).strip(), len(texts), _pdf_metadata(reader)
-        except NodeConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - pypdf raises many types for broken files
-            raise NodeConfigError(
-                f"{source.field} is not a readable PDF file ({type(exc).__name__}: {exc})"
-            ) from None
-
-
-@node("pdfInput", config=PdfInputConfig)
-async def pdf_input(config: PdfInputConfig, data: Any, ctx: RunContext) -> Envelope:
-    """A file (`filePath`, else base64 `fileContent`) wins over the inline `pdfText`."""
-    source = file_source(ctx, config.filePath, config.fileContent, config.fileName)
-    if source is not None:
-        max_pages = ctx.settings.MAX_PDF_PAGES
-        text, pages, metadata = await asyncio.to_thread(read_pdf, source, max_pages)
-        name = source.name if source.kind == "file" else config.fileName
-        return envelope(
-            f"Extracted {len(text)} characters from {pages} page(s) of {name or 'base64 content'}",
-            {"text": text, "fileName": name, "pages": pages},
-            source=source.kind,
-            metadata=metadata,
-        )
-    if not config.pdfText:
-        if config.gcsPath:
-            raise NodeConfigError(_GCS_UNSUPPORTED)
-        raise NodeConfigError("No PDF data configured. Please upload a PDF file.")
-    extras = {} if config.metadata is None else {"metadata": config.metadata}
-    return envelope(
-        f"Loaded {len(config.pdfText)} characters of PDF text",
-        {"text": config.pdfText, "fileName": config.fileName, "pages": config.pages},
-        source="inline",
-        **extras,
     )

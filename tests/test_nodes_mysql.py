@@ -19,7 +19,7 @@ from jsonutil import json_value
 from models import NodeDef
 from tasks import get_spec, mysql_query
 from tasks.context import Resources
-from tasks.mysql_query import check_statement
+from tasks.mysql_guard import check_statement
 from tasks.run_node import run_with_retries
 from tests.conftest import CallNode, MakeCtx, MakeResources
 from tests.support import require_server
