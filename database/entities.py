@@ -5,7 +5,6 @@ Each write is one short transaction on the store's async engine.
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,6 +14,7 @@ from database.generic import (
     check_columns,
     check_name,
     duplicate_id,
+    fold_records,
     generic_row,
 )
 from database.ids import new_log_id, new_row_id
@@ -67,15 +67,7 @@ class SqlEntityStore:
             raise EntityStoreError(
                 f"Could not read records of entity {entity_id!r}: {_reason(exc)}"
             ) from exc
-        by_id: dict[str, dict[str, Any]] = {}
-        for rid, created_at, prop_id, value, prop_name in rows:
-            record = by_id.get(rid)
-            if record is None:
-                record = by_id[rid] = {"id": rid, "createdAt": created_at}
-            key = prop_name if prop_name is not None else prop_id
-            if key is not None and key not in ("id", "createdAt"):
-                record[key] = value
-        return name, list(by_id.values())
+        return name, fold_records(tuple(row) for row in rows)
 
     async def save_entity_records(
         self,

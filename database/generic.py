@@ -1,11 +1,14 @@
-"""Which tables saveRecords may create and write (contract §2.5): the generic `<tableName>` tables.
+"""The entity-data rules every backend shares: which tables saveRecords may create and write
+(contract §2.5: the generic `<tableName>` tables), and how fetchData folds record values into
+records.
 
 Pure: the node types validate a name before they touch the store, and every backend refuses the
-same names.
+same names and returns the same records.
 """
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from database.interfaces import GenericSave, Row
 from errors import EntityStoreError
@@ -131,3 +134,23 @@ def generic_row(save: GenericSave, record_id: str, data: str, *, with_org: bool 
     if with_org:
         row[ORG_COLUMN] = save.organization_id
     return row
+
+
+RecordValue = tuple[str, str | None, str | None, Any, str | None]
+"""(record id, record createdAt, property id, value, property name or None if it is gone); a
+record without values comes once with None for the last three."""
+
+
+def fold_records(rows: Iterable[RecordValue]) -> list[Row]:
+    """Records in the order of their first row, each `{id, createdAt, <property name>: value}`.
+    A record's own `id` and `createdAt` win over properties of the same name; a value whose
+    property no longer exists is keyed by its property id."""
+    by_id: dict[str, Row] = {}
+    for rid, created_at, prop_id, value, prop_name in rows:
+        record = by_id.get(rid)
+        if record is None:
+            record = by_id[rid] = {"id": rid, "createdAt": created_at}
+        key = prop_name if prop_name is not None else prop_id
+        if key is not None and key not in ("id", "createdAt"):
+            record[key] = value
+    return list(by_id.values())

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from database.generic import (
     GENERIC_COLUMNS,
     ORG_COLUMN,
+    RecordValue,
     check_columns,
     check_name,
     duplicate_id,
+    fold_records,
     generic_row,
 )
 from database.ids import new_log_id, new_row_id
@@ -67,18 +69,24 @@ class MemoryEntityStore:
         mine = [r for r in self.records.values() if r["entityId"] == entity_id]
         # byte order (code point order of str), NULL createdAt first, as the SQL stores sort
         mine.sort(key=lambda r: (r["createdAt"] is not None, r["createdAt"] or "", r["id"]))
-        by_id: dict[str, Row] = {
-            r["id"]: {"id": r["id"], "createdAt": r["createdAt"]} for r in mine
-        }
+        values: dict[str, list[RecordValue]] = {r["id"]: [] for r in mine}
         for value in self.values:
-            record = by_id.get(value["recordId"])
-            if record is None:
-                continue
-            prop = self.properties.get(value["propertyId"])
-            key = prop["name"] if prop is not None else value["propertyId"]
-            if key is not None and key not in ("id", "createdAt"):
-                record[key] = value["value"]
-        return name, list(by_id.values())
+            if (found := values.get(value["recordId"])) is not None:
+                prop = self.properties.get(value["propertyId"])
+                found.append(
+                    (
+                        value["recordId"],
+                        None,
+                        value["propertyId"],
+                        value["value"],
+                        None if prop is None else prop["name"],
+                    )
+                )
+        return name, fold_records(
+            row
+            for r in mine
+            for row in [(r["id"], r["createdAt"], None, None, None), *values[r["id"]]]
+        )
 
     async def save_entity_records(
         self,
