@@ -32,6 +32,7 @@ from errors import (
     WorkflowNotFound,
 )
 from tasks.context import open_resources
+from tasks.redaction import install_log_redaction
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    install_log_redaction()  # nodes/execute runs nodes here: no URL secrets in its log lines
     app.state.store = await open_store(settings.database_url)
     app.state.resources = open_resources(settings, app.state.store)
     app.state.wake_workers = WorkerWakeup(os.environ.get("WOS_WAKE_PORTS"))

@@ -125,7 +125,9 @@ class _Run:
         return "{" + ",".join(self.encoded.values()) + "}"
 
     def encode(self, nid: str, encoded: str) -> None:
-        self.encoded[nid] = f"{dump_json(nid)}:{encoded}"
+        """Kept for the `nodeResults` column, so with URL secrets redacted (the result itself,
+        handed to the children, is not changed)."""
+        self.encoded[nid] = redact_url(f"{dump_json(nid)}:{encoded}")
 
     def settle(self, nid: str, result: Envelope, encoded: str | None = None) -> None:
         plan = self.job.plan
@@ -218,7 +220,7 @@ class _Run:
                     nid,
                     NodeStatus.ERROR,
                     input_json=input_json,
-                    error=str(result.get("error")),
+                    error=redact_url(str(result.get("error"))),
                     duration_ms=duration,
                 )
             )
@@ -341,5 +343,5 @@ async def execute(
             f"{nid} ({job.plan.nodes[nid].display_label}): {str(run.results[nid]['error'])[:300]}"
             for nid in failed
         )
-        error = f"Nodes failed: {', '.join(failed)} — {causes}"
+        error = redact_url(f"Nodes failed: {', '.join(failed)} — {causes}")
     return RunResult(outcome, error, run.node_results_json(), run.results)

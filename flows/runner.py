@@ -18,6 +18,7 @@ from flows.graph import Plan, build_plan, parse_workflow
 from jsonutil import load_json_column
 from states import ExecutionMode, ExecutionStatus, NodeStatus, Outcome
 from tasks.context import Resources
+from tasks.redaction import redact_url
 from tasks.registry import rules_of
 from tasks.run_node import run_with_retries
 
@@ -99,7 +100,10 @@ class Runner:
         except GraphValidationError as exc:
             await self.store.start(eid, RunStart(0, ExecutionMode.INLINE, None))
             await self.store.finish(
-                eid, RunEnd(status=ExecutionStatus.FAILED, error=str(exc), node_results="{}")
+                eid,
+                RunEnd(
+                    status=ExecutionStatus.FAILED, error=redact_url(str(exc)), node_results="{}"
+                ),
             )
             return Outcome.FAILED
         if claim.crashed_node and claim.crash_resumes > self.settings.MAX_RESUME_ATTEMPTS:
@@ -183,7 +187,9 @@ class Runner:
         more than MAX_RESUME_ATTEMPTS times fails instead of freezing the next worker too; the
         node in flight (`nid`) gets the error as its final log row."""
         eid = claim.execution_id
-        error = f"Execution abandoned after {claim.crash_resumes} worker crashes at node {nid}"
+        error = redact_url(
+            f"Execution abandoned after {claim.crash_resumes} worker crashes at node {nid}"
+        )
         logger.error(
             "execution %s: %s", eid, error, extra={"execution_id": eid, "action": "abandon"}
         )
@@ -221,7 +227,7 @@ class Runner:
                 eid,
                 RunEnd(
                     status=ExecutionStatus.FAILED,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=redact_url(f"{type(exc).__name__}: {exc}"),
                     node_results=None,
                 ),
             )

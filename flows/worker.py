@@ -211,6 +211,8 @@ async def main() -> None:
 
 if __name__ == "__main__":
     from start_service import configure_logging
+    from tasks.redaction import install_log_redaction
 
     configure_logging(get_settings().LOG_LEVEL)
+    install_log_redaction()  # no URL secrets in any log line, ours or Prefect's
     asyncio.run(main())

@@ -1,6 +1,8 @@
 """Secrets kept out of the texts nodes write (error messages, logs): one rule for every node."""
 
+import logging
 import re
+from typing import Any
 
 MASK = "***"
 SECRET_PARAMS = (
@@ -45,3 +47,37 @@ def redact(text: str, *secrets: str | None) -> str:
     if not found:
         return text
     return re.sub("|".join(map(re.escape, found)), MASK, text)
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+class _RedactingRecordFactory:
+    """Wraps the process's LogRecord factory: `redact_url` on each record's message and on its
+    formatted traceback (`exc_text`, which every `logging.Formatter` prints as it is)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = self.inner(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's own error to report
+            return record
+        redacted = redact_url(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redact_url(_TRACEBACKS.formatException(record.exc_info))
+        return record
+
+
+def install_log_redaction() -> None:
+    """Every log record of this process — ours, Prefect's task/flow run failures (console and the
+    Prefect API's log handler), libraries' — leaves with URL secrets redacted, message and
+    traceback (chained causes included). Records are only built for enabled levels, so this costs
+    nothing for filtered-out debug lines. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if not isinstance(current, _RedactingRecordFactory):
+        logging.setLogRecordFactory(_RedactingRecordFactory(current))
