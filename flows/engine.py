@@ -16,11 +16,19 @@ from typing import Any
 
 from database.interfaces import Checkpoint, LogRow, Recorder
 from errors import NodeError
-from flows.graph import Plan, assemble_input, edge_payload, is_failed, is_skipped
+from flows.graph import (
+    FanInLimits,
+    Plan,
+    assemble_input,
+    edge_payload,
+    is_failed,
+    is_skipped,
+)
 from jsonutil import dump_json
 from models import EdgeDef, NodeDef
 from states import NodeStatus, Outcome
 from tasks.context import Resources, RunContext
+from tasks.limits import SAMPLE, estimate_bytes
 from tasks.redaction import redact_url
 
 logger = logging.getLogger(__name__)
@@ -105,6 +113,16 @@ class _Run:
         self.current: str | None = None
         self.dirty = False
         self.in_flight: dict[asyncio.Task[Envelope], tuple[str, str | None, float]] = {}
+        resources: Resources | None = job.resources  # unit tests may walk without any
+        self.fan_in_limits = None
+        if resources is not None:
+            settings = resources.settings
+            self.fan_in_limits = FanInLimits(
+                settings.MAX_NODE_OUTPUT_ROWS,
+                settings.MAX_NODE_OUTPUT_BYTES,
+                estimate_bytes,
+                SAMPLE,
+            )
 
     def _row(self, nid: str, status: NodeStatus, **kw: Any) -> LogRow:
         node = self.job.plan.nodes[nid]
@@ -170,13 +188,19 @@ class _Run:
                 continue
             # fan-in merges follow the connections array, not the order parents finished in
             active = sorted(self.active[nid], key=lambda ep: self.position[id(ep[0])])
-            run, data, reason = assemble_input(
-                node,
-                job.plan.rules[nid],
-                active,
-                bool(job.plan.incoming[nid]),
-                job.inputs,
-            )
+            try:
+                run, data, reason = assemble_input(
+                    node,
+                    job.plan.rules[nid],
+                    active,
+                    bool(job.plan.incoming[nid]),
+                    job.inputs,
+                    self.fan_in_limits,
+                )
+            except NodeError as exc:  # a fan-in over MAX_NODE_OUTPUT_ROWS/BYTES fails the node
+                self.rows.append(self._row(nid, NodeStatus.ERROR, error=redact_url(str(exc))))
+                self.settle(nid, error_result(str(exc)))
+                continue
             if not run:
                 marker = {"success": True, "skipped": True, "message": reason}
                 encoded = dump_json(marker)

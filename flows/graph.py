@@ -5,6 +5,7 @@ is declared with the type (`models.NodeRules`, via `@node`) and passed in: no wi
 """
 
 import json
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from errors import CycleDetected, GraphValidationError
+from errors import CycleDetected, GraphValidationError, NodeExecutionError
 from models import EdgeDef, NodeDef, NodeRules, WorkflowDef
 
 JSON = Any
@@ -131,18 +132,100 @@ def edge_payload(edge: EdgeDef, source: NodeRules, result: JSON) -> tuple[bool, 
     return True, result.get("outputData")
 
 
-def merge_payloads(payloads: list[JSON]) -> JSON:
-    """Fan-in (rule 8): objects merge shallowly in edge order; otherwise one concatenated list."""
-    if all(isinstance(p, dict) for p in payloads):
-        merged: dict[str, Any] = {}
-        for p in payloads:
-            merged.update(p)
-        return merged
-    out: list[Any] = []
+@dataclass(frozen=True)
+class FanInLimits:
+    """What one node's merged input may hold: MAX_NODE_OUTPUT_ROWS and MAX_NODE_OUTPUT_BYTES,
+    the limits of one node's output, measured the way node outputs are (tasks/limits.py)."""
+
+    rows: int
+    bytes: int
+    measure: Callable[[Any, int], int]
+    """`(value, budget)` -> about its encoded size (`tasks.limits.estimate_bytes`)."""
+    sample: int = 1000
+    """Items of a concatenation measured; beyond that, an even sample is scaled up."""
+
+
+def _fan_in_error(count: int, what: str, limit: int, setting: str) -> NodeExecutionError:
+    return NodeExecutionError(
+        f"Fan-in of {count:,} connections gives {what}, over the limit of {limit:,} ({setting})"
+    )
+
+
+def _concat_bytes(payloads: list[JSON], rows: int, limits: FanInLimits) -> int:
+    """About the encoded size of the concatenation of `payloads` (`rows` items, a list payload
+    counting its items, any other one item), measured like `estimate_bytes` measures a list: at
+    most `limits.sample` items, evenly spread over the whole concatenation, each measured by
+    `limits.measure`, the sum scaled up. Nothing is built."""
+    budget = limits.bytes
+    step = max(1, rows // limits.sample)
+    picks = iter(range(random.randrange(step) if rows > limits.sample else 0, rows, step))
+    pick, offset, measured, total = next(picks, None), 0, 0, 0
     for p in payloads:
+        size = len(p) if isinstance(p, list) else 1
+        while pick is not None and pick < offset + size and total <= budget:
+            item = p[pick - offset] if isinstance(p, list) else p
+            total += limits.measure(item, budget - total) + 1
+            measured += 1
+            pick = next(picks, None)
+        offset += size
+        if pick is None or total > budget:
+            break
+    return total * rows // max(1, measured) + 2
+
+
+def check_fan_in(payloads: list[JSON], limits: FanInLimits) -> None:
+    """Before any concatenation is built: a NodeExecutionError naming the limit when the items
+    of `payloads` (list payloads count their items; parallel connections each count theirs)
+    exceed `limits.rows`, or their estimated encoded size exceeds `limits.bytes`. Time is
+    linear in the number of payloads plus a bounded sample."""
+    rows = sum(len(p) if isinstance(p, list) else 1 for p in payloads)
+    if rows > limits.rows:
+        raise _fan_in_error(len(payloads), f"{rows:,} rows", limits.rows, "MAX_NODE_OUTPUT_ROWS")
+    size = _concat_bytes(payloads, rows, limits)
+    if size > limits.bytes:
+        raise _fan_in_error(
+            len(payloads), f"about {size:,} bytes", limits.bytes, "MAX_NODE_OUTPUT_BYTES"
+        )
+
+
+def _merge_objects(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """`merged.update(p)` for each payload in order, with each distinct object merged once:
+    keys in the order they are first seen, each value from the last payload holding the key.
+    The same object delivered by 5,000 parallel connections costs one merge, not 5,000."""
+    first: dict[int, dict[str, Any]] = {}
+    last: dict[int, dict[str, Any]] = {}
+    for p in payloads:
+        first.setdefault(id(p), p)
+        last.pop(id(p), None)
+        last[id(p)] = p
+    merged: dict[str, Any] = {}
+    for p in first.values():
+        merged.update(dict.fromkeys(p))
+    for p in last.values():
+        merged.update(p)
+    return merged
+
+
+def merge_payloads(payloads: list[JSON], limits: FanInLimits | None = None) -> JSON:
+    """Fan-in (rule 8): objects merge shallowly in edge order; otherwise one concatenated list
+    (nulls left out). With `limits`, a NodeExecutionError naming the limit instead of a merged
+    input over MAX_NODE_OUTPUT_ROWS/BYTES: a concatenation is measured before it is built; a
+    merged object (never larger than the objects already held) is measured once built."""
+    if all(isinstance(p, dict) for p in payloads):
+        merged = _merge_objects(payloads)
+        if limits is not None and (size := limits.measure(merged, limits.bytes)) > limits.bytes:
+            raise _fan_in_error(
+                len(payloads), f"about {size:,} bytes", limits.bytes, "MAX_NODE_OUTPUT_BYTES"
+            )
+        return merged
+    present = [p for p in payloads if p is not None]
+    if limits is not None:
+        check_fan_in(present, limits)
+    out: list[Any] = []
+    for p in present:
         if isinstance(p, list):
             out.extend(p)
-        elif p is not None:
+        else:
             out.append(p)
     return out
 
@@ -156,9 +239,12 @@ def assemble_input(
     active: list[tuple[EdgeDef, JSON]],
     has_parents: bool,
     inputs: dict[str, Any],
+    limits: FanInLimits | None = None,
 ) -> tuple[bool, JSON, str]:
     """Rules 7 and 8. Returns `(run, input, skip_reason)`; `run` False means the node is skipped.
-    `rules` (of the node's type) may supply a root input or its own way to gather inputs."""
+    `rules` (of the node's type) may supply a root input or its own way to gather inputs. With
+    `limits`, a fan-in over them raises NodeExecutionError (the node fails) before anything is
+    merged or gathered (a type's own gathering is measured as a concatenation)."""
     if not has_parents:
         if rules.root_input is not None:
             return True, rules.root_input(node.config, inputs), ""
@@ -166,7 +252,9 @@ def assemble_input(
     if not active:
         return False, None, SKIPPED_NO_INPUT
     if rules.gather is not None:
+        if limits is not None and len(active) > 1:
+            check_fan_in([p for _, p in active], limits)
         return rules.gather(active)
     if len(active) == 1:
         return True, active[0][1], ""
-    return True, merge_payloads([p for _, p in active]), ""
+    return True, merge_payloads([p for _, p in active], limits), ""
