@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -75,7 +76,13 @@ class Settings(BaseSettings):
     PREFECT_API_URL: str | None = None
     PREFECT_HOME: str | None = None
     EXECUTION_MODE: ExecutionMode = ExecutionMode.PREFECT
-    PREFECT_TASK_NODES: Literal["all", "network"] = "network"
+    PREFECT_TASK_NODES: Literal["all", "network"] = "all"
+    PREFECT_SERVER_API_PORT: int = Field(default=4200, ge=1, le=65535)
+    """Port of the embedded Prefect server (API and UI) on API_HOST; one per instance."""
+    PREFECT_SERVER_API_AUTH_STRING: SecretStr | None = None
+    """The embedded Prefect API's (and UI's) password; unset: a new one at every start."""
+    PREFECT_UI_URL: str | None = None
+    """Externally visible base URL of the Prefect UI (prefectUrl); see `prefect_ui_url`."""
     MAX_CONCURRENT_EXECUTIONS: int | None = Field(default=None, ge=1)
     WORKER_PROCESSES: int = Field(default=1, ge=1)
     HTTP_MAX_CONNECTIONS: int = Field(default=1000, ge=1)
@@ -148,6 +155,21 @@ class Settings(BaseSettings):
         if self.PREFECT_HOME:
             return Path(self.PREFECT_HOME).expanduser().resolve()
         return PROJECT_DIR / ".prefect" / f"instance-{self.API_PORT}"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        """PREFECT_UI_URL; else PREFECT_API_URL without its `/api`; else the embedded server's
+        `http://<API_HOST>:<PREFECT_SERVER_API_PORT>` (the host name for a wildcard API_HOST)."""
+        if self.PREFECT_UI_URL:
+            return self.PREFECT_UI_URL.strip().rstrip("/")
+        if self.PREFECT_API_URL:
+            return self.PREFECT_API_URL.strip().rstrip("/").removesuffix("/api")
+        host = self.API_HOST.strip()
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.PREFECT_SERVER_API_PORT}"
 
     @property
     def api_keys(self) -> tuple[ApiKey, ...]:

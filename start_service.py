@@ -5,9 +5,12 @@
     ├── worker process(es)   python -m flows.worker           (WORKER_PROCESSES)
     └── HTTP API             uvicorn api_service:app          (API_HOST:API_PORT)
 
-The embedded Prefect API requires an auth string generated here at every start
-(`PREFECT_SERVER_API_AUTH_STRING` on the server, `PREFECT_API_AUTH_STRING` for the workers, never
-logged nor given to the HTTP API process), so nothing else on the machine can drive it.
+The embedded Prefect server serves its API and UI on API_HOST:PREFECT_SERVER_API_PORT (4200 by
+default; a port in use is a start-up error, exit status 1). It requires an auth string: the
+operator's `PREFECT_SERVER_API_AUTH_STRING`, else one generated here at every start and written to
+`<PREFECT_HOME>/ui-auth-string` (owner-only) for logging in to the UI. The server gets it as
+`PREFECT_SERVER_API_AUTH_STRING`, the workers as `PREFECT_API_AUTH_STRING`; it is never logged
+nor given to the HTTP API process, so nothing else on the machine can drive the Prefect API.
 
 SIGTERM/SIGINT: the API stops, workers drain for SHUTDOWN_GRACE_SECONDS, then Prefect stops;
 exit status 0. A signal during start-up (store preparation, Prefect start) ends start-up: no API
@@ -35,6 +38,8 @@ from states import ExecutionMode
 
 PREFECT_SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
 PREFECT_CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
+AUTH_FILE = "ui-auth-string"
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 logger = logging.getLogger("start_service")
 
@@ -128,14 +133,51 @@ class StartupInterrupted(Exception):
     """A signal arrived before every process was started."""
 
 
+class StartupFailed(Exception):
+    """A setting makes start-up impossible (the message says which); exit status 1."""
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether `host:port` can be listened on now (SO_REUSEADDR, as uvicorn binds, so a port
+    left in TIME_WAIT by a previous instance counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def local_url(host: str, port: int) -> str:
+    """How processes of this machine reach a server listening on `host:port`."""
+    if host.strip() in WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def write_auth_file(folder: Path, auth: str) -> Path:
+    """The generated auth string, readable by this user only, for logging in to the UI."""
+    path = folder / AUTH_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(auth + "\n")
+    return path
+
+
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.signal: int | None = None
-        self.prefect_auth = secrets.token_urlsafe(32)
-        """The embedded Prefect API's auth string (this run's only)."""
+        fixed = settings.PREFECT_SERVER_API_AUTH_STRING
+        self.prefect_auth = fixed.get_secret_value() if fixed else secrets.token_urlsafe(32)
+        """The embedded Prefect API's auth string (the operator's, or this run's only)."""
 
     def request_stop(self, signum: int) -> None:
         """The signal handler: only a flag, acted upon by `run` (start-up or the watch loop)."""
@@ -143,10 +185,15 @@ class Supervisor:
             logger.info("received %s; stopping", signal.Signals(signum).name)
             self.signal, self.stopping = signum, True
 
-    def spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
+    def spawn(
+        self, name: str, args: list[str], extra_env: dict[str, str], drop: tuple[str, ...] = ()
+    ) -> None:
+        """Start `python <args>` with this environment plus `extra_env`, minus `drop`."""
         if self.stopping:
             raise StartupInterrupted(name)
         env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
+        for key in drop:
+            env.pop(key, None)
         self.procs[name] = subprocess.Popen(
             [sys.executable, *args],
             cwd=PROJECT_DIR,
@@ -156,16 +203,33 @@ class Supervisor:
         logger.info("started %s (pid %d)", name, self.procs[name].pid)
 
     def start_prefect(self) -> str | None:
-        """The embedded Prefect server; returns its API URL, or None if it did not come up."""
-        home = self.settings.prefect_home
+        """The embedded Prefect server (API and UI); returns its API URL, or None if it did not
+        come up. Raises StartupFailed when its port is taken."""
+        settings = self.settings
+        home = settings.prefect_home
         home.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        host, port = settings.API_HOST.strip(), settings.PREFECT_SERVER_API_PORT
+        if not port_free(host, port):
+            raise StartupFailed(
+                f"PREFECT_SERVER_API_PORT {port} on {host or '0.0.0.0'} is already in use (another "
+                "instance's Prefect server?); give each instance its own PREFECT_SERVER_API_PORT"
+            )
+        auth_hint = "PREFECT_SERVER_API_AUTH_STRING"
+        if settings.PREFECT_SERVER_API_AUTH_STRING is None:
+            auth_hint = str(write_auth_file(home, self.prefect_auth))
+        ui = settings.prefect_ui_url
         self.spawn(
             "prefect-server",
-            ["-m", "flows.prefect_server", "--host", "127.0.0.1", "--port", str(port)],
-            {**prefect_env(self.settings, None), PREFECT_SERVER_AUTH: self.prefect_auth},
+            ["-m", "flows.prefect_server", "--host", host or "0.0.0.0", "--port", str(port)],
+            {
+                **prefect_env(settings, None),
+                PREFECT_SERVER_AUTH: self.prefect_auth,
+                "PREFECT_SERVER_API_HOST": host or "0.0.0.0",
+                "PREFECT_SERVER_API_PORT": str(port),
+                "PREFECT_UI_API_URL": f"{ui}/api",
+            },
         )
-        url = f"http://127.0.0.1:{port}/api"
+        url = f"{local_url(host, port)}/api"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not self.stopping:
             if self.procs["prefect-server"].poll() is not None:
@@ -173,6 +237,7 @@ class Supervisor:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     logger.info("Prefect API ready at %s (data in %s)", url, home)
+                    logger.info("Prefect UI at %s (log in with the auth string: %s)", ui, auth_hint)
                     return url
             time.sleep(0.25)
         if self.stopping:
@@ -217,6 +282,10 @@ class Supervisor:
             name = signal.Signals(self.signal).name if self.signal else "a signal"
             logger.info("start-up interrupted by %s; nothing left running", name)
             return 128 + self.signal if self.signal else 1
+        except StartupFailed as exc:
+            self.stop_all()
+            logger.error("cannot start: %s", exc)
+            return 1
 
     def _run(self) -> int:
         settings = self.settings
@@ -259,6 +328,7 @@ class Supervisor:
                 settings.LOG_LEVEL.lower(),
             ],
             {**outbound_env, "WOS_WAKE_PORTS": ",".join(wake_ports)},
+            drop=(PREFECT_SERVER_AUTH, PREFECT_CLIENT_AUTH),
         )
         logger.info(
             "service starting on http://%s:%d (mode %s)",
@@ -303,6 +373,7 @@ async def prepare_store(settings: Settings) -> None:
     store = await open_store(settings.database_url)
     try:
         await store.release_instance(instance_id(settings))
+        await store.callbacks.release(instance_id(settings) + ":")  # resend what it was sending
     finally:
         await store.close()
 

@@ -21,8 +21,10 @@ Measured (2 cores, 50 concurrent async flows x 10 tasks): unpatched 135-149 s, ~
 itself (PrefectHQ/prefect#10188, #16299, #17473).
 
 Environment:
-  PREFECT_SERVER_API_AUTH_STRING  set by start_service.py at every start: every route but
-  ``GET /health`` then needs it (Basic auth; the workers get it as PREFECT_API_AUTH_STRING).
+  PREFECT_SERVER_API_AUTH_STRING  set by start_service.py (the operator's, or generated at every
+  start): every API route but ``GET /health`` then needs it (Basic auth; the workers get it as
+  PREFECT_API_AUTH_STRING). The UI (on, same port) asks for it on its login page and sends it
+  as Basic auth itself; ``PREFECT_UI_API_URL`` tells it where the API is for the browser.
   WOS_PREFECT_SQLITE_IMMEDIATE=0  turns the patch off (for A/B checks only; the default is on).
   The quiet defaults and batching settings below use ``os.environ.setdefault``, so any value set
   by the caller (e.g. PREFECT_SERVER_UI_ENABLED=true) takes precedence.
@@ -39,7 +41,7 @@ _SERVER_DEFAULTS: dict[str, str] = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-    "PREFECT_SERVER_UI_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "true",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",

@@ -3,6 +3,13 @@
 The flow body is `runner.run_job` (plain engine code); the task wraps `tasks.run_node.run_attempt`
 and leaves retries (exponential backoff with jitter, only for retryable errors) to Prefect, so each
 attempt is visible as a task-run state. Large inputs are `quote`d so Prefect does not walk them.
+
+What Prefect stores of an execution carries no node secret: the flow run's parameters are the
+execution and workflow ids, its name the workflow's name; a task run's name is its node's label and
+its inputs are `quote`d (Prefect records no task parameters, and `quote` keeps them out of
+`task_inputs`); results are not persisted; a failed node's state message and Prefect's error log
+see only the node error, whose text `run_attempt` scrubbed (`tasks.run_node.scrub`) and whose
+chained causes (a library's exception, which may quote a URL or a password) are dropped here.
 """
 
 import contextvars
@@ -19,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Failed
 from prefect.utilities.annotations import quote
 
+from errors import NodeError
 from models import NodeDef
 from states import Outcome
 from tasks.context import RunContext
@@ -39,17 +47,32 @@ def _retryable(_task: Any, _run: Any, state: Any) -> bool:
 
 @task(name="node", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retryable)
 async def node_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
-    return await run_attempt(node, data, replace(ctx, attempt=runtime.task_run.run_count or 1))
+    try:
+        return await run_attempt(node, data, replace(ctx, attempt=runtime.task_run.run_count or 1))
+    except NodeError as exc:
+        # Prefect records this exception (state message, its error log's traceback): keep it to
+        # the scrubbed node error, without the causes chained to it
+        exc.__cause__, exc.__suppress_context__ = None, True
+        raise
+
+
+MAX_TASK_RUN_NAME = 200
+
+
+def task_run_name(node: NodeDef) -> str:
+    """A node's task run name: its label (as the editor shows it), else `<type>:<node id>`."""
+    label = (node.label or "").strip()
+    return label[:MAX_TASK_RUN_NAME] if label else f"{node.type}:{node.id}"
 
 
 async def run_node_as_task(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
-    """The engine's `run_node` in prefect mode: one task run named `<type>:<node id>`.
+    """The engine's `run_node` in prefect mode: one task run named after the node's label.
     With PREFECT_TASK_NODES=network, nodes that do no I/O run inline in the flow instead."""
     spec = get_spec(node.type)
     if not spec.network and ctx.settings.PREFECT_TASK_NODES == "network":
         return await run_with_retries(node, data, ctx)
     policy = retry_policy(spec, node)
-    token = _RUN_NAME.set(f"{node.type}:{node.id}")
+    token = _RUN_NAME.set(task_run_name(node))
     try:
         configured = _node_task(policy.retries, policy.delay_s)
         result: Envelope = await configured(quote(node), quote(data), quote(ctx))

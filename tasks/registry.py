@@ -1,10 +1,12 @@
 """Node-type registry: `@node(...)` turns one async function + its config model into a node type."""
 
+import functools
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, SecretStr, model_validator
 
 from errors import WorkflowError
 from models import Gather, NodeRules, RootInput, Route
@@ -41,6 +43,29 @@ class NodeConfig(BaseModel):
             if chosen is not None and chosen != name:
                 data.pop(name, None)
         return data
+
+
+@functools.cache
+def secret_keys(config: type[BaseModel]) -> tuple[str, ...]:
+    """The config keys (field names and every alias) of the fields `config` declares as
+    `SecretStr`: a node type's passwords and tokens are declared by their type, once."""
+    keys: list[str] = []
+    for name, field in config.model_fields.items():
+        annotation = field.annotation
+        if annotation is not SecretStr and SecretStr not in typing.get_args(annotation):
+            continue
+        keys.append(name)
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            keys += [c for c in alias.choices if isinstance(c, str)]
+        elif isinstance(alias, str):
+            keys.append(alias)
+    return tuple(keys)
+
+
+def secret_values(config: type[BaseModel], raw: dict[str, Any] | None) -> list[str]:
+    """The non-empty values `raw` (a node's config, or settings) gives to `config`'s secrets."""
+    return [str(v) for k in secret_keys(config) if (v := (raw or {}).get(k)) not in (None, "")]
 
 
 class DuplicateNodeType(WorkflowError):

@@ -4,10 +4,11 @@ import asyncio
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from errors import (
     GraphValidationError,
@@ -19,8 +20,8 @@ from errors import (
 from models import NodeDef
 from tasks.context import RunContext
 from tasks.limits import check_output
-from tasks.redaction import redact_url
-from tasks.registry import Envelope, NodeSpec, get_spec
+from tasks.redaction import SECRET_PARAMS, redact, redact_url
+from tasks.registry import Envelope, NodeSpec, get_spec, secret_keys, secret_values
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,34 @@ def validate_config(spec: NodeSpec, node: NodeDef) -> Any:
         raise NodeConfigError(f"Invalid config field '{field}': {err['msg']}") from None
 
 
+_URL_SECRET = re.compile(
+    r"://([^\s/?#@\"'<>\\]+)@|[?&;](?:"
+    + "|".join(map(re.escape, SECRET_PARAMS))
+    + r")=([^&#;\s\"'<>\\]+)",
+    re.IGNORECASE,
+)
+
+
+def node_secrets(spec: NodeSpec, node: NodeDef) -> list[str]:
+    """The node's own secrets: its config's values of the fields its type declares `SecretStr`,
+    and the user-info and secret query values of the URLs in its (top-level) config strings."""
+    found = secret_values(spec.config, node.config)
+    for value in (node.config or {}).values():
+        if isinstance(value, str) and ("://" in value or "=" in value):
+            for userinfo, param in (m.groups() for m in _URL_SECRET.finditer(value)):
+                found += [userinfo, userinfo.partition(":")[2]] if userinfo else [param]
+    return found
+
+
+def scrub(text: str, spec: NodeSpec, node: NodeDef, ctx: RunContext) -> str:
+    """`text` without URL secrets (`redact_url`), the node's own (`node_secrets`, wherever they
+    appear, e.g. echoed by a server) or the service's (every `SecretStr` setting)."""
+    settings = ctx.settings
+    own = (getattr(settings, key, None) for key in secret_keys(type(settings)))
+    service = [v.get_secret_value() for v in own if isinstance(v, SecretStr)]
+    return redact(redact_url(text), *node_secrets(spec, node), *service)
+
+
 async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
     """Run the handler once. Every failure leaves as a NodeError; cancellation passes through."""
     spec = get_spec(node.type)
@@ -117,14 +146,14 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
         check_output(result, ctx.settings)
     except NodeError as exc:
         exc.attempts = ctx.attempt
-        exc.args = (redact_url(str(exc)),)  # no URL credentials in stored errors or logs
+        exc.args = (scrub(str(exc), spec, node, ctx),)  # no secrets in stored errors or logs
         raise
     except TimeoutError:
         timeout = NodeTimeout(f"Node timed out after {policy.timeout_s:g} s")
         timeout.attempts = ctx.attempt
         raise timeout from None
     except Exception as exc:  # noqa: BLE001 - the one place handler errors are wrapped
-        error = NodeExecutionError(redact_url(f"{type(exc).__name__}: {exc}"))
+        error = NodeExecutionError(scrub(f"{type(exc).__name__}: {exc}", spec, node, ctx))
         error.attempts = ctx.attempt
         raise error from exc
     return {**result, "attempts": ctx.attempt}

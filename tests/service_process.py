@@ -76,8 +76,10 @@ def stop_group(
 
 class ServiceProcess:
     """`./start.sh` (or `python start_service.py` of another checkout `root` with this repo's
-    venv) on a free port, with a database the Node backend created first and PREFECT_HOME in
-    `workdir`, and only the given settings (the environment is scrubbed, `.env` ignored).
+    venv) on a free port (and a free PREFECT_SERVER_API_PORT, so instances started at once never
+    share the embedded Prefect server's port), with a database the Node backend created first and
+    PREFECT_HOME in `workdir`, and only the given settings (the environment is scrubbed, `.env`
+    ignored).
 
     `ServiceProcess(workdir, EXECUTION_MODE="inline").start()` returns once `GET /` answers
     `running`; `stop()` sends SIGTERM to the group, SIGKILL after a timeout. Output goes to
@@ -98,8 +100,10 @@ class ServiceProcess:
             node_backend_sqlite(self.db)
         self.port = int(settings.pop("API_PORT", 0)) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.prefect_port = int(settings.pop("PREFECT_SERVER_API_PORT", 0)) or free_port()
         self.settings = {
             "API_PORT": str(self.port),
+            "PREFECT_SERVER_API_PORT": str(self.prefect_port),
             "DATABASE_PATH": str(self.db),
             "PREFECT_HOME": str(workdir / "prefect"),
             "LOG_LEVEL": "INFO",

@@ -57,9 +57,11 @@ def test_fifty_executions_at_once_all_complete_through_prefect(
             assert row["run"]["mode"] == "prefect", row["run"]["modeReason"]
             assert row["run"]["flowRunId"]
             assert row["nodeResults"]["o"]["outputData"] == {"value": 21, "ok": "yes"}
-        # PREFECT_TASK_NODES=network (the default): the http node is the flow run's one task run
-        tasks = svc.prefect_task_runs(svc.row(ids[0])["run"]["flowRunId"], 1)
-        assert [(t["name"], t["state"]["type"]) for t in tasks] == [("http:h", "COMPLETED")]
+        # PREFECT_TASK_NODES=all (the default): every node is a task run (unlabelled: type:id)
+        tasks = svc.prefect_task_runs(svc.row(ids[0])["run"]["flowRunId"], 4)
+        assert [(t["name"], t["state"]["type"]) for t in tasks] == [
+            (name, "COMPLETED") for name in ("trigger:t", "http:h", "addField:a", "output:o")
+        ]
     finally:
         svc.stop()
     log = svc.log_text()
@@ -67,23 +69,21 @@ def test_fifty_executions_at_once_all_complete_through_prefect(
     assert "retryable status code 503" not in log
 
 
-def test_every_node_is_a_task_run_with_prefect_task_nodes_all(
+def test_only_network_nodes_are_task_runs_with_prefect_task_nodes_network(
     tmp_path: Path, mock: MockServer
 ) -> None:
-    svc = RunningService(tmp_path, "prefect", PREFECT_TASK_NODES="all")
+    svc = RunningService(tmp_path, "prefect", PREFECT_TASK_NODES="network")
     try:
         svc.add_workflow("wf", small_workflow(mock.port))
         eid = svc.execute("wf", {})
         assert svc.wait(eid)["status"] == "completed"
         [flow_run] = svc.prefect_runs(eid)
-        tasks = svc.prefect_task_runs(flow_run["id"], 4)
+        tasks = svc.prefect_task_runs(flow_run["id"], 1)
     finally:
         svc.stop()
     assert flow_run["state"]["type"] == "COMPLETED"
     assert flow_run["name"] == f"Fixture · {eid}"
-    assert [(t["name"], t["state"]["type"]) for t in tasks] == [
-        (name, "COMPLETED") for name in ("trigger:t", "http:h", "addField:a", "output:o")
-    ]
+    assert [(t["name"], t["state"]["type"]) for t in tasks] == [("http:h", "COMPLETED")]
 
 
 def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path, mock: MockServer) -> None:

@@ -45,6 +45,7 @@ def test_signal_during_start_up_spawns_nothing_and_exits_non_zero(tmp_path: Path
     port = free_port()
     env = scrubbed_env(
         API_PORT=str(port),
+        PREFECT_SERVER_API_PORT=str(free_port()),
         DATABASE_PATH=str(db),
         PREFECT_HOME=str(tmp_path / "prefect"),
         EXECUTION_MODE="prefect",
