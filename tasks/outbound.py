@@ -74,6 +74,46 @@ def _ip(text: str) -> IP | None:
     return ip
 
 
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT, RFC 2765
+# RFC 6052 §2.2: for each prefix length, the bytes of the 128-bit address holding the IPv4
+# address (byte 8, bits 64-71, is the zero "u" octet) and the suffix bytes that must be zero.
+_RFC6052 = {
+    48: ((6, 7, 9, 10), range(11, 16)),
+    56: ((7, 9, 10, 11), range(12, 16)),
+    64: ((9, 10, 11, 12), range(13, 16)),
+    96: ((12, 13, 14, 15), range(0)),
+}
+
+
+def embedded_ipv4(ip: IP) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, each checked like the address itself:
+    IPv4-mapped `::ffff:a.b.c.d` (also `_ip`'s), IPv4-compatible `::a.b.c.d` (not `::`, `::1`),
+    IPv4-translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96`, the local-use NAT64 prefix
+    `64:ff9b:1::/48` read in every RFC 6052 layout that may apply (the /96 one always, the /48,
+    /56 and /64 ones when their u octet and suffix are zero: the network's prefix length is not
+    known here, so each reading is checked), 6to4 `2002::/16`,
+    and Teredo `2001::/32` (its server and its XOR-ed client)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found: list[ipaddress.IPv4Address] = []
+    raw, value = ip.packed, int(ip)
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    elif (value >> 32 == 0 and value > 1) or ip in _IPV4_TRANSLATED or ip in _NAT64_WELL_KNOWN:
+        found.append(ipaddress.IPv4Address(raw[12:]))
+    elif ip in _NAT64_LOCAL:
+        for where, suffix in _RFC6052.values():
+            if where[0] == 12 or (raw[8] == 0 and not any(raw[i] for i in suffix)):
+                found.append(ipaddress.IPv4Address(bytes(raw[i] for i in where)))
+    elif ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    elif ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def _legacy_ipv4(host: str) -> IP | None:
     """An IPv4 address in a spelling the C resolver accepts (2130706434, 0x7f000002, 127.1)."""
     if not host or not all(c in "0123456789abcdefx." for c in host):
@@ -184,6 +224,8 @@ class OutboundPolicy:
         """Raise OutboundRefused naming `host` unless every address of it may be connected to."""
         name = _host(host)
         ips = [ip for ip in map(_ip, addresses) if ip is not None]
+        # an IPv6 address is checked together with every IPv4 address it embeds
+        ips += [v4 for ip in ips for v4 in embedded_ipv4(ip) if not self.allow.has_ip(ip)]
         if port in self.protected_ports and any(_is_local(ip) for ip in ips):
             raise self._refuse(host, "protected service port")
         if (name, port) in self.trusted or name in self.allow.hosts:
