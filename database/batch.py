@@ -18,9 +18,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from database.events import COUNT_COLUMNS, Counts, Draft, event_row
 from database.ids import log_row
-from database.interfaces import Checkpoint, RunEnd, RunStart
+from database.interfaces import Checkpoint, Row, RunEnd, RunStart
 from database.schema import executions, logs, runs
+from database.sql_events import insert_events
 from jsonutil import now_iso
 from states import (
     ACTIVE_STATUSES,
@@ -50,6 +52,8 @@ class Op:
     execution_id: str
     params: dict[str, Any] | RunStart | Checkpoint | RunEnd
     """The rows (create), `RunStart` (start), `Checkpoint` (checkpoint) or `RunEnd` (finish)."""
+    drafts: list[Draft] = field(default_factory=list)
+    """The events it publishes when it applies (`database.events`)."""
     future: "asyncio.Future[bool]" = field(default=None, repr=False)  # type: ignore[arg-type]
 
 
@@ -162,10 +166,19 @@ _FINISH_RUN = (
 )
 
 
-_STATUS = sa.select(executions.c.id, executions.c.status).where(
-    executions.c.id.in_(sa.bindparam("ids", expanding=True))
+_STATUS = (
+    sa.select(
+        executions.c.id,
+        executions.c.status,
+        executions.c.workflowId,
+        executions.c.organizationId,
+        *(runs.c[c] for c in COUNT_COLUMNS),
+    )
+    .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
+    .where(executions.c.id.in_(sa.bindparam("ids", expanding=True)))
 )
-_STATUS_FOR_UPDATE = _STATUS.with_for_update()
+"""What a batch reads first: each execution's status, and what its events need."""
+_STATUS_FOR_UPDATE = _STATUS.with_for_update(of=executions)
 _INSERT_EXEC = executions.insert()
 _INSERT_RUN = runs.insert()
 _INSERT_LOG = logs.insert()
@@ -201,21 +214,29 @@ def _execute_many(conn: sa.Connection, stmt: Any, rows: list[dict[str, Any]]) ->
 
 
 def apply_batch(
-    conn: sa.Connection, batch: list["Op"], *, executemany: bool, lock_rows: bool
+    conn: sa.Connection, batch: list["Op"], *, executemany: bool, lock_rows: bool, notify: bool
 ) -> list[bool]:
     """One transaction for a batch of create/start/checkpoint/finish operations (at most one per
     execution: each execution awaits its previous operation). The statuses are read first
-    under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten."""
+    under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten.
+    Each operation that applies publishes its events in the same transaction (`notify`: as
+    PostgreSQL does, `database.sql_events.insert_events`)."""
     run = functools.partial(_execute_many, conn) if executemany else conn.execute
     creates = [op.params for op in batch if isinstance(op.params, dict) and op.kind == "create"]
     if creates:
         run(_INSERT_EXEC, [p["execution"] for p in creates])
         run(_INSERT_RUN, [p["run"] for p in creates])
-    status: dict[str, str] = {}
+    state: dict[str, Row] = {}
     if ids := [op.execution_id for op in batch if op.kind != "create"]:
         query = _STATUS_FOR_UPDATE if lock_rows else _STATUS
-        status = dict(conn.execute(query, {"ids": ids}).all())
+        state = {r["id"]: dict(r) for r in conn.execute(query, {"ids": ids}).mappings()}
     now = now_iso()
+    event_rows = [
+        event_row(d, **_event_state(op, state), now=now)
+        for op in batch
+        if op.drafts and (op.kind == "create" or _live(op, state))
+        for d in op.drafts
+    ]
     params: dict[Any, list[dict[str, Any]]] = {
         stmt: []
         for stmt in (
@@ -234,7 +255,7 @@ def apply_batch(
         if op.kind == "create":  # inserted above
             results.append(True)
             continue
-        live = status.get(eid) in _LIVE[op.kind]
+        live = _live(op, state)
         results.append(live)
         if isinstance(p, RunStart):
             if live:
@@ -282,4 +303,35 @@ def apply_batch(
             run(stmt, rows)
     if log_rows:
         run(_INSERT_LOG, log_rows)
+    insert_events(conn, event_rows, notify=notify, run=run)
     return results
+
+
+def _live(op: Op, state: dict[str, Row]) -> bool:
+    """Does the operation still write the execution row (not cancelled, not ended)?"""
+    return (state.get(op.execution_id) or {}).get("status") in _LIVE[op.kind]
+
+
+def _event_state(op: Op, state: dict[str, Row]) -> dict[str, Any]:
+    """What `event_row` needs of the operation's execution: a created row's own values, else
+    the batch's read, with a start's total and a checkpoint's new counts."""
+    if isinstance(op.params, dict):
+        row = op.params["execution"]
+        return {
+            "execution_id": op.execution_id,
+            "workflow_id": row["workflowId"],
+            "organization_id": row["organizationId"],
+            "counts": Counts(),
+        }
+    row = state[op.execution_id]
+    counts = Counts.of(row)
+    if isinstance(op.params, RunStart):
+        counts = Counts(op.params.total_nodes, counts.completed, counts.failed, counts.skipped)
+    elif isinstance(op.params, Checkpoint) and op.params.counts:
+        counts = Counts.of(row, op.params.counts)
+    return {
+        "execution_id": op.execution_id,
+        "workflow_id": row["workflowId"],
+        "organization_id": row["organizationId"],
+        "counts": counts,
+    }

@@ -40,6 +40,7 @@ SERVICE_TABLES = frozenset(
         "workflow_versions",
         "wos_executions",
         "wos_idempotency",
+        "execution_events",
     }
 )
 """Every table of `database.schema.metadata` (a test keeps the two equal)."""

@@ -55,9 +55,6 @@ RUN_COLUMNS = (
 row)."""
 LIST_COLUMNS = ("id", "workflowId", "status", "createdAt", "startedAt", "completedAt", "error")
 """The keys of each `ApiStore.list_executions` row."""
-OVERVIEW_COLUMNS = (*LIST_COLUMNS, "organizationId", "workflowName")
-"""The keys of each `ApiStore.list_all_executions` row (`workflowName`: the service's, else the
-stored workflow's)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,8 @@ class LogRow:
     output_json: str | None = None
     error: str | None = None
     duration_ms: int | None = None
+    attempts: int | None = None
+    """How many attempts a settled node took (its envelope's `attempts`), for its event."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +147,8 @@ class RunStart:
     mode: str
     mode_reason: str | None
     flow_run_id: str | None = None
+    resumed: bool = False
+    """A resume (the claim's attempts > 1): the event is `execution.resumed`, not `started`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,20 +159,6 @@ class RunEnd:
     error: str | None
     node_results: str | None
     """All node results (JSON text; also the final output), or None to keep the stored ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionQuery:
-    """Which executions `ApiStore.list_all_executions` answers, newest first (createdAt, then
-    id, both descending; rows without createdAt last)."""
-
-    limit: int
-    status: str | None = None
-    workflow_id: str | None = None
-    before: tuple[str | None, str] | None = None
-    """(createdAt, id) of the previous page's last row: only rows after it in that order."""
-    organization: str | None = None
-    """An organization key's org: only executions whose row is of that org."""
 
 
 class Recorder(Protocol):
@@ -229,12 +216,6 @@ class ApiStore(Protocol):
         self, workflow_id: str, limit: int, organization: str | None = None
     ) -> tuple[list[Row], int]:
         """The newest `limit` executions of a workflow, and how many it has in all."""
-        ...
-
-    async def list_all_executions(self, query: ExecutionQuery) -> tuple[list[Row], dict[str, int]]:
-        """A page of executions of every workflow (`OVERVIEW_COLUMNS`), and how many are
-        `pending` and `running` among those of the query's organization and workflow (its
-        status filter and cursor aside)."""
         ...
 
 
@@ -342,7 +323,40 @@ class EntityStore(Protocol):
         ...
 
 
-class Store(ApiStore, QueueStore, Recorder, Protocol):
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored execution event (`EventStore`)."""
+
+    id: int
+    """Increases along every stream (global, in commit order)."""
+    execution_id: str
+    workflow_id: str | None
+    organization_id: str | None
+    """What `ApiStore`'s organization filter compares for this execution (the row's org)."""
+    type: str
+    """execution.queued|started|resumed|completed|failed|cancelled, node.started|completed|
+    failed|skipped (`database.events.EVENT_TYPES`)."""
+    data: str
+    """The event's JSON object as text, "id" included."""
+
+
+class EventStore(Protocol):
+    """The execution events each store writes in the same transaction as what they report, so
+    an event is visible only after what it reports is committed, and ids become visible in id
+    order."""
+
+    async def events_after(
+        self, after: int, *, execution_id: str | None = None, limit: int = 500
+    ) -> list[Event]:
+        """Events with id > after (of one execution when given), oldest first, at most limit."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The highest committed event id (0 when none)."""
+        ...
+
+
+class Store(ApiStore, QueueStore, Recorder, EventStore, Protocol):
     """A whole backend, as `database.open_store` returns it."""
 
     @property

@@ -14,6 +14,15 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from database.events import (
+    QUEUED,
+    RESUMED,
+    STARTED,
+    Draft,
+    cancel_draft,
+    end_draft,
+    node_drafts,
+)
 from database.ids import log_row
 from database.interfaces import (
     EXECUTION_COLUMNS,
@@ -21,15 +30,14 @@ from database.interfaces import (
     RUN_COLUMNS,
     Checkpoint,
     Claim,
-    ExecutionQuery,
     IdempotencyKey,
     NewExecution,
     Row,
     RunEnd,
     RunStart,
 )
-from database.listing import memory_list_all
 from database.memory_entities import MemoryEntityStore
+from database.memory_events import MemoryEvents
 from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
 from states import (
@@ -54,7 +62,7 @@ def open_memory_store(name: str) -> "MemoryStore":
     return store
 
 
-class MemoryStore:
+class MemoryStore(MemoryEvents):
     """`Store` in dictionaries. Rows are dicts keyed like the SQL columns."""
 
     def __init__(self) -> None:
@@ -68,6 +76,7 @@ class MemoryStore:
         self.runs: dict[str, Row] = {}
         self.logs: dict[str, list[Row]] = {}
         self.keys: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self.events = []
         self._seq = itertools.count()
         self.entities.reset()
 
@@ -136,6 +145,7 @@ class MemoryStore:
             leaseExpiresAt=None,
         )
         self.runs[eid] = run
+        self._publish(eid, [Draft(QUEUED)])
         return None
 
     def _execution(self, execution_id: str, organization: str | None) -> Row | None:
@@ -187,6 +197,7 @@ class MemoryStore:
         run = self.runs.get(execution_id)
         if run is not None and run["state"] == RunState.QUEUED:
             run["state"] = RunState.DONE.value
+        self._publish(execution_id, [cancel_draft(row["error"])])
         return status, True
 
     async def list_executions(
@@ -199,9 +210,6 @@ class MemoryStore:
         ]
         mine.sort(key=lambda r: (r["createdAt"] or "", r["id"]), reverse=True)
         return [{c: r[c] for c in LIST_COLUMNS} for r in mine[:limit]], len(mine)
-
-    async def list_all_executions(self, query: ExecutionQuery) -> tuple[list[Row], dict[str, int]]:
-        return memory_list_all(self.executions, self.runs, self.workflows, query)
 
     def _claimable(self, now: float) -> list[str]:
         """Queued, or running with an expired lease (a NULL lease never expires, as in SQL)."""
@@ -322,6 +330,8 @@ class MemoryStore:
                 modeReason=run.mode_reason,
                 flowRunId=run.flow_run_id,
             )
+        if live:
+            self._publish(execution_id, [Draft(RESUMED if run.resumed else STARTED)])
         return live
 
     async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
@@ -340,6 +350,8 @@ class MemoryStore:
         )
         if (counts := checkpoint.counts) and (run := self.runs.get(execution_id)) is not None:
             run.update({k: counts[k] for k in ("completedNodes", "failedNodes", "skippedNodes")})
+        if live:
+            self._publish(execution_id, node_drafts(checkpoint.rows))
         return live
 
     async def finish(self, execution_id: str, end: RunEnd) -> bool:
@@ -349,6 +361,7 @@ class MemoryStore:
             row.update(status=str(end.status), error=end.error, completedAt=now_iso())
             if end.node_results is not None:
                 row.update(nodeResults=end.node_results, finalOutput=end.node_results)
+            self._publish(execution_id, [end_draft(end)])
         await self.mark_done(execution_id)
         return live
 

@@ -16,6 +16,7 @@ class PostgresStore(SqlStore):
     """`SqlStore` on PostgreSQL: concurrent writers, so claims and group commits lock rows."""
 
     DRIVER = "postgresql+asyncpg"
+    NOTIFY_EVENTS = True
 
     @classmethod
     def connect(cls, url: sa.URL) -> "PostgresStore":
@@ -28,7 +29,7 @@ class PostgresStore(SqlStore):
 
     def _apply(self, conn: sa.Connection, batch: list[Op]) -> list[bool]:
         # statuses read FOR UPDATE: a concurrent cancel waits for this batch, never overwritten
-        return apply_batch(conn, batch, executemany=False, lock_rows=True)
+        return apply_batch(conn, batch, executemany=False, lock_rows=True, notify=True)
 
     def _lock_unclaimed(self, pick: sa.Select[Any]) -> sa.Select[Any]:
         return pick.with_for_update(skip_locked=True)

@@ -181,6 +181,23 @@ runs = _table(
     sa.Index("idx_wos_executions_state", "state", "seq"),
 )
 
+events = sa.Table(
+    "execution_events",
+    metadata,
+    # SQLite: an INTEGER PRIMARY KEY is the rowid; AUTOINCREMENT never reuses an id
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("executionId", T, nullable=False),
+    sa.Column("workflowId", T),
+    sa.Column("organizationId", T),
+    sa.Column("type", T, nullable=False),
+    sa.Column("createdAt", T, nullable=False),
+    sa.Column("data", T, nullable=False),
+    sa.Index("idx_execution_events_execution", "executionId", "id"),
+    sqlite_autoincrement=True,
+)
+"""Execution events (`database.events`); `data` is the event's JSON without its `id`, which
+the reads put in front."""
+
 idempotency = _table(
     "wos_idempotency",
     sa.Column("key", T, primary_key=True),

@@ -18,20 +18,31 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from database.batch import INLINE_BATCH_MAX, INTEGRITY_ERRORS, GroupCommit, Op
+from database.events import (
+    COUNT_COLUMNS,
+    QUEUED,
+    RESUMED,
+    STARTED,
+    Counts,
+    Draft,
+    cancel_draft,
+    end_draft,
+    event_row,
+    node_drafts,
+)
 from database.interfaces import (
     LIST_COLUMNS,
     RUN_COLUMNS,
     Checkpoint,
     EntityStore,
-    ExecutionQuery,
     IdempotencyKey,
     NewExecution,
     RunEnd,
     RunStart,
 )
-from database.listing import sql_list_all
 from database.schema import create_all, executions, logs, runs, workflows
-from database.schema import idempotency as keys
+from database.sql_events import SqlEvents, insert_events
+from database.sql_keys import insert_keyed, taken
 from database.sql_queue import SqlQueue
 from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
@@ -39,11 +50,12 @@ from states import ACTIVE_STATUSES, ExecutionStatus, RunState
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
+CANCELLED_TEXT = "Execution cancelled by user"
 BUSY = object()
 """`_read_now`'s answer when it cannot read at once (the caller falls back to `_run`)."""
 
 
-class SqlStore(SqlQueue):
+class SqlStore(SqlQueue, SqlEvents):
     """All database access of the service over SQLAlchemy Core. Open with `database.open_store`,
     close with `close`. Each operation is one short transaction written as a plain function of a
     SQLAlchemy Connection, run by the backend's `_run`."""
@@ -90,6 +102,13 @@ class SqlStore(SqlQueue):
     def _read_now(self, op: Callable[[sa.Connection], R]) -> R | object:
         """A one-row read on the event loop thread when that never waits; `BUSY` otherwise."""
         return BUSY
+
+    async def _read(self, op: Callable[[sa.Connection], R]) -> R:
+        """A short read on the event loop where that never waits (`_read_now`), else in a read
+        transaction."""
+        if (found := self._read_now(op)) is not BUSY:
+            return found  # type: ignore[return-value]
+        return await self._run(op, write=False)
 
     def _apply(self, conn: sa.Connection, batch: list[Op]) -> list[bool]:
         """Write one group commit (`database.batch.apply_batch` with the backend's options)."""
@@ -181,14 +200,15 @@ class SqlStore(SqlQueue):
         }
         try:
             if idempotency is None:  # the common case: group-committed with concurrent submits
-                await self._group.submit(Op("create", execution_id, rows))
+                await self._group.submit(Op("create", execution_id, rows, [Draft(QUEUED)]))
                 return None
-            return await self._run(
-                functools.partial(_insert_keyed, rows=rows, key=idempotency, org=org), write=True
+            insert = functools.partial(
+                insert_keyed, rows=rows, key=idempotency, org=org, notify=self.NOTIFY_EVENTS
             )
+            return await self._run(insert, write=True)
         except INTEGRITY_ERRORS as exc:
             if await self._run(
-                functools.partial(_taken, execution_id=execution_id, key=idempotency, org=org),
+                functools.partial(taken, execution_id=execution_id, key=idempotency, org=org),
                 write=False,
             ):
                 raise DuplicateExecution() from exc
@@ -248,22 +268,32 @@ class SqlStore(SqlQueue):
     ) -> tuple[str | None, bool]:
         """Cancel a pending/running execution. Returns (previous status or None, cancelled?)."""
 
+        query = (
+            sa.select(
+                executions.c.status,
+                executions.c.workflowId,
+                executions.c.organizationId,
+                *(runs.c[c] for c in COUNT_COLUMNS),
+            )
+            .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
+            .where(_of_execution(execution_id, organization))
+        )
+
         def op(conn: sa.Connection) -> tuple[str | None, bool]:
-            row = conn.execute(
-                sa.select(executions.c.status).where(_of_execution(execution_id, organization))
-            ).first()
+            row = conn.execute(query).mappings().first()
             if row is None:
                 return None, False
-            status = row.status or ""
+            status = row["status"] or ""
             if status not in ACTIVE_STATUSES:
                 return status, False
+            now = now_iso()
             conn.execute(
                 executions.update()
                 .where(executions.c.id == execution_id)
                 .values(
                     status=ExecutionStatus.CANCELLED.value,
-                    error="Execution cancelled by user",
-                    completedAt=now_iso(),
+                    error=CANCELLED_TEXT,
+                    completedAt=now,
                 )
             )
             conn.execute(
@@ -271,6 +301,15 @@ class SqlStore(SqlQueue):
                 .where(runs.c.executionId == execution_id, runs.c.state == RunState.QUEUED)
                 .values(state=RunState.DONE)
             )
+            event = event_row(
+                cancel_draft(CANCELLED_TEXT),
+                execution_id=execution_id,
+                workflow_id=row["workflowId"],
+                organization_id=row["organizationId"],
+                counts=Counts.of(row),
+                now=now,
+            )
+            insert_events(conn, [event], notify=self.NOTIFY_EVENTS)
             return status, True
 
         return await self._run(op, write=True)
@@ -301,25 +340,21 @@ class SqlStore(SqlQueue):
 
         return await self._run(op, write=False)
 
-    async def list_all_executions(
-        self, query: ExecutionQuery
-    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """A page of every workflow's executions and the active counts (`database.listing`)."""
-        return await self._run(functools.partial(sql_list_all, query=query), write=False)
-
     async def start(self, execution_id: str, run: RunStart) -> bool:
         """Mark the execution running; False when it is no longer pending/running (cancelled)."""
-        return await self._group.submit(Op("start", execution_id, run))
+        draft = Draft(RESUMED if run.resumed else STARTED)
+        return await self._group.submit(Op("start", execution_id, run, [draft]))
 
     async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
         """Commit settled nodes and started nodes atomically. False when the row left `running`
         (cancelled): then only the final rows of settled nodes are written, no `running` rows."""
-        return await self._group.submit(Op("checkpoint", execution_id, checkpoint))
+        drafts = node_drafts(checkpoint.rows)
+        return await self._group.submit(Op("checkpoint", execution_id, checkpoint, drafts))
 
     async def finish(self, execution_id: str, end: RunEnd) -> bool:
         """Write the terminal status unless the row is no longer pending/running (never
         overwrites `cancelled`); the service's run state becomes done either way."""
-        return await self._group.submit(Op("finish", execution_id, end))
+        return await self._group.submit(Op("finish", execution_id, end, [end_draft(end)]))
 
 
 def _of_execution(execution_id: str, organization: str | None) -> sa.ColumnElement[bool]:
@@ -328,42 +363,3 @@ def _of_execution(execution_id: str, organization: str | None) -> sa.ColumnEleme
     if organization is None:
         return where
     return sa.and_(where, executions.c.organizationId == organization)
-
-
-def _insert_keyed(
-    conn: sa.Connection, *, rows: dict[str, dict[str, Any]], key: IdempotencyKey, org: str
-) -> tuple[str, str] | None:
-    """An `Idempotency-Key` submit: the earlier unexpired submit's (id, hash), or insert."""
-    match = keys.c.key == key.key, keys.c.organizationId == org
-    earlier = conn.execute(
-        sa.select(keys.c.executionId, keys.c.requestHash, keys.c.expiresAt).where(*match)
-    ).first()
-    if earlier is not None and earlier.expiresAt > time.time():
-        return earlier.executionId, earlier.requestHash
-    if earlier is not None:
-        conn.execute(keys.delete().where(*match))
-    conn.execute(
-        keys.insert().values(
-            key=key.key,
-            organizationId=org,
-            requestHash=key.request_hash,
-            executionId=rows["execution"]["id"],
-            expiresAt=time.time() + key.ttl_s,
-        )
-    )
-    conn.execute(executions.insert().values(rows["execution"]))
-    conn.execute(runs.insert().values(rows["run"]))
-    return None
-
-
-def _taken(conn: sa.Connection, *, execution_id: str, key: IdempotencyKey | None, org: str) -> bool:
-    """After an insert failed on a constraint: was it this execution id, or this key?"""
-    found = [
-        sa.select(executions.c.id).where(executions.c.id == execution_id),
-        sa.select(runs.c.executionId).where(runs.c.executionId == execution_id),
-    ]
-    if key is not None:
-        found.append(
-            sa.select(keys.c.key).where(keys.c.key == key.key, keys.c.organizationId == org)
-        )
-    return any(conn.execute(query.limit(1)).first() is not None for query in found)

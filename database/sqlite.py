@@ -47,7 +47,7 @@ class SqliteStore(SqlStore):
 
     def _apply(self, conn: sa.Connection, batch: list[Op]) -> list[bool]:
         # one database-wide write lock: no row locks; rows go straight to the sqlite3 cursor
-        return apply_batch(conn, batch, executemany=True, lock_rows=False)
+        return apply_batch(conn, batch, executemany=True, lock_rows=False, notify=False)
 
     async def close(self) -> None:
         if self._loop_conn is not None:

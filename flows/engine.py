@@ -246,6 +246,7 @@ class _Run:
                     input_json=input_json,
                     error=redact_url(str(result.get("error"))),
                     duration_ms=duration,
+                    attempts=result.get("attempts"),
                 )
             )
             self.settle(nid, result)
@@ -258,6 +259,7 @@ class _Run:
                     input_json=input_json,
                     output_json=_log_json(result, encoded),
                     duration_ms=duration,
+                    attempts=result.get("attempts"),
                 )
             )
             self.settle(nid, result, encoded)

@@ -98,7 +98,8 @@ class Runner:
         try:
             plan = plan_of(claim.definition, eid)
         except GraphValidationError as exc:
-            await self.store.start(eid, RunStart(0, ExecutionMode.INLINE, None))
+            resumed = claim.attempts > 1
+            await self.store.start(eid, RunStart(0, ExecutionMode.INLINE, None, resumed=resumed))
             await self.store.finish(
                 eid,
                 RunEnd(
@@ -131,7 +132,7 @@ class Runner:
             nonlocal started
             started = True
             if not await self.store.start(
-                eid, RunStart(len(plan.nodes), mode, reason, flow_run_id)
+                eid, RunStart(len(plan.nodes), mode, reason, flow_run_id, claim.attempts > 1)
             ):
                 await self.store.mark_done(eid)
                 return Outcome.CANCELLED

@@ -109,11 +109,6 @@ async def test_every_answer_matches_the_openapi_schema(
     check(await c.post("/api/executions/nope/cancel"), cancel)
     check(await c.post(f"/api/executions/{eid}/retry"), retry)
     check(await c.post("/api/executions/nope/retry"), retry)
-    listed, graph = "/api/executions", "/api/executions/{execution_id}/workflow"
-    check(await c.get("/api/executions?limit=1"), listed)
-    check(await c.get("/api/executions?status=bogus"), listed)
-    check(await c.get(f"/api/executions/{eid}/workflow"), graph)
-    check(await c.get("/api/executions/nope/workflow"), graph)
     pending = (await service.execute(workflow=SIMPLE)).json()["executionId"]
     check(await c.post(f"/api/executions/{pending}/cancel"), cancel)
     check(await c.post(f"/api/executions/{pending}/retry", json={"fromScratch": True}), retry)

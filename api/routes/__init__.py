@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import dashboard, executions, health, images, nodes, workflows
+from api.routes import executions, health, images, nodes, workflows
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -10,5 +10,4 @@ ROUTERS: list[APIRouter] = [
     executions.router,
     nodes.router,
     images.router,
-    dashboard.router,
 ]
