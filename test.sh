@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv requirements.txt requirements-dev.txt
 scripts/check.sh
+scripts/browser.sh  # Debian's chromium for the dashboard's browser test
 if [ "${CI:-}" = "true" ]; then
   scripts/services.sh postgres mariadb
 fi

@@ -1,0 +1,158 @@
+"""The dashboard in a real headless browser: Debian's Chromium driven by Playwright for Python
+(never a browser Playwright downloads), against the real service (`./start.sh`) with API keys.
+
+An organization key is typed into the page; its list shows its org's executions only and
+picks up a new one without a reload; a slow node turns completed on the execution's page
+without a reload; an execution is cancelled from its page. Screenshots are kept in
+tests/artifacts/. Under CI=true a missing browser fails the test; elsewhere it is skipped."""
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import MockServer, RunningService
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SERVICE_KEY, ORG_KEY = "browser-service-key", "browser-org-key"
+SLOW_S, HANG_S = 8.0, 60.0
+WAIT_MS = 30_000
+
+
+def browser_or_skip() -> Any:
+    """Playwright's sync API, or a skip (a failure under CI) naming what is missing."""
+    missing = []
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing.append("the playwright package (pip install -r requirements-dev.txt)")
+    if not CHROMIUM.exists():
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)")
+    if missing:
+        message = "the browser test needs " + " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (required under CI)")
+        pytest.skip(message)
+    return sync_api
+
+
+def workflow(url: str) -> dict[str, Any]:
+    return {
+        "nodes": [
+            {"id": "t", "type": "trigger", "label": "Start"},
+            {"id": "h", "type": "http", "label": "Slow call", "config": {"httpUrl": url}},
+            {"id": "a", "type": "addField", "config": {"addFieldName": "ok", "addFieldValue": "y"}},
+            {"id": "o", "type": "output", "label": "Result"},
+        ],
+        "connections": [
+            {"fromNodeId": "t", "toNodeId": "h"},
+            {"fromNodeId": "h", "toNodeId": "a"},
+            {"fromNodeId": "a", "toNodeId": "o"},
+        ],
+    }
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[RunningService]:
+    svc = RunningService(tmp_path, "inline", API_KEYS=f"{SERVICE_KEY}, {ORG_KEY}@org_test")
+    svc.client.headers["X-API-Key"] = SERVICE_KEY
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"dashboard-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")  # noqa: T201 (the artifact's path, for whoever runs the test)
+    return path
+
+
+def test_dashboard_live_list_node_completion_and_cancel(service: RunningService) -> None:
+    sync_api = browser_or_skip()
+    mock = MockServer(
+        {("GET", "/slow"): lambda _: (200, SLOW_S), ("GET", "/hang"): lambda _: (200, HANG_S)}
+    )
+    try:
+        service.add_workflow("wf_slow", workflow(f"http://127.0.0.1:{mock.port}/slow"), "Slow")
+        service.add_workflow("wf_hang", workflow(f"http://127.0.0.1:{mock.port}/hang"), "Hang")
+        other = service.client.post(
+            "/api/workflows/execute",
+            json={"workflow": workflow("http://127.0.0.1:9/"), "organizationId": "org_other"},
+        ).json()["executionId"]
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                run_dashboard(sync_api.expect, page, service, other)
+            finally:
+                browser.close()
+    finally:
+        mock.close()
+
+
+def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{service.url}/dashboard")
+    expect(page.locator("#key-view")).to_be_visible(timeout=WAIT_MS)
+    page.fill("#key-input", ORG_KEY)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#list-view")).to_be_visible()
+    expect(page.locator("#count-running")).to_have_text("0", timeout=WAIT_MS)
+    page.evaluate("window.__sameDocument = true")  # gone after any reload
+
+    slow = service.execute("wf_slow", {})
+    row = page.locator(f'tr[data-execution-id="{slow}"]')
+    expect(row).to_be_visible(timeout=WAIT_MS)  # arrived live
+    expect(row).to_contain_text("Slow")
+    expect(page.locator(f'tr[data-execution-id="{other}"]')).to_have_count(0)  # org_other's
+    row.locator("a").click()
+    node = page.locator('g.node[data-node-id="h"]')
+    expect(node).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    shot(page, "running")
+    expect(node).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
+    expect(page.locator("#execution-status")).to_have_attribute(
+        "data-status", "completed", timeout=WAIT_MS
+    )
+    node.click()
+    details = page.locator("#node-details")
+    expect(details).to_contain_text("Slow call")
+    expect(details.locator("pre.output")).to_contain_text('"statusCode": 200')
+    expect(page.locator('#timeline .lane[data-node-id="h"]')).to_be_visible()
+    assert page.evaluate("window.__sameDocument") is True
+    shot(page, "completed")
+
+    hang = service.execute("wf_hang", {})
+    page.evaluate(f"location.hash = '#/executions/{hang}'")
+    hang_node = page.locator('g.node[data-node-id="h"]')
+    expect(hang_node).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    cancel = page.locator("#cancel-button")
+    expect(cancel).to_be_enabled()
+    started = time.monotonic()
+    cancel.click()
+    expect(page.locator("#execution-status")).to_have_attribute(
+        "data-status", "cancelled", timeout=WAIT_MS
+    )
+    assert time.monotonic() - started < HANG_S / 2
+    expect(page.locator("#retry-button")).to_be_enabled()
+    assert service.wait(hang, timeout=30)["status"] == "cancelled"
+    assert page.evaluate("window.__sameDocument") is True
+    shot(page, "cancelled")
+
+    page.evaluate("location.hash = '#/'")
+    expect(page.locator(f'tr[data-execution-id="{hang}"] .status-cell')).to_have_text(
+        "cancelled", timeout=WAIT_MS
+    )
+    shot(page, "list")
+    assert errors == []
