@@ -263,7 +263,17 @@ async def execution_public(
         resumedAt=row.get("resumedAt"),
         retryOf=row.get("retryOf"),
         flowRunId=row.get("flowRunId"),
+        prefectUrl=prefect_url(row),
     )
+
+
+def prefect_url(row: Row) -> str | None:
+    """The execution's (last) flow run's page in the Prefect UI (PREFECT_UI_URL, see
+    `Settings.prefect_ui_url`); None when it did not run in Prefect."""
+    flow_run_id = row.get("flowRunId")
+    if not flow_run_id or row.get("mode") != ExecutionMode.PREFECT:
+        return None
+    return f"{get_settings().prefect_ui_url}/runs/flow-run/{flow_run_id}"
 
 
 async def progress(store: ApiStore, row: Row) -> ExecutionProgress:

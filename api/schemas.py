@@ -141,6 +141,9 @@ class ExecutionPublic(_Answer):
     resumedAt: str | None
     retryOf: str | None
     flowRunId: str | None
+    prefectUrl: str | None
+    """The flow run's page in the Prefect UI (`<PREFECT_UI_URL>/runs/flow-run/<flowRunId>`); null
+    when the execution did not run in Prefect."""
 
 
 class ExecutionLogs(_Answer):
