@@ -2,6 +2,7 @@
 and the route that serves the stored PNGs (in-process app, real lifespan)."""
 
 import json
+import re
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -309,7 +310,10 @@ async def test_debug_node_run_renders_and_the_route_serves_it(client: httpx.Asyn
     output = body["output"]
     assert output["outputData"] == SALES and output["widget"] == BAR
     image = output["image"]
-    assert image["url"] == "/api/executions/single_node/images/viz1.png"
+    # the call's own run id (api.single_runs), never a shared one
+    assert re.fullmatch(
+        r"/api/executions/single_node-[0-9a-f]{16}-[0-9a-f]{32}/images/viz1.png", image["url"]
+    )
     served = await client.get(image["url"])
     assert served.status_code == 200
     assert served.headers["content-type"] == "image/png"

@@ -1,9 +1,13 @@
-"""`POST /api/nodes/execute`: run one node synchronously (debug); nothing is stored."""
+"""`POST /api/nodes/execute`: run one node synchronously (debug); nothing is stored but the
+chart a dataVisualization node renders, under the call's own run id (`api.single_runs`)."""
 
+import asyncio
 import json
+from pathlib import Path
 
 from fastapi import APIRouter
 
+from api import single_runs
 from api.deps import API_KEY, CallerDep, ResourcesDep, StoreDep
 from api.schemas import API_ERRORS, NodeExecute, NodeRunFailed, NodeRunResult, NodeRunSucceeded
 from jsonutil import dump_json
@@ -35,11 +39,12 @@ async def execute_node(
 async def run_single_node(
     body: NodeExecute, resources: Resources, organization: str | None = None
 ) -> NodeRunResult:
-    """Run the node with its retries and timeout, outside any execution, for `organization`."""
+    """Run the node with its retries and timeout, outside any execution, for `organization`,
+    under a run id of its own (a rendered chart's URL names it; only that org may read it)."""
     try:
         node = NodeDef.model_validate({**body.node, "id": body.nodeId, "type": body.nodeType})
         ctx = RunContext(
-            execution_id="single_node",
+            execution_id=single_runs.new_run_id(organization),
             workflow_id=body.workflowId,
             organization_id=organization,
             inputs={},
@@ -49,6 +54,9 @@ async def run_single_node(
             resources=resources,
         )
         output = await run_with_retries(node, body.inputData, ctx)
+        if isinstance(output, dict) and output.get("image"):
+            image_dir = Path(resources.settings.IMAGE_DIR).expanduser().resolve()
+            await asyncio.to_thread(single_runs.prune_images, image_dir)
     except Exception as exc:  # noqa: BLE001 - answered as success:false, like the original
         return NodeRunFailed(
             success=False,
