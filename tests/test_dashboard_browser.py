@@ -3,7 +3,7 @@
 
 An organization key is typed into the page; its list shows its org's executions only and
 picks up a new one without a reload; a slow node turns completed on the execution's page
-without a reload; an execution is cancelled from its page. Screenshots are kept in
+without a reload; an execution is cancelled, then retried, from its page. Screenshots are kept in
 tests/artifacts/. Under CI=true a missing browser fails the test; elsewhere it is skipped."""
 
 import os
@@ -101,11 +101,33 @@ def test_dashboard_live_list_node_completion_and_cancel(service: RunningService)
         mock.close()
 
 
+LAYOUT = """() => {
+  const c = (f, t) => ({fromNodeId: f, toNodeId: t});
+  const nodes = ["a", "b", "c", "d", "e", "x", "y"].map((id) => ({id}));
+  const edges = [c("a", "b"), c("a", "c"), c("b", "d"), c("c", "d"), c("d", "e"), c("a", "e"),
+                 c("x", "y"), c("y", "x"), c("e", "ghost")];
+  const {positions, width, height} = WOS.graph.layout(nodes, edges);
+  return {positions: Object.fromEntries(positions), width, height};
+}"""
+
+
+def check_layout(page: Any) -> None:
+    """The page's layered layout: every node right of its parents (the longest path decides),
+    siblings apart, a cycle and a dangling connection placed without hanging."""
+    laid = page.evaluate(LAYOUT)
+    pos = {k: (v["x"], v["y"]) for k, v in laid["positions"].items()}
+    assert set(pos) == set("abcdexy")
+    assert pos["a"][0] < pos["b"][0] == pos["c"][0] < pos["d"][0] < pos["e"][0]
+    assert pos["b"][1] != pos["c"][1] and len(set(pos.values())) == len(pos)
+    assert all(0 <= x < laid["width"] and 0 <= y < laid["height"] for x, y in pos.values())
+
+
 def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{service.url}/dashboard")
     expect(page.locator("#key-view")).to_be_visible(timeout=WAIT_MS)
+    check_layout(page)
     page.fill("#key-input", ORG_KEY)
     page.click("#key-form button[type=submit]")
     expect(page.locator("#list-view")).to_be_visible()
@@ -145,10 +167,18 @@ def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -
         "data-status", "cancelled", timeout=WAIT_MS
     )
     assert time.monotonic() - started < HANG_S / 2
-    expect(page.locator("#retry-button")).to_be_enabled()
     assert service.wait(hang, timeout=30)["status"] == "cancelled"
-    assert page.evaluate("window.__sameDocument") is True
     shot(page, "cancelled")
+
+    page.locator("#retry-button").click()  # opens the new execution
+    expect(page.locator("#execution-id")).not_to_have_text(hang, timeout=WAIT_MS)
+    retried = page.locator("#execution-id").inner_text()
+    assert service.client.get(f"/api/executions/{retried}").json()["retryOf"] == hang
+    expect(page.locator('g.node[data-node-id="t"]')).to_have_attribute(
+        "data-state", "completed", timeout=WAIT_MS
+    )  # adopted from the cancelled run
+    assert service.client.post(f"/api/executions/{retried}/cancel").json()["success"] is True
+    assert page.evaluate("window.__sameDocument") is True
 
     page.evaluate("location.hash = '#/'")
     expect(page.locator(f'tr[data-execution-id="{hang}"] .status-cell')).to_have_text(
