@@ -28,6 +28,7 @@ from jsonutil import dump_json
 from models import EdgeDef, NodeDef
 from states import NodeStatus, Outcome
 from tasks.context import Resources, RunContext
+from tasks.cpu import encode_json
 from tasks.limits import SAMPLE, estimate_bytes
 from tasks.redaction import redact_url
 
@@ -81,6 +82,11 @@ def _log_json(value: Any, encoded: str | None = None) -> str | None:
     )
 
 
+async def _log_input(value: Any) -> str | None:
+    """`_log_json` of a node's input, encoded off the loop's critical path (`encode_json`)."""
+    return None if value is None else _log_json(value, await encode_json(value))
+
+
 def error_result(message: str, attempts: int | None = None) -> Envelope:
     result: Envelope = {"success": False, "error": message, "message": message}
     if attempts is not None:
@@ -103,7 +109,7 @@ class _Run:
         self.cancel, self.drain = cancel, drain
         plan = job.plan
         self.results: dict[str, Envelope] = {}
-        self.encoded: dict[str, str] = {}
+        self.encoded: dict[str, tuple[str, str]] = {}
         self.remaining = {nid: len(plan.incoming[nid]) for nid in plan.nodes}
         self.active: dict[str, list[tuple[EdgeDef, Any]]] = {nid: [] for nid in plan.nodes}
         # each edge's place among its target's incoming edges (the connections array's order)
@@ -139,18 +145,26 @@ class _Run:
         return {"completedNodes": done, "failedNodes": failed, "skippedNodes": skipped}
 
     def node_results_json(self) -> str:
-        """`encoded` holds each node's `"id":{result}` member, encoded once when it settled."""
-        return "{" + ",".join(self.encoded.values()) + "}"
+        """`encoded` holds each node's `"id":` and `{result}`, encoded once when it settled;
+        joined in one copy (a big result is copied once per checkpoint, not three times)."""
+        parts: list[str] = []
+        for key, encoded in self.encoded.values():
+            parts += (",", key, encoded)
+        parts[:1] = ["{"]  # in place of the first comma
+        return "".join([*parts, "}"])
 
-    def encode(self, nid: str, encoded: str) -> None:
+    def encode(self, nid: str, encoded: str, redacted: bool = False) -> None:
         """Kept for the `nodeResults` column, so with URL secrets redacted (the result itself,
-        handed to the children, is not changed)."""
-        self.encoded[nid] = redact_url(f"{dump_json(nid)}:{encoded}")
+        handed to the children, is not changed); `redacted`: `encoded` already is."""
+        key = redact_url(f"{dump_json(nid)}:")
+        self.encoded[nid] = (key, encoded if redacted else redact_url(encoded))
 
-    def settle(self, nid: str, result: Envelope, encoded: str | None = None) -> None:
+    def settle(
+        self, nid: str, result: Envelope, encoded: str | None = None, redacted: bool = False
+    ) -> None:
         plan = self.job.plan
         self.results[nid] = result
-        self.encode(nid, encoded or dump_json(result))
+        self.encode(nid, encoded or dump_json(result), redacted)
         self.dirty = True
         for edge in plan.outgoing[nid]:
             live, payload = edge_payload(edge, plan.rules[nid], result)
@@ -177,14 +191,15 @@ class _Run:
         self.dirty = False
         return live
 
-    def take_ready(self) -> list[tuple[str, Any]]:
+    async def take_ready(self) -> list[tuple[str, Any]]:
         """Settle skipped/adopted nodes, return the nodes to start with their inputs."""
         job, to_start = self.job, []
         while self.ready:
             nid = self.ready.popleft()
             node = job.plan.nodes[nid]
             if nid in job.previous:
-                self.settle(nid, job.previous[nid])
+                encoded = await encode_json(job.previous[nid], redact_url)
+                self.settle(nid, job.previous[nid], encoded, redacted=True)
                 continue
             # fan-in merges follow the connections array, not the order parents finished in
             active = sorted(self.active[nid], key=lambda ep: self.position[id(ep[0])])
@@ -226,7 +241,7 @@ class _Run:
         task = asyncio.ensure_future(self.run_node(node, data, ctx))
         self.in_flight[task] = (nid, input_json, time.monotonic())
 
-    def finish_task(self, task: asyncio.Task[Envelope]) -> None:
+    async def finish_task(self, task: asyncio.Task[Envelope]) -> None:
         nid, input_json, started = self.in_flight.pop(task)
         duration = int((time.monotonic() - started) * 1000)
         try:
@@ -251,7 +266,7 @@ class _Run:
             )
             self.settle(nid, result)
         else:
-            encoded = dump_json(result)
+            encoded = await encode_json(result, redact_url)
             self.rows.append(
                 self._row(
                     nid,
@@ -262,7 +277,7 @@ class _Run:
                     attempts=result.get("attempts"),
                 )
             )
-            self.settle(nid, result, encoded)
+            self.settle(nid, result, encoded, redacted=True)
 
     async def stop_in_flight(self) -> None:
         """Cancel the running nodes and wait until each has stopped (none outlives the walk)."""
@@ -312,7 +327,8 @@ class _Run:
                         return Outcome.INTERRUPTED
                     to_start = []
                 else:
-                    to_start = [(nid, data, _log_json(data)) for nid, data in self.take_ready()]
+                    ready = await self.take_ready()
+                    to_start = [(nid, data, await _log_input(data)) for nid, data in ready]
                 if to_start:
                     if self.cancel.is_set():
                         await self.flush()
@@ -334,7 +350,7 @@ class _Run:
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task is not cancel_wait:
-                        self.finish_task(task)  # type: ignore[arg-type]
+                        await self.finish_task(task)  # type: ignore[arg-type]
                 if cancel_wait in done:
                     await self.flush()
                     await self.abort_in_flight()

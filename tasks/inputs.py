@@ -2,7 +2,6 @@
 file-input node (a path under UPLOAD_DIR, or base64 content; see also `tasks.pdf`). Files are
 parsed in a worker thread, streaming rows into one list."""
 
-import asyncio
 import base64
 import binascii
 import csv
@@ -19,6 +18,7 @@ from pydantic import ConfigDict
 
 from errors import NodeConfigError
 from tasks.context import RunContext
+from tasks.cpu import run_cpu
 from tasks.limits import FileLimits
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str
@@ -283,14 +283,26 @@ def parse_table(
     raise NodeConfigError(f"{source.field} is not text in encoding {encodings[-1]!r}; set encoding")
 
 
+def load_table(
+    ctx: RunContext, config: ExcelInputConfig, limits: FileLimits
+) -> tuple[FileSource, list[str], list[dict[str, Any]]] | None:
+    """The configured file (decoded) and its headers and records; None when no file is
+    configured (blocking: run it in a thread)."""
+    source = file_source(ctx, config.filePath, config.fileContent, config.fileName)
+    if source is None:
+        return None
+    return (source, *parse_table(config, source, limits))
+
+
 @node("excelInput", config=ExcelInputConfig)
 async def excel_input(config: ExcelInputConfig, data: Any, ctx: RunContext) -> Envelope:
     """A file (`filePath`, else base64 `fileContent`) wins over the editor's inline `parsedData`
     (which the editor truncates to 100 rows)."""
-    source = file_source(ctx, config.filePath, config.fileContent, config.fileName)
-    if source is not None:
-        limits = FileLimits.from_settings(ctx.settings)
-        headers, rows = await asyncio.to_thread(parse_table, config, source, limits)
+    loaded = None
+    if config.filePath or config.fileContent:
+        loaded = await run_cpu(load_table, ctx, config, FileLimits.from_settings(ctx.settings))
+    if loaded is not None:
+        source, headers, rows = loaded
         name = source.name or "base64 content"
         extras: dict[str, Any] = {"headers": headers}
         if config.sheetName:

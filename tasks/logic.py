@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models import EdgeDef
 from tasks.context import RunContext
+from tasks.cpu import run_cpu
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str, records, to_number
 
@@ -85,14 +86,34 @@ class ConditionConfig(NodeConfig):
         return [first, *(r for r in self.additionalConditions if r.field)]
 
 
-def _matches(record: Any, config: ConditionConfig) -> bool:
-    results = []
-    for rule in config.rules():
-        value = record.get(rule.field) if isinstance(record, dict) and rule.field else None
-        check = OPERATORS.get(_SNAKE.get(rule.operator, rule.operator), OPERATORS["equals"])
-        target = rule.value if isinstance(rule.value, str) else js_str(rule.value)
-        results.append(check(value, target))
-    return all(results) if config.logicalOperator == "AND" else any(results)
+def matcher(config: ConditionConfig) -> Callable[[Any], bool]:
+    """The verdict of the config's rules on one record (AND: all of them, OR: any)."""
+    rules = [
+        (
+            rule.field,
+            OPERATORS.get(_SNAKE.get(rule.operator, rule.operator), OPERATORS["equals"]),
+            rule.value if isinstance(rule.value, str) else js_str(rule.value),
+        )
+        for rule in config.rules()
+    ]
+    combine = all if config.logicalOperator == "AND" else any
+
+    def matches(record: Any) -> bool:
+        mapping = record if isinstance(record, dict) else None
+        return combine(
+            check(mapping.get(field) if mapping is not None and field else None, target)
+            for field, check, target in rules
+        )
+
+    return matches
+
+
+def _partition(rows: list[Any], matches: Callable[[Any], bool]) -> tuple[list[Any], list[Any]]:
+    true_rows: list[Any] = []
+    false_rows: list[Any] = []
+    for row in rows:
+        (true_rows if matches(row) else false_rows).append(row)
+    return true_rows, false_rows
 
 
 def condition_route(result: Envelope, branch: str | None) -> tuple[bool, Any]:
@@ -108,10 +129,9 @@ def condition_route(result: Envelope, branch: str | None) -> tuple[bool, Any]:
 @node("condition", config=ConditionConfig, route=condition_route)
 async def condition(config: ConditionConfig, data: Any, ctx: RunContext) -> Envelope:
     """Batch: one verdict on the first record. perRow: split the records into true/false."""
-    rows = records(data)
+    rows, matches = records(data), matcher(config)
     if config.processingMode == "perRow":
-        true_rows = [r for r in rows if _matches(r, config)]
-        false_rows = [r for r in rows if not _matches(r, config)]
+        true_rows, false_rows = await run_cpu(_partition, rows, matches, size=len(rows))
         return envelope(
             f"{len(true_rows)} of {len(rows)} records matched",
             true_rows,
@@ -119,7 +139,7 @@ async def condition(config: ConditionConfig, data: Any, ctx: RunContext) -> Enve
             trueRecords=true_rows,
             falseRecords=false_rows,
         )
-    result = bool(rows) and _matches(rows[0], config)
+    result = bool(rows) and matches(rows[0])
     return envelope(f"Condition evaluated to {js_str(result)}", data, conditionResult=result)
 
 
@@ -221,11 +241,25 @@ async def join(config: JoinConfig, data: Any, ctx: RunContext) -> Envelope:
     payload = data if isinstance(data, dict) else {}
     a, b = records(payload.get("A")), records(payload.get("B"))
     if config.joinStrategy == "mergeByKey" and config.joinKey:
-        rows = merge_by_key(a, b, config.joinKey, config.joinType == "outer")
+        outer = config.joinType == "outer"
+        rows = await run_cpu(merge_by_key, a, b, config.joinKey, outer, size=len(a) + len(b))
         how = f"{config.joinType} merge on {config.joinKey}"
     else:
         rows, how = a + b, "concatenation"
     return envelope(f"Joined {len(a)} + {len(b)} rows by {how}: {len(rows)} rows", rows)
+
+
+def split_rows(
+    data: list[Any], cols_a: list[str], cols_b: list[str]
+) -> tuple[list[Any], list[Any]]:
+    """Each record's `cols_a` and `cols_b` (the record itself and `{}` when neither is set)."""
+    if not cols_a and not cols_b:
+        return data, [{} for _ in data]
+
+    def pick(row: Any, cols: list[str]) -> dict[str, Any]:
+        return {c: row[c] for c in cols if c in row} if isinstance(row, dict) else {}
+
+    return [pick(r, cols_a) for r in data], [pick(r, cols_b) for r in data]
 
 
 class SplitColumnsConfig(NodeConfig):
@@ -245,14 +279,7 @@ async def split_columns(config: SplitColumnsConfig, data: Any, ctx: RunContext) 
     """Output A feeds edges marked "A" (and unmarked ones), output B edges marked "B"."""
     if not isinstance(data, list):
         return envelope("Input is not a list; passed through", data)
-    if not config.columnsOutputA and not config.columnsOutputB:
-        out_a: list[Any] = data
-        out_b: list[Any] = [{} for _ in data]
-    else:
-
-        def pick(row: Any, cols: list[str]) -> dict[str, Any]:
-            return {c: row[c] for c in cols if isinstance(row, dict) and c in row}
-
-        out_a = [pick(r, config.columnsOutputA) for r in data]
-        out_b = [pick(r, config.columnsOutputB) for r in data]
+    out_a, out_b = await run_cpu(
+        split_rows, data, config.columnsOutputA, config.columnsOutputB, size=len(data)
+    )
     return envelope(f"Split {len(data)} rows into A and B", out_a, outputA=out_a, outputB=out_b)

@@ -1,12 +1,12 @@
 """The pdfInput node type: inline text, or the text of a PDF file (pypdf, in a worker thread)."""
 
-import asyncio
 from typing import Any
 
 from pydantic import AliasChoices, ConfigDict, Field
 
 from errors import NodeConfigError
 from tasks.context import RunContext
+from tasks.cpu import run_cpu
 from tasks.inputs import GCS_UNSUPPORTED, FileSource, file_source
 from tasks.registry import Envelope, NodeConfig, envelope, node
 
@@ -80,10 +80,13 @@ def read_pdf(source: FileSource, max_pages: int) -> tuple[str, int, dict[str, st
 @node("pdfInput", config=PdfInputConfig)
 async def pdf_input(config: PdfInputConfig, data: Any, ctx: RunContext) -> Envelope:
     """A file (`filePath`, else base64 `fileContent`) wins over the inline `pdfText`."""
-    source = file_source(ctx, config.filePath, config.fileContent, config.fileName)
+    source = None
+    if config.filePath or config.fileContent:  # decoding base64 is CPU work too
+        args = (ctx, config.filePath, config.fileContent, config.fileName)
+        source = await run_cpu(file_source, *args)
     if source is not None:
         max_pages = ctx.settings.MAX_PDF_PAGES
-        text, pages, metadata = await asyncio.to_thread(read_pdf, source, max_pages)
+        text, pages, metadata = await run_cpu(read_pdf, source, max_pages)
         name = source.name if source.kind == "file" else config.fileName
         return envelope(
             f"Extracted {len(text)} characters from {pages} page(s) of {name or 'base64 content'}",

@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from tasks.context import RunContext
+from tasks.cpu import run_cpu
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import render_template
 
@@ -26,8 +27,11 @@ async def add_field(config: AddFieldConfig, data: Any, ctx: RunContext) -> Envel
             return render_template(config.value, record)
         return config.value
 
+    def add_to(rows: list[Any]) -> list[Any]:
+        return [{**r, config.name: value_for(r)} if isinstance(r, dict) else r for r in rows]
+
     if isinstance(data, list):
-        rows = [{**r, config.name: value_for(r)} if isinstance(r, dict) else r for r in data]
+        rows = await run_cpu(add_to, data, size=len(data))
         return envelope(f"Added field {config.name} to {len(rows)} records", rows)
     record = data if isinstance(data, dict) else {}
     return envelope(f"Added field {config.name}", {**record, config.name: value_for(record)})
