@@ -15,6 +15,7 @@ from database.interfaces import Claim, WorkerStore
 from flows.runner import PrefectProbe, Runner
 from states import ExecutionStatus, Outcome
 from tasks.context import open_resources
+from tasks.cpu import freeze_startup_heap
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     wakeups = await listen_for_wakeups(worker)
+    freeze_startup_heap()  # shorter garbage-collector pauses of the loop (tasks/cpu.py)
     try:
         await worker.serve(stop)
     finally:
