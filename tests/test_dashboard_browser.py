@@ -59,6 +59,20 @@ def workflow(url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium under Playwright (skipped, or failed under CI, without one)."""
+    sync_api = browser_or_skip()
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
 def service(tmp_path: Path) -> Iterator[RunningService]:
     svc = RunningService(tmp_path, "inline", API_KEYS=f"{SERVICE_KEY}, {ORG_KEY}@org_test")
     svc.client.headers["X-API-Key"] = SERVICE_KEY
@@ -76,8 +90,11 @@ def shot(page: Any, name: str) -> Path:
     return path
 
 
-def test_dashboard_live_list_node_completion_and_cancel(service: RunningService) -> None:
-    sync_api = browser_or_skip()
+def test_dashboard_live_list_node_completion_and_cancel(
+    browser: Any, service: RunningService
+) -> None:
+    from playwright.sync_api import expect
+
     mock = MockServer(
         {("GET", "/slow"): lambda _: (200, SLOW_S), ("GET", "/hang"): lambda _: (200, HANG_S)}
     )
@@ -88,17 +105,43 @@ def test_dashboard_live_list_node_completion_and_cancel(service: RunningService)
             "/api/workflows/execute",
             json={"workflow": workflow("http://127.0.0.1:9/"), "organizationId": "org_other"},
         ).json()["executionId"]
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                run_dashboard(sync_api.expect, page, service, other)
-            finally:
-                browser.close()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        run_dashboard(expect, page, service, other)
     finally:
         mock.close()
+
+
+def test_the_prefect_link_opens_the_flow_run(browser: Any, tmp_path: Path) -> None:
+    """In prefect mode (no keys) an execution's page links to its flow run in the Prefect UI."""
+    from playwright.sync_api import expect
+
+    svc = RunningService(tmp_path, "prefect")
+    try:
+        quick = {
+            "nodes": [{"id": "t", "type": "trigger"}, {"id": "o", "type": "output"}],
+            "connections": [{"fromNodeId": "t", "toNodeId": "o"}],
+        }
+        svc.add_workflow("wf_quick", quick, "Quick")
+        eid = svc.execute("wf_quick", {})
+        final = svc.wait(eid)
+        assert final["status"] == "completed" and final["prefectUrl"], final
+        page = browser.new_page(viewport={"width": 1400, "height": 700})
+        page.goto(f"{svc.url}/dashboard#/executions/{eid}")
+        expect(page.locator('g.node[data-node-id="o"]')).to_have_attribute(
+            "data-state", "completed", timeout=WAIT_MS
+        )
+        link = page.locator("#prefect-link")
+        expect(link).to_be_visible()
+        expect(link).to_have_attribute("href", final["prefectUrl"])
+        shot(page, "prefect-link")
+        with page.expect_popup() as opened:
+            link.click()
+        popup = opened.value
+        popup.wait_for_load_state()
+        assert popup.url.startswith(final["prefectUrl"])
+        expect(popup.locator("body")).to_be_attached()
+    finally:
+        svc.stop()
 
 
 LAYOUT = """() => {
