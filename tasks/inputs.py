@@ -71,6 +71,11 @@ def _upload_path(ctx: RunContext, value: str) -> Path:
         raise NodeConfigError(f"filePath {value!r} is not a valid path") from None
     if not path.is_relative_to(root):
         raise NodeConfigError(f"filePath {value!r} is outside the upload folder (UPLOAD_DIR)")
+    if ctx.organization_id is None and path.parent != root:  # subfolders are the orgs'
+        raise NodeConfigError(
+            f"filePath {value!r} is in a subfolder of UPLOAD_DIR: a run without an organization "
+            "reads only files directly in UPLOAD_DIR"
+        )
     if not path.is_file():
         raise NodeConfigError(f"filePath {value!r} does not exist in the upload folder")
     return path
