@@ -4,6 +4,7 @@ from typing import Any
 
 from pydantic import AliasChoices, Field
 
+from errors import NodeExecutionError
 from tasks.context import RunContext
 from tasks.cpu import run_cpu
 from tasks.registry import Envelope, NodeConfig, envelope, node
@@ -20,15 +21,32 @@ class AddFieldConfig(NodeConfig):
 @node("addField", config=AddFieldConfig)
 async def add_field(config: AddFieldConfig, data: Any, ctx: RunContext) -> Envelope:
     """Adds `name: value` to each record (a list) or to the object; `{{field}}` is filled from
-    the record it is added to."""
+    the record it is added to. The values it renders count toward MAX_NODE_OUTPUT_BYTES as they
+    are made, so a big template over many records stops at the limit, not out of memory."""
+    limit = ctx.settings.MAX_NODE_OUTPUT_BYTES
 
     def value_for(record: Any) -> Any:
         if isinstance(config.value, str):
-            return render_template(config.value, record)
+            return render_template(config.value, record, limit)
         return config.value
 
     def add_to(rows: list[Any]) -> list[Any]:
-        return [{**r, config.name: value_for(r)} if isinstance(r, dict) else r for r in rows]
+        out, rendered = [], 0
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                out.append(row)
+                continue
+            value = value_for(row)
+            if value is not config.value and isinstance(value, str):  # a new string
+                rendered += len(value)
+                if rendered > limit:
+                    raise NodeExecutionError(
+                        f"Node output is over {limit:,} bytes, the limit "
+                        f"(MAX_NODE_OUTPUT_BYTES): the values of records 0 to {index:,} "
+                        "already are"
+                    )
+            out.append({**row, config.name: value})
+        return out
 
     if isinstance(data, list):
         rows = await run_cpu(add_to, data, size=len(data))

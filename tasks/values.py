@@ -7,12 +7,15 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from errors import NodeConfigError
+from errors import NodeConfigError, NodeExecutionError
 
 # one way to match each digit (an optional fraction after the integer digits), so a long run of
 # digits followed by a letter fails in linear time; `\d+\.?\d*` tried every split of the run
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}", re.ASCII)  # JS `\w`: ASCII letters, digits, `_`
+RENDER_LIMIT = 64 * 1024 * 1024
+"""Characters one rendered template may have unless the caller says otherwise (the default
+MAX_NODE_OUTPUT_BYTES): `{{a}}` 200,000 times over a 1 MB value must not build 200 GB."""
 
 
 def _js_number(value: float) -> str:
@@ -118,14 +121,32 @@ def json_text(value: Any, error: str) -> Any:
         raise NodeConfigError(error) from None
 
 
-def render_template(text: str, record: Any) -> str:
-    """Replace each `{{field}}` by the record's value; unknown placeholders stay as they are."""
+class _Budget:
+    """The length a template's rendering has reached; a NodeExecutionError past `limit`."""
+
+    def __init__(self, text: str, limit: int) -> None:
+        self.size, self.limit = len(text), limit
+
+    def fill(self, match: re.Match[str], value: str) -> str:
+        self.size += len(value) - (match.end() - match.start())
+        if self.size > self.limit:
+            raise NodeExecutionError(
+                f"A template renders to more than {self.limit:,} characters, over the limit "
+                "(MAX_NODE_OUTPUT_BYTES)"
+            )
+        return value
+
+
+def render_template(text: str, record: Any, limit: int = RENDER_LIMIT) -> str:
+    """Replace each `{{field}}` by the record's value; unknown placeholders stay as they are.
+    A rendering longer than `limit` characters is a NodeExecutionError naming the limit."""
     if not isinstance(record, dict):
         return text
+    budget = _Budget(text, limit)
 
     def sub(match: re.Match[str]) -> str:
         key = match.group(1)
-        return js_str(record[key]) if key in record else match.group(0)
+        return budget.fill(match, js_str(record[key])) if key in record else match.group(0)
 
     return _PLACEHOLDER.sub(sub, text)
 
@@ -133,18 +154,19 @@ def render_template(text: str, record: Any) -> str:
 _FIELD = re.compile(r"\{\{([^{}\n]+)\}\}|\{([^{}\n]+)\}")
 
 
-def render_fields(text: str, record: Any) -> str:
+def render_fields(text: str, record: Any, limit: int = RENDER_LIMIT) -> str:
     """Replace `{{field}}` and the editor's single-brace `{field}` by the record's value (names
     may contain spaces; surrounding blanks are ignored). Unknown names stay as they are, so JSON
-    or other braces in the text survive."""
+    or other braces in the text survive. Longer than `limit` characters: a NodeExecutionError."""
     if not isinstance(record, dict):
         return text
+    budget = _Budget(text, limit)
 
     def sub(match: re.Match[str]) -> str:
         name = match.group(1) if match.group(1) is not None else match.group(2)
         for key in (name, name.strip()):
             if key in record:
-                return js_str(record[key])
+                return budget.fill(match, js_str(record[key]))
         return match.group(0)
 
     return _FIELD.sub(sub, text)
