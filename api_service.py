@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.event_hub import EventHub, listen_dsn
 from api.routes import ROUTERS
 from api.routes.health import SERVICE, VERSION
 from api.wakeup import WorkerWakeup
@@ -28,7 +29,6 @@ from errors import (
     Conflict,
     ExecutionNotFound,
     GraphValidationError,
-    InvalidRequest,
     WorkflowError,
     WorkflowNotFound,
 )
@@ -45,9 +45,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store = await open_store(settings.database_url)
     app.state.resources = open_resources(settings, app.state.store)
     app.state.wake_workers = WorkerWakeup(os.environ.get("WOS_WAKE_PORTS"))
+    app.state.events = EventHub(app.state.store, listen_dsn=listen_dsn(settings.database_url))
     try:
         yield
     finally:
+        await app.state.events.close()
         app.state.wake_workers.close()
         await app.state.resources.aclose()
         await app.state.store.close()
@@ -130,13 +132,7 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
 
-_STATUS = {
-    WorkflowNotFound: 404,
-    ExecutionNotFound: 404,
-    GraphValidationError: 422,
-    InvalidRequest: 422,
-    Conflict: 409,
-}
+_STATUS = {WorkflowNotFound: 404, ExecutionNotFound: 404, GraphValidationError: 422, Conflict: 409}
 
 
 @app.exception_handler(WorkflowError)

@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from starlette.exceptions import HTTPException
 
 from api.executions import Wakeup
@@ -71,23 +71,47 @@ async def authenticate(
 ) -> Caller:
     """With API_KEYS set, `Authorization: Bearer <key>` or `X-API-Key: <key>` (else 401); the
     caller is the matching entry's (a service key, or an organization key with its org)."""
-    keys = get_settings().api_keys
-    if not keys:
-        return SERVICE
     auth = authorization or ""
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-    for presented in (bearer, x_api_key):
-        if presented and (key := _match(presented, keys)) is not None:
-            return Caller(key.organization)
+    if (caller := caller_of(bearer, x_api_key)) is not None:
+        return caller
     raise HTTPException(
         401, "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)"
     )
+
+
+def caller_of(*presented: str | None) -> Caller | None:
+    """The caller of the first presented key that matches an API_KEYS entry (any caller is
+    the service when API_KEYS is unset); None when none does."""
+    keys = get_settings().api_keys
+    if not keys:
+        return SERVICE
+    for key in presented:
+        if key and (entry := _match(key, keys)) is not None:
+            return Caller(entry.organization)
+    return None
+
+
+async def authenticate_stream(
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+    api_key: Annotated[str | None, Query(max_length=500)] = None,
+) -> Caller:
+    """`authenticate` for the event streams, which also take `?api_key=` (browsers cannot set
+    headers on EventSource or WebSocket requests; the value is redacted from every log)."""
+    auth = authorization or ""
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    if (caller := caller_of(bearer, x_api_key, api_key)) is not None:
+        return caller
+    raise HTTPException(401, "Missing or invalid API key (Authorization, X-API-Key or api_key)")
 
 
 StoreDep = Annotated[ApiStore, Depends(get_store)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 SettingsDep = Annotated[Settings, Depends(settings_dependency)]
+StreamCallerDep = Annotated[Caller, Depends(authenticate_stream)]
+"""The caller of an event stream (a key may also come as `?api_key=`)."""
 CallerDep = Annotated[Caller, Depends(authenticate)]
 """The authenticated caller (FastAPI runs `authenticate` once per request)."""
 API_KEY = Depends(authenticate)

@@ -6,13 +6,10 @@ cancel and a workflow's history. A route calls one of them and returns its answe
 import functools
 import hashlib
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
-from api.callbacks import callbacks_public, stored_callback
 from api.schemas import (
-    CallbackCreate,
     CancelResult,
     ExecutionCreate,
     ExecutionLogRow,
@@ -104,7 +101,6 @@ async def submit(
         definition=validated_definition(raw),
         mode=(body.mode or default_mode).value,
         data_organization_id=data_organization_id,
-        callback=stored_callback(body.callback),
     )
     return await _queue(store, wake, new, key)
 
@@ -116,14 +112,12 @@ async def retry(
     *,
     from_scratch: bool = False,
     organization: str | None = None,
-    callback: CallbackCreate | None = None,
 ) -> RetrySubmitted:
     """Queue a new execution of a failed or cancelled one, with the same definition, inputs,
     requested mode and organizations, adopting the results of the nodes that completed
     (`reusable_results`) unless `from_scratch`. Raises ExecutionNotFound (also for an execution
     of another org than an organization key's `organization`), or Conflict for other statuses
-    and for executions this service did not run. The retry keeps the execution's callback
-    unless `callback` replaces it."""
+    and for executions this service did not run."""
     row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
@@ -148,7 +142,6 @@ async def retry(
         retry_of=execution_id,
         node_results=None if from_scratch else reusable_results(row["nodeResults"], execution_id),
         data_organization_id=row.get("dataOrganizationId") or row["organizationId"],
-        callback=stored_callback(callback) if callback is not None else row.get("callback"),
     )
     queued = await _queue(store, wake, new, None)
     return RetrySubmitted(
@@ -239,40 +232,11 @@ def _validated(raw: Any, limits: tuple[int, int]) -> str:
     return workflow.model_dump_json(exclude_none=True)
 
 
-RAW_COLUMN_MIN_CHARS = 64 * 1024
-"""A stored JSON column at least this long goes into the status view as stored (`raw`)."""
-
-
-def _column(text: str | None, raw: dict[str, str] | None) -> Any:
-    """A JSON column decoded; with `raw`, a big one is a token instead, its text kept in `raw`
-    for `spliced_json`."""
-    if raw is None or text is None or len(text) < RAW_COLUMN_MIN_CHARS:
-        return load_json_column(text)
-    token = f"wos-raw-column-{secrets.token_hex(16)}"
-    raw[token] = text
-    return token
-
-
-def spliced_json(public: ExecutionPublic, raw: dict[str, str]) -> bytes:
-    """`public` as JSON with each token of `raw` replaced by its stored column: megabytes of
-    nodeResults are copied into a status poll, not decoded and encoded again on the API's loop
-    (issue 9: `GET /` answers within 1 s while executions with big results are polled)."""
-    parts = [public.model_dump_json()]
-    for token, text in raw.items():
-        head, tail = parts[-1].split(f'"{token}"', 1)
-        parts[-1:] = [head, text, tail]
-    return "".join(parts).encode()
-
-
 async def execution_public(
-    store: ApiStore,
-    execution_id: str,
-    organization: str | None = None,
-    raw: dict[str, str] | None = None,
+    store: ApiStore, execution_id: str, organization: str | None = None
 ) -> ExecutionPublic:
     """The status view: the row with its JSON columns decoded, progress and the last logs.
-    `organization` (an organization key's) makes another org's execution unknown. With `raw`,
-    the big JSON columns are left to `spliced_json` (see `_column`)."""
+    `organization` (an organization key's) makes another org's execution unknown."""
     row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
@@ -290,9 +254,9 @@ async def execution_public(
         error=row["error"],
         progress=await progress(store, row),
         logs=[ExecutionLogRow.model_validate(log) for log in logs],
-        inputs=_column(row["inputs"], raw),
-        nodeResults=_column(row["nodeResults"], raw),
-        finalOutput=_column(row["finalOutput"], raw),
+        inputs=load_json_column(row["inputs"]),
+        nodeResults=load_json_column(row["nodeResults"]),
+        finalOutput=load_json_column(row["finalOutput"]),
         mode=row.get("mode"),
         modeReason=row.get("modeReason"),
         attempts=row.get("attempts"),
@@ -300,7 +264,6 @@ async def execution_public(
         retryOf=row.get("retryOf"),
         flowRunId=row.get("flowRunId"),
         prefectUrl=prefect_url(row),
-        callbacks=await callbacks_public(store, row),
     )
 
 

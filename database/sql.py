@@ -33,7 +33,6 @@ from database.events import (
 from database.interfaces import (
     LIST_COLUMNS,
     RUN_COLUMNS,
-    CallbackStore,
     Checkpoint,
     EntityStore,
     IdempotencyKey,
@@ -77,13 +76,6 @@ class SqlStore(SqlQueue, SqlEvents):
 
             self._entities = SqlEntityStore(self)
         return self._entities
-
-    @property
-    def callbacks(self) -> CallbackStore:
-        """The callbacks' outbox (`database.callbacks.SqlCallbackStore`)."""
-        from database.callbacks import SqlCallbackStore
-
-        return SqlCallbackStore(self)
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True) -> "SqlStore":
@@ -204,7 +196,6 @@ class SqlStore(SqlQueue, SqlEvents):
                 "createdAt": now,
                 "retryOf": new.retry_of,
                 "dataOrganizationId": new.data_organization_id,
-                "callback": new.callback,
             },
         }
         try:

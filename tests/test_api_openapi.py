@@ -109,6 +109,11 @@ async def test_every_answer_matches_the_openapi_schema(
     check(await c.post("/api/executions/nope/cancel"), cancel)
     check(await c.post(f"/api/executions/{eid}/retry"), retry)
     check(await c.post("/api/executions/nope/retry"), retry)
+    stream = "/api/executions/{execution_id}/events"  # ended: the whole stream is answered
+    check(await c.get(f"/api/executions/{eid}/events"), stream)
+    check(await c.get("/api/executions/nope/events"), stream)
+    check(await c.get(f"/api/executions/{eid}/events?types=bogus"), stream)
+    check(await c.get("/api/events?types=bogus"), "/api/events")
     pending = (await service.execute(workflow=SIMPLE)).json()["executionId"]
     check(await c.post(f"/api/executions/{pending}/cancel"), cancel)
     check(await c.post(f"/api/executions/{pending}/retry", json={"fromScratch": True}), retry)

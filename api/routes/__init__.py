@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import executions, health, images, nodes, workflows
+from api.routes import events, executions, health, images, nodes, workflows
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -10,4 +10,5 @@ ROUTERS: list[APIRouter] = [
     executions.router,
     nodes.router,
     images.router,
+    events.router,
 ]
