@@ -6,6 +6,7 @@ cancel and a workflow's history. A route calls one of them and returns its answe
 import functools
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -232,11 +233,40 @@ def _validated(raw: Any, limits: tuple[int, int]) -> str:
     return workflow.model_dump_json(exclude_none=True)
 
 
+RAW_COLUMN_MIN_CHARS = 64 * 1024
+"""A stored JSON column at least this long goes into the status view as stored (`raw`)."""
+
+
+def _column(text: str | None, raw: dict[str, str] | None) -> Any:
+    """A JSON column decoded; with `raw`, a big one is a token instead, its text kept in `raw`
+    for `spliced_json`."""
+    if raw is None or text is None or len(text) < RAW_COLUMN_MIN_CHARS:
+        return load_json_column(text)
+    token = f"wos-raw-column-{secrets.token_hex(16)}"
+    raw[token] = text
+    return token
+
+
+def spliced_json(public: ExecutionPublic, raw: dict[str, str]) -> bytes:
+    """`public` as JSON with each token of `raw` replaced by its stored column: megabytes of
+    nodeResults are copied into a status poll, not decoded and encoded again on the API's loop
+    (issue 9: `GET /` answers within 1 s while executions with big results are polled)."""
+    parts = [public.model_dump_json()]
+    for token, text in raw.items():
+        head, tail = parts[-1].split(f'"{token}"', 1)
+        parts[-1:] = [head, text, tail]
+    return "".join(parts).encode()
+
+
 async def execution_public(
-    store: ApiStore, execution_id: str, organization: str | None = None
+    store: ApiStore,
+    execution_id: str,
+    organization: str | None = None,
+    raw: dict[str, str] | None = None,
 ) -> ExecutionPublic:
     """The status view: the row with its JSON columns decoded, progress and the last logs.
-    `organization` (an organization key's) makes another org's execution unknown."""
+    `organization` (an organization key's) makes another org's execution unknown. With `raw`,
+    the big JSON columns are left to `spliced_json` (see `_column`)."""
     row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
@@ -254,9 +284,9 @@ async def execution_public(
         error=row["error"],
         progress=await progress(store, row),
         logs=[ExecutionLogRow.model_validate(log) for log in logs],
-        inputs=load_json_column(row["inputs"]),
-        nodeResults=load_json_column(row["nodeResults"]),
-        finalOutput=load_json_column(row["finalOutput"]),
+        inputs=_column(row["inputs"], raw),
+        nodeResults=_column(row["nodeResults"], raw),
+        finalOutput=_column(row["finalOutput"], raw),
         mode=row.get("mode"),
         modeReason=row.get("modeReason"),
         attempts=row.get("attempts"),

@@ -1,6 +1,6 @@
 """`/api/executions…`: the status view, logs, cancel and retry of one execution."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api import executions
 from api.deps import API_KEY, CallerDep, StoreDep, WakeupDep
@@ -20,8 +20,15 @@ router = APIRouter(
 
 
 @router.get("/{execution_id}", response_model=ExecutionPublic, responses=error_responses(404))
-async def get_execution(execution_id: str, store: StoreDep, caller: CallerDep) -> ExecutionPublic:
-    return await executions.execution_public(store, execution_id, caller.organization)
+async def get_execution(
+    execution_id: str, store: StoreDep, caller: CallerDep
+) -> ExecutionPublic | Response:
+    """Big stored JSON columns are copied into the body as they are (`spliced_json`)."""
+    raw: dict[str, str] = {}
+    public = await executions.execution_public(store, execution_id, caller.organization, raw)
+    if not raw:
+        return public
+    return Response(executions.spliced_json(public, raw), media_type="application/json")
 
 
 @router.get("/{execution_id}/logs", response_model=ExecutionLogs, responses=error_responses(404))
