@@ -381,7 +381,7 @@ def render(results: dict[str, Any]) -> str:
         "process group, free API_PORT, fresh DATABASE_PATH and PREFECT_HOME in a temp dir, "
         "EXECUTION_MODE per row, LOG_LEVEL=WARNING, every other setting at its default: "
         "1 worker process, MAX_CONCURRENT_EXECUTIONS 500 inline / 50 prefect, "
-        "PREFECT_TASK_NODES=network). Executions are submitted as "
+        "PREFECT_TASK_NODES=all). Executions are submitted as "
         '`POST /api/workflows/execute {"workflowId"}` of workflows stored in the `workflows` '
         "table; completion is detected in bulk by reading the service's SQLite file (read-only) "
         "every 5–10 ms, so detection does not load the API.",
