@@ -199,6 +199,63 @@ class WorkflowExecutions(_Answer):
     total: int
 
 
+class ExecutionListed(_Answer):
+    """One row of `GET /api/executions` (the dashboard's list)."""
+
+    executionId: str
+    workflowId: str
+    workflowName: str | None
+    """The service's record of it, else the stored workflow's name; None for inline runs."""
+    organizationId: str | None
+    status: str | None
+    createdAt: str | None
+    startedAt: str | None
+    completedAt: str | None
+    error: str | None
+
+
+class ActiveCounts(_Answer):
+    pending: int
+    running: int
+
+
+class ExecutionsPage(_Answer):
+    """`GET /api/executions`: a page of every workflow's executions, newest first."""
+
+    executions: list[ExecutionListed]
+    counts: ActiveCounts
+    """Executions pending and running among those the key may see (of `workflowId` when given),
+    whatever the status filter and page."""
+    nextCursor: str | None
+    """`before` of the next (older) page; None on the last page."""
+
+
+class GraphNode(_Answer):
+    id: str
+    type: str
+    label: str
+    """The node's label, else its type."""
+
+
+class GraphConnection(_Answer):
+    fromNodeId: str
+    toNodeId: str
+    branch: str | None
+    """The source's output the edge leaves from (`outputType`, else `fromPort`)."""
+    inputPort: str | None
+
+
+class ExecutionGraph(_Answer):
+    """`GET /api/executions/{id}/workflow`: the definition the execution runs, as a graph (node
+    configs are left out: they may hold credentials)."""
+
+    executionId: str
+    workflowId: str
+    workflowName: str | None
+    nodes: list[GraphNode]
+    connections: list[GraphConnection]
+
+
 _ERRORS = {
     401: "Missing or invalid API key (only when API_KEYS is set)",
     403: "An organization key's body names another organization",

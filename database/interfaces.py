@@ -55,6 +55,9 @@ RUN_COLUMNS = (
 row)."""
 LIST_COLUMNS = ("id", "workflowId", "status", "createdAt", "startedAt", "completedAt", "error")
 """The keys of each `ApiStore.list_executions` row."""
+OVERVIEW_COLUMNS = (*LIST_COLUMNS, "organizationId", "workflowName")
+"""The keys of each `ApiStore.list_all_executions` row (`workflowName`: the service's, else the
+stored workflow's)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,20 @@ class RunEnd:
     """All node results (JSON text; also the final output), or None to keep the stored ones."""
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutionQuery:
+    """Which executions `ApiStore.list_all_executions` answers, newest first (createdAt, then
+    id, both descending; rows without createdAt last)."""
+
+    limit: int
+    status: str | None = None
+    workflow_id: str | None = None
+    before: tuple[str | None, str] | None = None
+    """(createdAt, id) of the previous page's last row: only rows after it in that order."""
+    organization: str | None = None
+    """An organization key's org: only executions whose row is of that org."""
+
+
 class Recorder(Protocol):
     """The engine's checkpoints."""
 
@@ -216,6 +233,12 @@ class ApiStore(Protocol):
         self, workflow_id: str, limit: int, organization: str | None = None
     ) -> tuple[list[Row], int]:
         """The newest `limit` executions of a workflow, and how many it has in all."""
+        ...
+
+    async def list_all_executions(self, query: ExecutionQuery) -> tuple[list[Row], dict[str, int]]:
+        """A page of executions of every workflow (`OVERVIEW_COLUMNS`), and how many are
+        `pending` and `running` among those of the query's organization and workflow (its
+        status filter and cursor aside)."""
         ...
 
 

@@ -30,12 +30,14 @@ from database.interfaces import (
     RUN_COLUMNS,
     Checkpoint,
     Claim,
+    ExecutionQuery,
     IdempotencyKey,
     NewExecution,
     Row,
     RunEnd,
     RunStart,
 )
+from database.listing import memory_list_all
 from database.memory_entities import MemoryEntityStore
 from database.memory_events import MemoryEvents
 from errors import DuplicateExecution
@@ -210,6 +212,9 @@ class MemoryStore(MemoryEvents):
         ]
         mine.sort(key=lambda r: (r["createdAt"] or "", r["id"]), reverse=True)
         return [{c: r[c] for c in LIST_COLUMNS} for r in mine[:limit]], len(mine)
+
+    async def list_all_executions(self, query: ExecutionQuery) -> tuple[list[Row], dict[str, int]]:
+        return memory_list_all(self.executions, self.runs, self.workflows, query)
 
     def _claimable(self, now: float) -> list[str]:
         """Queued, or running with an expired lease (a NULL lease never expires, as in SQL)."""

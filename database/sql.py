@@ -35,11 +35,13 @@ from database.interfaces import (
     RUN_COLUMNS,
     Checkpoint,
     EntityStore,
+    ExecutionQuery,
     IdempotencyKey,
     NewExecution,
     RunEnd,
     RunStart,
 )
+from database.listing import sql_list_all
 from database.schema import create_all, executions, logs, runs, workflows
 from database.sql_events import SqlEvents, insert_events
 from database.sql_keys import insert_keyed, taken
@@ -339,6 +341,12 @@ class SqlStore(SqlQueue, SqlEvents):
             return [dict(r) for r in rows], int(total)
 
         return await self._run(op, write=False)
+
+    async def list_all_executions(
+        self, query: ExecutionQuery
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """A page of every workflow's executions and the active counts (`database.listing`)."""
+        return await self._run(functools.partial(sql_list_all, query=query), write=False)
 
     async def start(self, execution_id: str, run: RunStart) -> bool:
         """Mark the execution running; False when it is no longer pending/running (cancelled)."""

@@ -109,6 +109,11 @@ async def test_every_answer_matches_the_openapi_schema(
     check(await c.post("/api/executions/nope/cancel"), cancel)
     check(await c.post(f"/api/executions/{eid}/retry"), retry)
     check(await c.post("/api/executions/nope/retry"), retry)
+    listed, graph = "/api/executions", "/api/executions/{execution_id}/workflow"
+    check(await c.get("/api/executions?limit=1"), listed)
+    check(await c.get("/api/executions?status=bogus"), listed)
+    check(await c.get(f"/api/executions/{eid}/workflow"), graph)
+    check(await c.get("/api/executions/nope/workflow"), graph)
     stream = "/api/executions/{execution_id}/events"  # ended: the whole stream is answered
     check(await c.get(f"/api/executions/{eid}/events"), stream)
     check(await c.get("/api/executions/nope/events"), stream)

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import events, executions, health, images, nodes, workflows
+from api.routes import dashboard, events, executions, health, images, nodes, workflows
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -11,4 +11,5 @@ ROUTERS: list[APIRouter] = [
     nodes.router,
     images.router,
     events.router,
+    dashboard.router,
 ]

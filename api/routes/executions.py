@@ -1,22 +1,52 @@
 """`/api/executions…`: the status view, logs, cancel and retry of one execution."""
 
-from fastapi import APIRouter, Response
+from typing import Annotated
 
-from api import executions
+from fastapi import APIRouter, Query, Response
+from starlette.exceptions import HTTPException
+
+from api import executions, listing
 from api.deps import API_KEY, CallerDep, StoreDep, WakeupDep
 from api.schemas import (
     API_ERRORS,
     CancelResult,
+    ExecutionGraph,
     ExecutionLogs,
     ExecutionPublic,
+    ExecutionsPage,
     RetryRequest,
     RetrySubmitted,
     error_responses,
 )
+from states import ExecutionStatus
 
 router = APIRouter(
     prefix="/api/executions", tags=["executions"], dependencies=[API_KEY], responses=API_ERRORS
 )
+
+
+@router.get("", response_model=ExecutionsPage)
+async def list_executions(
+    store: StoreDep,
+    caller: CallerDep,
+    status: ExecutionStatus | None = None,
+    workflow_id: Annotated[str | None, Query(alias="workflowId", max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[str | None, Query(max_length=2000)] = None,
+) -> ExecutionsPage:
+    """Executions of every workflow (an organization key's: its org's only), newest first,
+    `limit` at a time; `before` is the previous page's `nextCursor`."""
+    try:
+        return await listing.executions_page(
+            store,
+            limit=limit,
+            status=status,
+            workflow_id=workflow_id or None,
+            before=before,
+            organization=caller.organization,
+        )
+    except listing.InvalidCursor as exc:
+        raise HTTPException(422, str(exc)) from exc
 
 
 @router.get("/{execution_id}", response_model=ExecutionPublic, responses=error_responses(404))
@@ -36,6 +66,16 @@ async def get_execution_logs(
     execution_id: str, store: StoreDep, caller: CallerDep
 ) -> ExecutionLogs:
     return await executions.execution_logs(store, execution_id, caller.organization)
+
+
+@router.get(
+    "/{execution_id}/workflow", response_model=ExecutionGraph, responses=error_responses(404)
+)
+async def get_execution_workflow(
+    execution_id: str, store: StoreDep, caller: CallerDep
+) -> ExecutionGraph:
+    """The nodes and connections the execution runs (without node configs)."""
+    return await listing.execution_graph(store, execution_id, caller.organization)
 
 
 @router.post("/{execution_id}/cancel", response_model=CancelResult, responses=error_responses(404))
