@@ -175,6 +175,8 @@ def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -
     page.click("#key-form button[type=submit]")
     expect(page.locator("#list-view")).to_be_visible()
     expect(page.locator("#count-running")).to_have_text("0", timeout=WAIT_MS)
+    live = page.locator("#live")
+    expect(live).to_have_attribute("data-mode", "live", timeout=WAIT_MS)  # GET /api/events
     page.evaluate("window.__sameDocument = true")  # gone after any reload
 
     slow = service.execute("wf_slow", {})
@@ -185,6 +187,7 @@ def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -
     row.locator("a").click()
     node = page.locator('g.node[data-node-id="h"]')
     expect(node).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    expect(live).to_have_attribute("data-mode", "live")  # the execution's event stream
     shot(page, "running")
     expect(node).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
     expect(page.locator("#execution-status")).to_have_attribute(
