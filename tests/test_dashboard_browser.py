@@ -23,6 +23,8 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 SERVICE_KEY, ORG_KEY = "browser-service-key", "browser-org-key"
 SLOW_S, HANG_S = 8.0, 60.0
 WAIT_MS = 30_000
+XSS_LABEL = '<img src=x onerror="window.__xss = 1">'
+"""A workflow author's label is text on the page, never markup."""
 
 
 def browser_or_skip() -> Any:
@@ -47,7 +49,12 @@ def workflow(url: str) -> dict[str, Any]:
         "nodes": [
             {"id": "t", "type": "trigger", "label": "Start"},
             {"id": "h", "type": "http", "label": "Slow call", "config": {"httpUrl": url}},
-            {"id": "a", "type": "addField", "config": {"addFieldName": "ok", "addFieldValue": "y"}},
+            {
+                "id": "a",
+                "type": "addField",
+                "label": XSS_LABEL,
+                "config": {"addFieldName": "ok", "addFieldValue": "y"},
+            },
             {"id": "o", "type": "output", "label": "Result"},
         ],
         "connections": [
@@ -199,6 +206,10 @@ def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -
     expect(details.locator("pre.output")).to_contain_text('"statusCode": 200')
     expect(page.locator('#timeline .lane[data-node-id="h"]')).to_be_visible()
     assert page.evaluate("window.__sameDocument") is True
+    page.locator('g.node[data-node-id="a"]').click()
+    expect(details.locator("h2")).to_have_text(XSS_LABEL)
+    assert page.evaluate("window.__xss") is None
+    node.click()
     shot(page, "completed")
 
     hang = service.execute("wf_hang", {})
@@ -231,4 +242,9 @@ def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -
         "cancelled", timeout=WAIT_MS
     )
     shot(page, "list")
+    page.select_option("#filter-status", "completed")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#execution-rows tr")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator(f'tr[data-execution-id="{slow}"]')).to_be_visible()
+    assert "status=completed" in page.url
     assert errors == []
