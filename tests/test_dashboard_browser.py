@@ -247,4 +247,21 @@ def run_dashboard(expect: Any, page: Any, service: RunningService, other: str) -
     expect(page.locator("#execution-rows tr")).to_have_count(1, timeout=WAIT_MS)
     expect(page.locator(f'tr[data-execution-id="{slow}"]')).to_be_visible()
     assert "status=completed" in page.url
+
+    # an execution the Node backend ran itself: no graph, its logs still make a timeline
+    service.sql(
+        'INSERT INTO workflow_executions (id, "workflowId", "organizationId", status, '
+        '"createdAt", "startedAt", "completedAt") VALUES (?, ?, ?, ?, ?, ?, ?)',
+        *("node_run", "wf_slow", "org_test", "completed"),
+        *("2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.000Z"),
+    )
+    service.sql(
+        'INSERT INTO execution_logs (id, "executionId", "nodeId", "nodeType", "nodeLabel", '
+        'status, duration, "timestamp") VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        *("log1", "node_run", "n1", "http", "Node-side call", "completed", 120),
+        "2026-01-01T00:00:01.000Z",
+    )
+    page.evaluate("location.hash = '#/executions/node_run'")
+    expect(page.locator("#graph")).to_contain_text("not run by this service", timeout=WAIT_MS)
+    expect(page.locator('#timeline .lane[data-node-id="n1"]')).to_contain_text("Node-side call")
     assert errors == []

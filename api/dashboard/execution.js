@@ -112,9 +112,20 @@
     box.replaceChildren(...parts);
   }
 
+  /** Without a graph (an execution the service did not run): the nodes its logs name. */
+  function nodesOfLogs() {
+    const nodes = new Map();
+    for (const row of page.logs) {
+      if (row.nodeId && !nodes.has(row.nodeId)) {
+        nodes.set(row.nodeId, { id: row.nodeId, type: row.nodeType || "", label: row.nodeLabel || row.nodeId });
+      }
+    }
+    return [...nodes.values()];
+  }
+
   function renderTimeline() {
     const spans = [];
-    for (const node of page.graph ? page.graph.nodes : []) {
+    for (const node of page.graph ? page.graph.nodes : nodesOfLogs()) {
       const f = page.facts[node.id];
       if (!f) continue;
       const t = nodeTiming(f);
