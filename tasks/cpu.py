@@ -11,11 +11,15 @@ Two tools, for two kinds of work:
 - `encode_json(value)`: `jsonutil.dump_json`, same text, but a big value is encoded in slices of
   about `SLICE_BYTES` with a pass through the loop between them. The C JSON encoder holds the GIL
   for a whole call, so a thread would not help; slicing does.
+- `decode_json(data)`: `json.loads`, same value, but a big array (at the top, or in the top
+  object) is decoded in runs of items of about `SLICE_BYTES`.
 """
 
 import asyncio
 import functools
 import gc
+import json
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -114,3 +118,120 @@ class _Writer:
             self.parts.append("}" if is_map else "]")
         else:
             await self.add(dump_json(value))
+
+
+_DECODER: Any = json.JSONDecoder()  # its `scan_once` decodes one value at an index
+_BLANK = re.compile(r"[ \t\n\r]*")
+_ITEM_END = re.compile(r"[}\]][ \t\n\r]*,")
+
+
+def _skip(text: str, idx: int) -> int:
+    """The index of the first non-blank character at or after `idx`."""
+    match = _BLANK.match(text, idx)
+    return match.end() if match else idx
+
+
+async def decode_json(data: bytes | str) -> Any:
+    """`json.loads(data)`; when `data` is big, the arrays at the top or in the top object are
+    decoded a run of items at a time with a pass through the loop in between. A run ends at a
+    comma found by text search and is kept only when `[run]` decodes: a comma inside a string
+    or a nested value leaves the run unbalanced, so it cannot. Where no run decodes, items are
+    decoded one at a time. Invalid JSON raises what `json.loads` raises."""
+    if len(data) <= 4 * SLICE_BYTES:
+        return json.loads(data)
+    if isinstance(data, bytes):
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+    else:
+        text = data
+    if not text.startswith("\ufeff"):
+        try:
+            value, end = await _Reader(text).value(_skip(text, 0), 0)
+            if _skip(text, end) == len(text):
+                return value
+        except (ValueError, StopIteration, IndexError):
+            pass
+    return json.loads(text)  # the exact error (or value) of the one-call decoder
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def value(self, idx: int, depth: int) -> tuple[Any, int]:
+        first = self.text[idx : idx + 1]
+        if first == "[" and depth <= 1:
+            return await self.array(idx)
+        if first == "{" and depth == 0:
+            return await self.object(idx)
+        item: tuple[Any, int] = _DECODER.scan_once(self.text, idx)
+        return item
+
+    async def object(self, idx: int) -> tuple[dict[str, Any], int]:
+        text, out = self.text, dict[str, Any]()
+        idx = _skip(text, idx + 1)
+        if text[idx : idx + 1] == "}":
+            return out, idx + 1
+        while True:
+            after_run = self.run(out, idx, "{}")
+            await asyncio.sleep(0)
+            if after_run != idx:
+                idx = after_run
+                continue
+            end = idx + SLICE_BYTES  # no run decodes here: one member at a time for a while
+            while idx < end:
+                if text[idx : idx + 1] != '"':
+                    raise ValueError("Expecting property name enclosed in double quotes")
+                key, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
+                idx = _skip(text, idx)
+                if text[idx : idx + 1] != ":":
+                    raise ValueError("Expecting ':' delimiter")
+                out[key], idx = await self.value(_skip(text, idx + 1), 1)
+                idx = _skip(text, idx)
+                if text[idx : idx + 1] == "}":
+                    return out, idx + 1
+                if text[idx : idx + 1] != ",":
+                    raise ValueError("Expecting ',' delimiter")
+                idx = _skip(text, idx + 1)
+
+    async def array(self, idx: int) -> tuple[list[Any], int]:
+        text, out = self.text, list[Any]()
+        idx = _skip(text, idx + 1)
+        if text[idx : idx + 1] == "]":
+            return out, idx + 1
+        while True:
+            after_run = self.run(out, idx, "[]")
+            await asyncio.sleep(0)
+            if after_run != idx:
+                idx = after_run
+                continue
+            end = idx + SLICE_BYTES  # no run decodes here: one item at a time for a while
+            while idx < end:
+                item, idx = _DECODER.scan_once(text, idx)
+                out.append(item)
+                idx = _skip(text, idx)
+                if text[idx : idx + 1] == "]":
+                    return out, idx + 1
+                if text[idx : idx + 1] != ",":
+                    raise ValueError("Expecting ',' delimiter")
+                idx = _skip(text, idx + 1)
+
+    def run(self, out: list[Any] | dict[str, Any], idx: int, brackets: str) -> int:
+        """Decode the items (members) from `idx` up to a comma SLICE_BYTES to 2 x SLICE_BYTES on
+        into `out` in one call; where the next one starts, or `idx` when no such run decodes."""
+        text, start, stop = self.text, idx + SLICE_BYTES, idx + 2 * SLICE_BYTES
+        after_bracket = _ITEM_END.search(text, start, stop)
+        commas = [after_bracket.end() - 1] if after_bracket else []
+        commas.append(text.find(",", start, stop))
+        for comma in commas:
+            if comma < 0:
+                continue
+            try:
+                items = json.loads(f"{brackets[0]}{text[idx:comma]}{brackets[1]}")
+            except ValueError:
+                continue
+            if isinstance(out, list):
+                out.extend(items)
+            else:
+                out.update(items)
+            return _skip(text, comma + 1)
+        return idx

@@ -7,6 +7,7 @@ from pydantic import AliasChoices, Field
 
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
+from tasks.cpu import decode_json
 from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
 
@@ -70,9 +71,10 @@ async def _read_body(response: httpx.Response, limit: int, label: str) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(response: httpx.Response) -> Any:
+async def _parse(response: httpx.Response) -> Any:
+    """The JSON body (a big one decoded in slices, `tasks.cpu.decode_json`), else the text."""
     try:
-        return response.json()
+        return await decode_json(response.content)
     except ValueError:
         return {"response": response.text}
 
@@ -98,5 +100,5 @@ async def http(config: HttpConfig, data: Any, ctx: RunContext) -> Envelope:
             retryable=code >= 500 or code == 429,
         )
     return envelope(
-        f"HTTP {method} {config.url} - Status {code}", _parse(response), statusCode=code
+        f"HTTP {method} {config.url} - Status {code}", await _parse(response), statusCode=code
     )

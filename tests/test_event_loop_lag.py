@@ -10,6 +10,7 @@ import base64
 import csv
 import gc
 import io
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from database.interfaces import Checkpoint
@@ -25,7 +27,7 @@ from flows.graph import build_plan, parse_workflow
 from jsonutil import dump_json
 from models import NodeDef
 from tasks.context import Resources, RunContext
-from tasks.cpu import encode_json, freeze_startup_heap
+from tasks.cpu import decode_json, encode_json, freeze_startup_heap
 from tasks.redaction import redact_url
 from tasks.registry import rules_of
 from tasks.run_node import run_with_retries
@@ -172,6 +174,7 @@ def cases() -> dict[str, Case]:
         ),
         "output passthrough 200k": Case("output", {}, [big]),
         "manualInput 1 MB number": Case("manualInput", {"manualInputVarValue": "9" * 2**20}, []),
+        "http 30 MB JSON body": Case("http", {"httpUrl": "http://api.test/rows"}, []),
     }
 
 
@@ -193,7 +196,13 @@ CASE_NAMES = [
     "dataVisualization render 10k points",
     "output passthrough 200k",
     "manualInput 1 MB number",
+    "http 30 MB JSON body",
 ]
+HTTP_BODY = json.dumps({"rows": rows(300_000), "total": 300_000}).encode()
+
+
+def serve_body(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=HTTP_BODY, headers={"content-type": "application/json"})
 
 
 def handler_input(case: Case) -> Any:
@@ -245,7 +254,7 @@ async def test_a_heavy_node_does_not_hold_the_loop(
     all_cases: dict[str, Case], make_resources: MakeResources, tmp_path: Path, name: str
 ) -> None:
     case = all_cases[name]
-    resources = make_resources(IMAGE_DIR=str(tmp_path), CHART_RENDER_TIMEOUT_S=60)
+    resources = make_resources(serve_body, IMAGE_DIR=str(tmp_path), CHART_RENDER_TIMEOUT_S=60)
     node = NodeDef.model_validate({"id": "heavy", "type": case.type, "config": case.config})
     data = handler_input(case)
     started = time.perf_counter()
@@ -298,3 +307,43 @@ async def test_encode_json_writes_what_dump_json_writes(name: str) -> None:
     assert redacted == redact_url(whole)
     if name == "urls with secrets":
         assert "pw19999" not in redacted and "t19999" not in redacted and "***" in redacted
+
+
+ROWS_TEXT = json.dumps(rows(30_000))
+TRICKY = [{"s": f'}}, {{"x": [{i}], "y": "],"', "n": [i, {"a": ",]}"}]} for i in range(30_000)]
+DECODE_CASES = {
+    "rows": ROWS_TEXT,
+    "compact rows as bytes": json.dumps(rows(30_000), separators=(",", ":")).encode(),
+    "rows in an object": json.dumps({"data": rows(30_000), "meta": {"n": 1}}),
+    "numbers": json.dumps(list(range(400_000))),
+    "commas and brackets inside strings": json.dumps(TRICKY),
+    "pretty": json.dumps(rows(20_000), indent=2),
+    "utf-16": json.dumps(rows(10_000)).encode("utf-16"),
+    "many keys": json.dumps({f"k{i}": [i, "v"] for i in range(60_000)}),
+    "duplicate keys": '{"a": 1, ' + ", ".join(f'"k{i % 7}": {i}' for i in range(200_000)) + "}",
+    "one huge string": json.dumps(["x" * 2_000_000, 1]),
+    "NaN and Infinity": "[" + ", ".join(["NaN", "Infinity", "-Infinity", "1e400"] * 60_000) + "]",
+}
+BROKEN = {
+    "truncated": ROWS_TEXT[:-1],
+    "trailing data": ROWS_TEXT + " x",
+    "control character": ROWS_TEXT.replace('"row 7', '"row\x01 7', 1),
+    "byte order mark": "\ufeff" + ROWS_TEXT,
+    "missing comma": ROWS_TEXT.replace("}, {", "} {", 1),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODE_CASES))
+async def test_decode_json_reads_what_json_loads_reads(name: str) -> None:
+    data = DECODE_CASES[name]
+    assert len(data) > 4 * 2**18  # big enough to be decoded in slices
+    assert await decode_json(data) == json.loads(data)
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+async def test_decode_json_fails_as_json_loads_fails(name: str) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(BROKEN[name])
+    with pytest.raises(ValueError) as got:
+        await decode_json(BROKEN[name])
+    assert str(got.value) == str(expected.value)
