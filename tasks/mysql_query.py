@@ -24,6 +24,7 @@ from pymysql.constants import CLIENT, COMMAND
 from errors import NodeConfigError, NodeExecutionError
 from jsonutil import json_value
 from tasks.context import RunContext
+from tasks.cpu import run_cpu
 from tasks.mysql_guard import check_statement
 from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
@@ -191,6 +192,10 @@ async def _reset(conn: Any) -> None:
     await conn._read_ok_packet()
 
 
+def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{str(k): json_value(v) for k, v in row.items()} for row in rows]
+
+
 async def _fetch(cursor: Any, max_rows: int) -> list[dict[str, Any]]:
     """Rows of an unbuffered cursor in chunks; a node error once there are more than
     `max_rows` (the caller then drops the connection instead of reading the rest)."""
@@ -316,5 +321,5 @@ async def mysql(config: MysqlConfig, data: Any, ctx: RunContext) -> Envelope:
             affectedRows=rowcount,
             insertId=last_id or None,
         )
-    output = [{str(k): json_value(v) for k, v in row.items()} for row in rows]
+    output = await run_cpu(_json_rows, rows, size=len(rows))  # off the loop when big
     return envelope(f"MySQL query returned {len(output)} rows", output, rowCount=len(output))
