@@ -174,7 +174,7 @@ def cases() -> dict[str, Case]:
         ),
         "output passthrough 200k": Case("output", {}, [big]),
         "manualInput 1 MB number": Case("manualInput", {"manualInputVarValue": "9" * 2**20}, []),
-        "http 30 MB JSON body": Case("http", {"httpUrl": "http://api.test/rows"}, []),
+        "http 21 MB JSON body": Case("http", {"httpUrl": "http://api.test/rows"}, []),
     }
 
 
@@ -196,7 +196,7 @@ CASE_NAMES = [
     "dataVisualization render 10k points",
     "output passthrough 200k",
     "manualInput 1 MB number",
-    "http 30 MB JSON body",
+    "http 21 MB JSON body",
 ]
 HTTP_BODY = json.dumps({"rows": rows(300_000), "total": 300_000}).encode()
 
