@@ -29,6 +29,7 @@ from errors import (
     Conflict,
     ExecutionNotFound,
     GraphValidationError,
+    InvalidRequest,
     WorkflowError,
     WorkflowNotFound,
 )
@@ -132,7 +133,13 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
 
-_STATUS = {WorkflowNotFound: 404, ExecutionNotFound: 404, GraphValidationError: 422, Conflict: 409}
+_STATUS = {
+    WorkflowNotFound: 404,
+    ExecutionNotFound: 404,
+    GraphValidationError: 422,
+    InvalidRequest: 422,
+    Conflict: 409,
+}
 
 
 @app.exception_handler(WorkflowError)

@@ -1,5 +1,6 @@
 """Service settings, read once from the environment and `.env` (the environment wins)."""
 
+import base64
 import hashlib
 import os
 import re
@@ -207,11 +208,42 @@ class Settings(BaseSettings):
     MAX_FILE_COLUMNS: int = Field(default=1000, ge=1)
     MAX_PDF_PAGES: int = Field(default=1000, ge=1)
     CHART_RENDER_TIMEOUT_S: float = Field(default=10.0, gt=0)
+    CALLBACK_SECRET: SecretStr | None = None
+    """Standard Webhooks signing secret of execution callbacks, `whsec_<base64 of 24-64
+    bytes>`; without it an execute with a `callback` is refused."""
+    CALLBACK_RETRY_BASE_SECONDS: float = Field(default=5.0, gt=0, le=5)
+    """Delay before a callback's second attempt; it doubles per attempt up to an hour."""
+    CALLBACK_RETRY_FOR_SECONDS: float = Field(default=24 * 3600.0, gt=0)
+    """How long after its event a callback is still retried before it is `failed`."""
+    CALLBACK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
+    """One callback request, connect to last byte read."""
+
+    @field_validator("CALLBACK_SECRET")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            callback_key(value.get_secret_value())
+        return value
 
     @property
     def max_file_rows(self) -> int:
         """MAX_FILE_ROWS, else MAX_NODE_OUTPUT_ROWS."""
         return self.MAX_FILE_ROWS or self.MAX_NODE_OUTPUT_ROWS
+
+
+def callback_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret `whsec_<base64>` (24 to 64 bytes, as the
+    specification asks). Raises ValueError without echoing the secret."""
+    text = secret.strip()
+    if not text.startswith("whsec_"):
+        raise ValueError("CALLBACK_SECRET must be a Standard Webhooks secret: whsec_<base64>")
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ValueError("CALLBACK_SECRET: the part after whsec_ is not base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("CALLBACK_SECRET must encode 24 to 64 bytes")
+    return key
 
 
 def env_file() -> str | None:

@@ -6,6 +6,7 @@ WorkflowError
 ├── GraphValidationError      → 422
 │   ├── UnsupportedNodeTypes  → 422 at submit, no execution row
 │   └── CycleDetected         → the execution fails, no node runs
+├── InvalidRequest            → 422 (a callback without CALLBACK_SECRET, or to a denied address)
 ├── Conflict                  → 409
 │   └── DuplicateExecution    (create_execution: the id, or a concurrent same-key submit)
 ├── NodeError                 → a node ends in `error`
@@ -42,6 +43,10 @@ class UnsupportedNodeTypes(GraphValidationError):
 
 class CycleDetected(GraphValidationError):
     """Circular dependency detected in workflow."""
+
+
+class InvalidRequest(WorkflowError):
+    """The request cannot be accepted."""
 
 
 class Conflict(WorkflowError):

@@ -58,3 +58,12 @@ class ExecutionMode(StrEnum):
 
     PREFECT = "prefect"
     INLINE = "inline"
+
+
+class DeliveryStatus(StrEnum):
+    """`callback_deliveries.status`: a callback delivery waiting for (another) attempt, done, or
+    given up."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"

@@ -10,7 +10,9 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from api.callbacks import callbacks_public, stored_callback
 from api.schemas import (
+    CallbackCreate,
     CancelResult,
     ExecutionCreate,
     ExecutionLogRow,
@@ -102,6 +104,7 @@ async def submit(
         definition=validated_definition(raw),
         mode=(body.mode or default_mode).value,
         data_organization_id=data_organization_id,
+        callback=stored_callback(body.callback),
     )
     return await _queue(store, wake, new, key)
 
@@ -113,12 +116,14 @@ async def retry(
     *,
     from_scratch: bool = False,
     organization: str | None = None,
+    callback: CallbackCreate | None = None,
 ) -> RetrySubmitted:
     """Queue a new execution of a failed or cancelled one, with the same definition, inputs,
     requested mode and organizations, adopting the results of the nodes that completed
     (`reusable_results`) unless `from_scratch`. Raises ExecutionNotFound (also for an execution
     of another org than an organization key's `organization`), or Conflict for other statuses
-    and for executions this service did not run."""
+    and for executions this service did not run. The retry keeps the execution's callback
+    unless `callback` replaces it."""
     row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
@@ -143,6 +148,7 @@ async def retry(
         retry_of=execution_id,
         node_results=None if from_scratch else reusable_results(row["nodeResults"], execution_id),
         data_organization_id=row.get("dataOrganizationId") or row["organizationId"],
+        callback=stored_callback(callback) if callback is not None else row.get("callback"),
     )
     queued = await _queue(store, wake, new, None)
     return RetrySubmitted(
@@ -294,6 +300,7 @@ async def execution_public(
         retryOf=row.get("retryOf"),
         flowRunId=row.get("flowRunId"),
         prefectUrl=prefect_url(row),
+        callbacks=await callbacks_public(store, row),
     )
 
 

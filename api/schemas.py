@@ -4,9 +4,11 @@ come in, `…Public`/`…Submitted`/`…Result` go out. Every key of an answer i
 """
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from database.events import CANCELLED, COMPLETED, EVENT_TYPES, FAILED
 from states import ExecutionMode
 
 
@@ -20,6 +22,41 @@ class _Answer(BaseModel):
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
+TERMINAL_EVENTS = (COMPLETED, FAILED, CANCELLED)
+CALLBACK_URL_MAX = 2048
+
+
+class CallbackCreate(_Body):
+    """`callback` of an execute or retry body: where the service POSTs the execution's events,
+    signed as Standard Webhooks say (flows/callbacks.py)."""
+
+    url: str = Field(max_length=CALLBACK_URL_MAX)
+    events: list[str] = Field(default=list(TERMINAL_EVENTS), min_length=1, max_length=20)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("callback url must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ValueError("callback url has an invalid port") from None
+        return value.strip()
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        unknown = [e for e in value if e not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown callback event(s) {', '.join(map(repr, unknown))}; "
+                f"use {', '.join(EVENT_TYPES)}"
+            )
+        return list(dict.fromkeys(value))
+
+
 class ExecutionCreate(_Body):
     """Body of `POST /api/workflows/execute`."""
 
@@ -31,6 +68,7 @@ class ExecutionCreate(_Body):
     mode: ExecutionMode | None = None
     """Where the nodes run; case and surrounding spaces are ignored; EXECUTION_MODE if absent
     (or one of the original service's flow names, `LEGACY_MODES`)."""
+    callback: CallbackCreate | None = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -50,6 +88,8 @@ class RetryRequest(_Body):
     """Optional body of `POST /api/executions/{id}/retry`."""
 
     fromScratch: bool = False
+    callback: CallbackCreate | None = None
+    """Replaces the retried execution's callback (which the retry keeps otherwise)."""
 
 
 class NodeExecute(_Body):
@@ -116,6 +156,22 @@ class ExecutionLogRow(_Answer):
     timestamp: str | None
 
 
+class CallbackPublic(_Answer):
+    """One callback delivery (an event POSTed to the execution's callback url)."""
+
+    webhookId: str
+    """The `webhook-id` header, the same on every attempt."""
+    url: str
+    event: str
+    status: str
+    """pending (waiting for its first or next attempt), delivered or failed."""
+    attempts: int
+    nextAttemptAt: str | None
+    """When a pending delivery is tried next (UTC, ms)."""
+    lastError: str | None
+    deliveredAt: str | None
+
+
 class ExecutionPublic(_Answer):
     """`GET /api/executions/{id}`: the row, its progress, the last 10 logs, and the service's own
     state (None for rows the service did not create). JSON columns are decoded."""
@@ -144,6 +200,8 @@ class ExecutionPublic(_Answer):
     prefectUrl: str | None
     """The flow run's page in the Prefect UI (`<PREFECT_UI_URL>/runs/flow-run/<flowRunId>`); null
     when the execution did not run in Prefect."""
+    callbacks: list[CallbackPublic]
+    """The callback deliveries, by event (the latest 500)."""
 
 
 class ExecutionLogs(_Answer):

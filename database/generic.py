@@ -41,6 +41,8 @@ SERVICE_TABLES = frozenset(
         "wos_executions",
         "wos_idempotency",
         "execution_events",
+        "callback_deliveries",
+        "wos_callback_cursor",
     }
 )
 """Every table of `database.schema.metadata` (a test keeps the two equal)."""

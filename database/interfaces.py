@@ -6,7 +6,7 @@ node types get `EntityStore`. A backend (`database.sql.SqlStore`, `database.memo
 implements all of them; see `Store`. Pure: importing this module touches no database library.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ RUN_COLUMNS = (
     "skippedNodes",
     "state",
     "dataOrganizationId",
+    "callback",
 )
 """The service's own state `get_execution` joins in (None where the service did not create the
 row)."""
@@ -127,6 +128,8 @@ class NewExecution:
     data_organization_id: str | None = None
     """The organization its data nodes act for (the stored workflow's, else
     `organization_id`), kept in the service's own table: the row's organizationId may be null."""
+    callback: str | None = None
+    """Where its events are POSTed: `{"url", "events"}` JSON text (`database.callbacks`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,11 @@ class ApiStore(Protocol):
     """What the HTTP API reads and writes. `organization` scopes a read or action to an
     organization key's org (None: no filter, a service key): an execution of another org is
     answered exactly like an unknown one."""
+
+    @property
+    def callbacks(self) -> "CallbackStore":
+        """The callbacks' outbox (`database.callbacks`)."""
+        ...
 
     async def get_workflow(self, workflow_id: str, organization: str | None = None) -> Row | None:
         """The stored workflow's id, name, data and organizationId; with `organization`, only
@@ -376,6 +384,90 @@ class EventStore(Protocol):
 
     async def last_event_id(self) -> int:
         """The highest committed event id (0 when none)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A callback delivery the dispatcher adds for one event (`CallbackStore.add_deliveries`)."""
+
+    id: str
+    """The webhook-id: the same on every attempt."""
+    event_id: int
+    execution_id: str
+    url: str
+    event_type: str
+    payload: str
+    """The request body: the event's JSON text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A stored callback delivery (`callback_deliveries`); times are epoch seconds."""
+
+    id: str
+    event_id: int
+    execution_id: str
+    url: str
+    event_type: str
+    payload: str
+    status: str
+    """`states.DeliveryStatus`: pending, delivered or failed."""
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str | None
+    delivered_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How an attempt ended (`CallbackStore.settle`)."""
+
+    status: str
+    """delivered, failed, or pending again (then retried at `next_attempt_at`)."""
+    error: str | None = None
+    next_attempt_at: float | None = None
+
+
+class CallbackStore(Protocol):
+    """The callbacks' outbox: deliveries added from the event log (with the dispatcher's cursor
+    in the same transaction), claimed with a lease by the senders, settled per attempt."""
+
+    async def cursor(self) -> int:
+        """The id of the last event the dispatcher turned into deliveries (0 at first)."""
+        ...
+
+    async def callbacks_of(self, execution_ids: Collection[str]) -> dict[str, str]:
+        """The callback JSON text of those executions that have one."""
+        ...
+
+    async def add_deliveries(self, deliveries: Sequence[NewDelivery], cursor: int) -> int:
+        """Insert the deliveries not there yet (unique on event id + url) and advance the
+        cursor to `cursor` (never back), in one transaction; how many were inserted."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the earliest pending delivery is due (None: none pending); a cheap read."""
+        ...
+
+    async def claim_due(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        """Up to `limit` pending deliveries due now, oldest due first, leased to `owner`: no
+        other sender claims them until the lease expires."""
+        ...
+
+    async def settle(self, delivery_id: str, owner: str, result: DeliveryResult) -> bool:
+        """Record one attempt of a delivery `owner` holds (its lease ends); False when it no
+        longer holds it."""
+        ...
+
+    async def release(self, owner_prefix: str) -> None:
+        """Give back the leases of owners starting with `owner_prefix` (a stop, or a restart
+        of the instance), so what they held is sent again at once."""
+        ...
+
+    async def deliveries_of(self, execution_id: str, limit: int) -> list[Delivery]:
+        """The execution's deliveries, by event id, the latest `limit`."""
         ...
 
 

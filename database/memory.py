@@ -38,6 +38,7 @@ from database.interfaces import (
     RunStart,
 )
 from database.listing import memory_list_all
+from database.memory_callbacks import MemoryCallbackStore
 from database.memory_entities import MemoryEntityStore
 from database.memory_events import MemoryEvents
 from errors import DuplicateExecution
@@ -69,6 +70,7 @@ class MemoryStore(MemoryEvents):
 
     def __init__(self) -> None:
         self.entities = MemoryEntityStore()
+        self.callbacks = MemoryCallbackStore(self.runs_of)
         self.reset()
 
     def reset(self) -> None:
@@ -81,9 +83,14 @@ class MemoryStore(MemoryEvents):
         self.events = []
         self._seq = itertools.count()
         self.entities.reset()
+        self.callbacks.reset()
 
     async def close(self) -> None:
         pass
+
+    def runs_of(self) -> dict[str, Row]:
+        """The service's rows by execution id (the callback store reads their callbacks)."""
+        return self.runs
 
     def put_workflow(
         self, workflow_id: str, data: str, name: str = "WF", organization_id: str | None = None
@@ -143,6 +150,7 @@ class MemoryStore(MemoryEvents):
             skippedNodes=0,
             retryOf=new.retry_of,
             dataOrganizationId=new.data_organization_id,
+            callback=new.callback,
             leaseOwner=None,
             leaseExpiresAt=None,
         )

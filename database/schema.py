@@ -178,6 +178,7 @@ runs = _table(
     sa.Column("crashResumes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("createdAt", T, nullable=False),
     sa.Column("dataOrganizationId", T),
+    sa.Column("callback", T),  # the execute body's callback {url, events} (JSON text)
     sa.Index("idx_wos_executions_state", "state", "seq"),
 )
 
@@ -205,6 +206,34 @@ idempotency = _table(
     sa.Column("requestHash", T, nullable=False),
     sa.Column("executionId", T, nullable=False),
     sa.Column("expiresAt", sa.Float, nullable=False),
+)
+
+# The callbacks' outbox (`database.callbacks`): one row per (event, callback URL), and how far
+# the dispatcher has read the events.
+callback_deliveries = _table(
+    "callback_deliveries",
+    sa.Column("id", T, primary_key=True),  # the webhook-id, the same on every attempt
+    sa.Column("eventId", sa.BigInteger, nullable=False),
+    sa.Column("executionId", T, nullable=False),
+    sa.Column("url", T, nullable=False),
+    sa.Column("eventType", T, nullable=False),
+    sa.Column("payload", T, nullable=False),
+    sa.Column("status", T, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("createdAt", sa.Float, nullable=False),
+    sa.Column("nextAttemptAt", sa.Float, nullable=False),
+    sa.Column("lastError", T),
+    sa.Column("deliveredAt", T),
+    sa.Column("leaseOwner", T),
+    sa.Column("leaseExpiresAt", sa.Float),
+    sa.UniqueConstraint("eventId", "url", name="uq_callback_deliveries_event_url"),
+    sa.Index("idx_callback_deliveries_due", "status", "nextAttemptAt"),
+    sa.Index("idx_callback_deliveries_execution", "executionId", "eventId"),
+)
+callback_cursor = _table(
+    "wos_callback_cursor",
+    sa.Column("name", T, primary_key=True),
+    sa.Column("eventId", sa.BigInteger, nullable=False),
 )
 
 

@@ -33,6 +33,7 @@ from database.events import (
 from database.interfaces import (
     LIST_COLUMNS,
     RUN_COLUMNS,
+    CallbackStore,
     Checkpoint,
     EntityStore,
     ExecutionQuery,
@@ -78,6 +79,13 @@ class SqlStore(SqlQueue, SqlEvents):
 
             self._entities = SqlEntityStore(self)
         return self._entities
+
+    @property
+    def callbacks(self) -> CallbackStore:
+        """The callbacks' outbox (`database.callbacks.SqlCallbackStore`)."""
+        from database.callbacks import SqlCallbackStore
+
+        return SqlCallbackStore(self)
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True) -> "SqlStore":
@@ -198,6 +206,7 @@ class SqlStore(SqlQueue, SqlEvents):
                 "createdAt": now,
                 "retryOf": new.retry_of,
                 "dataOrganizationId": new.data_organization_id,
+                "callback": new.callback,
             },
         }
         try:

@@ -12,6 +12,7 @@ import socket
 from config import Settings, get_settings
 from database import open_store
 from database.interfaces import Claim, WorkerStore
+from flows.callbacks import CallbackService
 from flows.runner import PrefectProbe, Runner
 from states import ExecutionStatus, Outcome
 from tasks.context import open_resources
@@ -201,10 +202,16 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     wakeups = await listen_for_wakeups(worker)
+    callbacks_stop = asyncio.Event()  # set after the drain: a run's last events get delivered
+    callbacks = asyncio.create_task(
+        CallbackService(settings, store, resources.http, worker.owner).run(callbacks_stop)
+    )
     freeze_startup_heap()  # shorter garbage-collector pauses of the loop (tasks/cpu.py)
     try:
         await worker.serve(stop)
     finally:
+        callbacks_stop.set()
+        await callbacks
         if wakeups is not None:
             wakeups.close()
         await resources.aclose()

@@ -98,5 +98,10 @@ async def retry_execution(
     the results of the nodes that completed (unless `fromScratch`)."""
     from_scratch = body is not None and body.fromScratch
     return await executions.retry(
-        store, wake, execution_id, from_scratch=from_scratch, organization=caller.organization
+        store,
+        wake,
+        execution_id,
+        from_scratch=from_scratch,
+        organization=caller.organization,
+        callback=body.callback if body is not None else None,
     )
