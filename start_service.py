@@ -139,10 +139,12 @@ class StartupFailed(Exception):
 
 def port_free(host: str, port: int) -> bool:
     """Whether `host:port` can be listened on now (SO_REUSEADDR, as uvicorn binds, so a port
-    left in TIME_WAIT by a previous instance counts as free)."""
+    left in TIME_WAIT by a previous instance counts as free; not on Windows, where it would let
+    the bind share a port another process listens on)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name != "nt":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host or "0.0.0.0", port))
         except OSError:

@@ -40,7 +40,7 @@ SECRETS = (
 
 def _credential(req: dict[str, Any]) -> str:
     """The password of a Basic, or the token of a Bearer, Authorization header ("" if none)."""
-    scheme, _, value = req["headers"].get("authorization", "").partition(" ")
+    scheme, _, value = str(req["headers"].get("authorization", "")).partition(" ")
     if scheme.lower() == "basic":
         return base64.b64decode(value).decode().partition(":")[2]
     return value
