@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     WORKER_PROCESSES: int = Field(default=1, ge=1)
     HTTP_MAX_CONNECTIONS: int = Field(default=1000, ge=1)
     LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = "text"
+    """`json`: every line of every process is one JSON object (logformat.py)."""
+    METRICS_PUBLIC: bool = False
+    """`GET /metrics` without a key even when API_KEYS is set."""
+    STATE_DIR: str | None = None
+    """Per-instance runtime files (metrics of all processes, log configs); see `state_dir`."""
     API_KEYS: str | None = None
     MAX_REQUEST_BYTES: int = Field(default=10 * 1024 * 1024, ge=1024)
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
@@ -114,7 +120,7 @@ class Settings(BaseSettings):
     MAX_WORKFLOW_CONNECTIONS: int = Field(default=5000, ge=0)
     MAX_RESUME_ATTEMPTS: int = Field(default=3, ge=0)
 
-    @field_validator("EXECUTION_MODE", "SMTP_SECURITY", mode="before")
+    @field_validator("EXECUTION_MODE", "SMTP_SECURITY", "LOG_FORMAT", mode="before")
     @classmethod
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -156,6 +162,13 @@ class Settings(BaseSettings):
         if self.PREFECT_HOME:
             return Path(self.PREFECT_HOME).expanduser().resolve()
         return PROJECT_DIR / ".prefect" / f"instance-{self.API_PORT}"
+
+    @property
+    def state_dir(self) -> Path:
+        """STATE_DIR, else `<prefect_home>/service` (one per instance, like prefect_home)."""
+        if self.STATE_DIR:
+            return Path(self.STATE_DIR).expanduser().resolve()
+        return self.prefect_home / "service"
 
     @property
     def prefect_ui_url(self) -> str:

@@ -34,6 +34,8 @@ from pathlib import Path
 import httpx
 
 from config import PROJECT_DIR, Settings, get_settings
+from logformat import uvicorn_log_config
+from metrics import MULTIPROC_ENV, process_dead, reset_multiproc_dir
 from states import ExecutionMode
 
 PREFECT_SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
@@ -45,6 +47,14 @@ logger = logging.getLogger("start_service")
 
 
 def configure_logging(level: str) -> None:
+    """Text lines, or JSON objects with LOG_FORMAT=json (also for Prefect's loggers in this
+    process and its children: PREFECT_LOGGING_SETTINGS_PATH)."""
+    if get_settings().LOG_FORMAT == "json":
+        from logformat import PREFECT_LOGGING_FILE, json_dict_config
+
+        os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(PREFECT_LOGGING_FILE))
+        logging.config.dictConfig(json_dict_config(level))
+        return
     logging.config.dictConfig(
         {
             "version": 1,
@@ -181,6 +191,17 @@ class Supervisor:
         self.prefect_auth = fixed.get_secret_value() if fixed else secrets.token_urlsafe(32)
         """The embedded Prefect API's auth string (the operator's, or this run's only)."""
 
+    @property
+    def metrics_dir(self) -> Path:
+        return self.settings.state_dir / "metrics"
+
+    def uvicorn_log_args(self) -> list[str]:
+        """LOG_FORMAT=json: uvicorn's own lines (start-up, shutdown) as JSON too."""
+        if self.settings.LOG_FORMAT != "json":
+            return []
+        path = uvicorn_log_config(self.settings.state_dir, self.settings.LOG_LEVEL)
+        return ["--log-config", str(path)]
+
     def request_stop(self, signum: int) -> None:
         """The signal handler: only a flag, acted upon by `run` (start-up or the watch loop)."""
         if not self.stopping:
@@ -304,10 +325,14 @@ class Supervisor:
             "API_PORT": str(settings.API_PORT),
             "OUTBOUND_PROTECTED_URLS": api_url or "",
         }
+        # every API and worker process records metrics in one folder, summed by /metrics
+        metrics_env = {MULTIPROC_ENV: str(self.metrics_dir)}
+        reset_multiproc_dir(self.metrics_dir)
         worker_env = {
             **prefect_env(settings, api_url),
             **prefect_auth,
             **outbound_env,
+            **metrics_env,
             "WOS_INSTANCE": instance_id(settings),
         }
         wake_ports = [str(free_port(socket.SOCK_DGRAM)) for _ in range(settings.WORKER_PROCESSES)]
@@ -328,8 +353,9 @@ class Supervisor:
                 "--no-access-log",
                 "--log-level",
                 settings.LOG_LEVEL.lower(),
+                *self.uvicorn_log_args(),
             ],
-            {**outbound_env, "WOS_WAKE_PORTS": ",".join(wake_ports)},
+            {**outbound_env, **metrics_env, "WOS_WAKE_PORTS": ",".join(wake_ports)},
             drop=(PREFECT_SERVER_AUTH, PREFECT_CLIENT_AUTH),
         )
         logger.info(
@@ -345,6 +371,7 @@ class Supervisor:
                     continue
                 if name.startswith("worker-"):
                     logger.error("%s exited with %s; restarting it", name, code)
+                    process_dead(self.metrics_dir, proc.pid)
                     port = wake_ports[int(name.split("-")[1]) - 1]
                     self.spawn(name, ["-m", "flows.worker"], {**worker_env, "WOS_WAKE_PORT": port})
                 elif name == "prefect-server":

@@ -37,6 +37,7 @@ from errors import (
 )
 from flows.graph import check_size, parse_workflow
 from jsonutil import dump_json, load_json_column
+from metrics import execution_submitted
 from states import (
     RETRYABLE_STATUSES,
     TERMINAL_STATUSES,
@@ -192,6 +193,7 @@ async def _queue(
     )
     if earlier is None:
         wake()
+        execution_submitted(new.mode)
         return answer
     earlier_id, earlier_hash = earlier
     if key is not None and earlier_hash != key.request_hash:

@@ -230,6 +230,12 @@ callback_deliveries = _table(
     sa.Index("idx_callback_deliveries_due", "status", "nextAttemptAt"),
     sa.Index("idx_callback_deliveries_execution", "executionId", "eventId"),
 )
+workers = _table(
+    "wos_workers",  # heartbeats of the worker processes, for GET /health/ready (database/probes)
+    sa.Column("owner", T, primary_key=True),
+    sa.Column("seenAt", sa.Float, nullable=False),
+    sa.Column("prefect", T),  # the worker's last Prefect probe: "ok" or why not; NULL inline
+)
 callback_cursor = _table(
     "wos_callback_cursor",
     sa.Column("name", T, primary_key=True),

@@ -49,6 +49,7 @@ from database.sql_keys import insert_keyed, taken
 from database.sql_queue import SqlQueue
 from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
+from metrics import store_commit
 from states import ACTIVE_STATUSES, ExecutionStatus, RunState
 
 logger = logging.getLogger(__name__)
@@ -130,9 +131,10 @@ class SqlStore(SqlQueue, SqlEvents):
 
     async def _commit(self, batch: list[Op]) -> list[bool]:
         apply = functools.partial(self._apply, batch=batch)
-        results = self._write_now(apply) if len(batch) <= INLINE_BATCH_MAX else None
-        if results is None:
-            results = await self._run(apply, write=True)
+        with store_commit():  # wos_store_commit_seconds
+            results = self._write_now(apply) if len(batch) <= INLINE_BATCH_MAX else None
+            if results is None:
+                results = await self._run(apply, write=True)
         return results
 
     @asynccontextmanager

@@ -25,6 +25,8 @@ from flows.graph import (
     is_skipped,
 )
 from jsonutil import dump_json
+from logformat import log_context
+from metrics import node_finished
 from models import EdgeDef, NodeDef
 from states import NodeStatus, Outcome
 from tasks.context import Resources, RunContext
@@ -238,7 +240,8 @@ class _Run:
             node_label=node.display_label,
             resources=job.resources,
         )
-        task = asyncio.ensure_future(self.run_node(node, data, ctx))
+        with log_context(nodeId=nid):  # the node's task copies the context: its lines say so
+            task = asyncio.ensure_future(self.run_node(node, data, ctx))
         self.in_flight[task] = (nid, input_json, time.monotonic())
 
     async def finish_task(self, task: asyncio.Task[Envelope]) -> None:
@@ -251,8 +254,9 @@ class _Run:
         except asyncio.CancelledError:
             result = error_result(CANCELLED_TEXT)
         except Exception as exc:  # noqa: BLE001 - an orchestrator failure still settles the node
-            logger.exception("node %s crashed outside its handler", nid)
+            logger.exception("node %s crashed outside its handler", nid, extra={"node_id": nid})
             result = error_result(f"{type(exc).__name__}: {exc}")
+        node_finished(self.job.plan.nodes[nid].type, is_failed(result), time.monotonic() - started)
         if is_failed(result):
             self.rows.append(
                 self._row(

@@ -116,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         ws_ping_interval=api.websocket_ping_interval,
         ws_ping_timeout=api.websocket_ping_timeout,
         log_level=os.environ["PREFECT_SERVER_LOGGING_LEVEL"].lower(),
+        # a Prefect logging config of the operator's (LOG_FORMAT=json sets one) also holds for
+        # uvicorn's lines: uvicorn then leaves logging as Prefect configured it
+        log_config=None
+        if os.environ.get("PREFECT_LOGGING_SETTINGS_PATH")
+        else uvicorn.config.LOGGING_CONFIG,
     )
 
 

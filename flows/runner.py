@@ -16,6 +16,8 @@ from errors import GraphValidationError
 from flows.engine import Job, RunResult, execute
 from flows.graph import Plan, build_plan, parse_workflow
 from jsonutil import load_json_column
+from logformat import bind_log_context, log_context
+from metrics import execution_run, prefect_fallback
 from states import ExecutionMode, ExecutionStatus, NodeStatus, Outcome
 from tasks.context import Resources
 from tasks.redaction import redact_url
@@ -53,6 +55,7 @@ class PrefectProbe:
 def _fallback(execution_id: str, cause: str) -> str:
     """Log (and return, for `modeReason`) why an execution runs inline instead of in Prefect."""
     reason = f"{cause}; ran inline"
+    prefect_fallback()
     logger.warning(
         "execution %s: %s",
         execution_id,
@@ -93,7 +96,18 @@ class Runner:
     drain: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
-        """Run the claim to a terminal status; returns it (interrupted when drained)."""
+        """Run the claim to a terminal status; returns it (interrupted when drained). Every
+        log line of the run carries the execution's ids; the metrics count it."""
+        eid, org = claim.execution_id, claim.organization_id
+        with (
+            log_context(executionId=eid, organizationId=org),
+            execution_run(claim.requested_mode, claim.attempts > 1) as track,
+        ):
+            track.outcome = await self._run(claim, cancel)
+            logger.info("execution %s %s (ran %s)", eid, track.outcome, track.mode)
+        return track.outcome
+
+    async def _run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
         eid = claim.execution_id
         try:
             plan = plan_of(claim.definition, eid)
@@ -131,6 +145,13 @@ class Runner:
         async def body(flow_run_id: str | None) -> Outcome:
             nonlocal started
             started = True
+            bind_log_context(flowRunId=flow_run_id)
+            logger.info(
+                "execution %s started (%s%s)",
+                eid,
+                mode,
+                f", flow run {flow_run_id}" if flow_run_id else "",
+            )
             if not await self.store.start(
                 eid, RunStart(len(plan.nodes), mode, reason, flow_run_id, claim.attempts > 1)
             ):

@@ -12,9 +12,11 @@ import socket
 from config import Settings, get_settings
 from database import open_store
 from database.interfaces import Claim, WorkerStore
+from database.probes import forget
 from flows.callbacks import CallbackService
+from flows.heartbeat import heartbeat
 from flows.runner import PrefectProbe, Runner
-from states import ExecutionStatus, Outcome
+from states import ExecutionMode, ExecutionStatus, Outcome
 from tasks.context import open_resources
 from tasks.cpu import freeze_startup_heap
 
@@ -45,6 +47,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._renew_leases()),
             asyncio.create_task(self._watch_cancels()),
+            asyncio.create_task(heartbeat(self.store, self.owner, self._prefect_probe())),
         ]
         logger.info("worker %s started (limit %d)", self.owner, self.settings.concurrency_limit)
         try:
@@ -68,6 +71,12 @@ class Worker:
         finally:
             for helper in helpers:
                 helper.cancel()
+
+    def _prefect_probe(self) -> PrefectProbe | None:
+        """What the heartbeat reports about Prefect (None: this worker runs inline)."""
+        if self.settings.EXECUTION_MODE != ExecutionMode.PREFECT:
+            return None
+        return self.runner.probe
 
     async def _has_work(self) -> bool:
         """A cheap read first, so an idle worker polls often without taking the write lock."""
@@ -170,6 +179,7 @@ class Worker:
             if pending:
                 await asyncio.wait(pending, timeout=2)
         await self.store.release(self.owner)
+        await forget(self.store, self.owner)  # no longer counts for GET /health/ready
 
 
 class _Wake(asyncio.DatagramProtocol):

@@ -90,6 +90,8 @@ async def test_every_answer_matches_the_openapi_schema(
     check(r, execute)
     eid = r.json()["executionId"]
     await service.wait(eid)
+    check(await c.get("/health/live"), "/health/live")
+    check(await c.get("/health/ready"), "/health/ready")  # the worker has beaten by now
     check(await service.execute(workflowId="nope"), execute)
     check(await service.execute(inputs="x"), execute)
     keyed = {"Idempotency-Key": "k"}
@@ -109,16 +111,16 @@ async def test_every_answer_matches_the_openapi_schema(
     check(await c.post("/api/executions/nope/cancel"), cancel)
     check(await c.post(f"/api/executions/{eid}/retry"), retry)
     check(await c.post("/api/executions/nope/retry"), retry)
-    listed, graph = "/api/executions", "/api/executions/{execution_id}/workflow"
-    check(await c.get("/api/executions?limit=1"), listed)
-    check(await c.get("/api/executions?status=bogus"), listed)
-    check(await c.get(f"/api/executions/{eid}/workflow"), graph)
-    check(await c.get("/api/executions/nope/workflow"), graph)
     stream = "/api/executions/{execution_id}/events"  # ended: the whole stream is answered
     check(await c.get(f"/api/executions/{eid}/events"), stream)
     check(await c.get("/api/executions/nope/events"), stream)
     check(await c.get(f"/api/executions/{eid}/events?types=bogus"), stream)
     check(await c.get("/api/events?types=bogus"), "/api/events")
+    listed, graph = "/api/executions", "/api/executions/{execution_id}/workflow"
+    check(await c.get("/api/executions?limit=1"), listed)
+    check(await c.get("/api/executions?status=bogus"), listed)
+    check(await c.get(f"/api/executions/{eid}/workflow"), graph)
+    check(await c.get("/api/executions/nope/workflow"), graph)
     pending = (await service.execute(workflow=SIMPLE)).json()["executionId"]
     check(await c.post(f"/api/executions/{pending}/cancel"), cancel)
     check(await c.post(f"/api/executions/{pending}/retry", json={"fromScratch": True}), retry)
@@ -144,6 +146,7 @@ async def test_every_answer_matches_the_openapi_schema(
 
     async with failing_client() as failing:
         check(await failing.get("/api/executions/x"), one)
+        check(await failing.get("/health/ready"), "/health/ready")  # 503: the store fails
         check(await failing.post(execute, json={"workflowId": "wf1"}), execute)
 
     monkeypatch.setenv("MAX_REQUEST_BYTES", "1024")
@@ -157,7 +160,7 @@ async def test_every_answer_matches_the_openapi_schema(
     operations = {(method, path) for path in paths for method in paths[path]}
     assert operations == {(m, p) for m, p, _ in openapi.seen}
     statuses = {s for _, _, s in openapi.seen}
-    assert statuses == {200, 401, 404, 409, 413, 422, 500}
+    assert statuses == {200, 401, 404, 409, 413, 422, 500, 503}
 
 
 async def test_the_schema_check_catches_a_lying_answer(service: Service, openapi: OpenApi) -> None:

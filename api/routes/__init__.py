@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import dashboard, events, executions, health, images, nodes, workflows
+from api.routes import dashboard, events, executions, health, images, metrics, nodes, workflows
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -10,6 +10,7 @@ ROUTERS: list[APIRouter] = [
     executions.router,
     nodes.router,
     images.router,
-    events.router,
     dashboard.router,
+    events.router,
+    metrics.router,
 ]
