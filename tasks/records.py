@@ -15,6 +15,7 @@ from database.interfaces import EntityStore, GenericSave, NewRecord
 from errors import EntityNotFound, EntityStoreError, NodeConfigError, NodeExecutionError
 from jsonutil import dump_json, iso_ms, now_iso
 from tasks.context import RunContext
+from tasks.cpu import run_cpu
 from tasks.registry import Envelope, NodeConfig, envelope, node
 from tasks.values import js_str, records, to_number
 
@@ -69,7 +70,7 @@ async def fetch_data(config: FetchDataConfig, data: Any, ctx: RunContext) -> Env
         raise NodeConfigError(f"Entity {config.entityId!r} not found (entityId)") from None
     except EntityStoreError as exc:
         raise NodeExecutionError(str(exc)) from exc
-    rows = merge_input(rows, data)
+    rows = await run_cpu(merge_input, rows, data, size=len(rows))
     label = name or config.entityName or config.entityId
     return envelope(f"Fetched {len(rows)} records from {label}", rows, recordCount=len(rows))
 
@@ -123,11 +124,8 @@ def _entity_rows(data: Any) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in STRIPPED_KEYS} for row in rows]
 
 
-async def _save_to_entity(
-    config: SaveRecordsConfig, entity_id: str, data: Any, ctx: RunContext
-) -> Envelope:
-    rows = _entity_rows(data)
-    now = now_iso()
+def _new_records(rows: list[dict[str, Any]], now: str) -> tuple[list[NewRecord], dict[str, str]]:
+    """The records to save and the type of each key (of its first non-empty value)."""
     inferred: dict[str, str | None] = {}  # key → type of its first non-empty value
     new_records = []
     for row in rows:
@@ -140,7 +138,14 @@ async def _save_to_entity(
                 created_at(row, now), {k: js_str(v) for k, v in values.items() if v is not None}
             )
         )
-    types = {key: type_ or "text" for key, type_ in inferred.items()}
+    return new_records, {key: type_ or "text" for key, type_ in inferred.items()}
+
+
+async def _save_to_entity(
+    config: SaveRecordsConfig, entity_id: str, data: Any, ctx: RunContext
+) -> Envelope:
+    rows = await run_cpu(_entity_rows, data, size=len(records(data)))
+    new_records, types = await run_cpu(_new_records, rows, now_iso(), size=len(rows))
     try:
         saved = await _store(ctx).save_entity_records(
             entity_id, ctx.organization_id, new_records, types
@@ -179,14 +184,20 @@ def table_name(config: SaveRecordsConfig) -> str:
     return name
 
 
+def _table_rows(items: list[Any]) -> list[tuple[str, str]]:
+    """(id, JSON) of each record: its own `id`, else a random one."""
+    rows = []
+    for record in items:
+        rid = record.get("id") if isinstance(record, dict) else None
+        rows.append((secrets.token_hex(8) if rid in (None, "") else js_str(rid), dump_json(record)))
+    return rows
+
+
 async def _save_to_table(
     config: SaveRecordsConfig, mode: str, data: Any, ctx: RunContext
 ) -> Envelope:
     table = table_name(config)
-    rows = []
-    for record in records(data):
-        rid = record.get("id") if isinstance(record, dict) else None
-        rows.append((secrets.token_hex(8) if rid in (None, "") else js_str(rid), dump_json(record)))
+    rows = await run_cpu(_table_rows, records(data), size=len(records(data)))
     try:
         updated = await _store(ctx).save_generic_records(
             GenericSave(
