@@ -232,6 +232,11 @@ class Supervisor:
         home = settings.prefect_home
         home.mkdir(parents=True, exist_ok=True)
         host, port = settings.API_HOST.strip(), settings.PREFECT_SERVER_API_PORT
+        if port == settings.API_PORT:
+            raise StartupFailed(
+                f"PREFECT_SERVER_API_PORT and API_PORT are both {port}; the Prefect server and "
+                "the HTTP API listen on API_HOST side by side and need two ports"
+            )
         if not port_free(host, port):
             raise StartupFailed(
                 f"PREFECT_SERVER_API_PORT {port} on {host or '0.0.0.0'} is already in use (another "

@@ -123,6 +123,30 @@ def test_a_taken_prefect_port_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert "started worker" not in text and "started api" not in text, text
 
 
+def test_the_prefect_port_may_not_be_the_api_port(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    node_backend_sqlite(db)
+    port = str(free_port())
+    env = scrubbed_env(
+        API_PORT=port,
+        PREFECT_SERVER_API_PORT=port,
+        DATABASE_PATH=str(db),
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        EXECUTION_MODE="prefect",
+    )
+    done = subprocess.run(
+        [sys.executable, "start_service.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"PREFECT_SERVER_API_PORT and API_PORT are both {port}" in done.stderr
+
+
 @pytest.mark.slow
 def test_prefect_ui_serves_flow_runs_with_labelled_task_runs(tmp_path: Path) -> None:
     """The UI on PREFECT_SERVER_API_PORT: the start-up log names its URL and the file holding
