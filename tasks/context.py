@@ -82,6 +82,8 @@ class _Transport(AiohttpTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._check(request.url)
+        if request.url.userinfo:  # httpx sent it as the Authorization header; aiohttp refuses both
+            request.url = request.url.copy_with(userinfo=b"")
         try:
             return await super().handle_async_request(request)
         except httpx.ConnectTimeout as exc:

@@ -2,6 +2,7 @@
 httpx's API on aiohttp's pool, errors named right, redirects followed, no cookies kept."""
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +27,7 @@ async def upstream() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
                 "method": request.method,
                 "path": request.path,
                 "cookie": request.headers.get("Cookie"),
+                "authorization": request.headers.get("Authorization"),
                 "body": json.loads(body) if body else None,
             }
         )
@@ -94,3 +96,14 @@ async def test_read_timeout_is_a_timeout(
     with pytest.raises(NodeExecutionError) as info:
         await call_node("http", {"httpUrl": url}, None, resources=resources)
     assert str(info.value) == f"HTTP GET {url} timed out: ReadTimeout"
+
+
+async def test_credentials_in_the_url_become_basic_auth(
+    call_node: CallNode, upstream: tuple[str, list[dict[str, Any]]], resources: Resources
+) -> None:
+    base, seen = upstream
+    url = base.replace("http://", "http://user:p%40ss@") + "/echo"
+    result = await call_node("http", {"httpUrl": url}, None, resources=resources)
+    assert result["statusCode"] == 200
+    token = base64.b64encode(b"user:p@ss").decode()
+    assert seen[-1]["authorization"] == f"Basic {token}"
