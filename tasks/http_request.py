@@ -7,7 +7,7 @@ from pydantic import AliasChoices, Field
 
 from errors import NodeConfigError, NodeExecutionError
 from tasks.context import RunContext
-from tasks.cpu import decode_json
+from tasks.cpu import decode_json, encode_json
 from tasks.redaction import redact
 from tasks.registry import Envelope, NodeConfig, envelope, node
 
@@ -91,8 +91,11 @@ async def http(config: HttpConfig, data: Any, ctx: RunContext) -> Envelope:
         raise NodeConfigError(
             f"Unsupported httpMethod {config.method!r}; use one of " + ", ".join(sorted(METHODS))
         )
-    body = ({} if data is None else data) if method in WITH_BODY else None
-    response = await send(ctx, method, config.url, label=f"HTTP {method} {config.url}", json=body)
+    body: dict[str, Any] = {}
+    if method in WITH_BODY:  # the input as JSON, encoded as httpx would but in slices
+        text = await encode_json({} if data is None else data, compact=True)
+        body = {"content": text.encode(), "headers": {"Content-Type": "application/json"}}
+    response = await send(ctx, method, config.url, label=f"HTTP {method} {config.url}", **body)
     code = response.status_code
     if not 200 <= code < 300:
         raise NodeExecutionError(

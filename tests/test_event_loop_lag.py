@@ -175,6 +175,9 @@ def cases() -> dict[str, Case]:
         "output passthrough 200k": Case("output", {}, [big]),
         "manualInput 1 MB number": Case("manualInput", {"manualInputVarValue": "9" * 2**20}, []),
         "http 21 MB JSON body": Case("http", {"httpUrl": "http://api.test/rows"}, []),
+        "http POST of 200k rows": Case(
+            "http", {"httpUrl": "http://api.test/rows", "httpMethod": "POST"}, [big]
+        ),
     }
 
 
@@ -197,6 +200,7 @@ CASE_NAMES = [
     "output passthrough 200k",
     "manualInput 1 MB number",
     "http 21 MB JSON body",
+    "http POST of 200k rows",
 ]
 HTTP_BODY = json.dumps({"rows": rows(300_000), "total": 300_000}).encode()
 
@@ -307,6 +311,36 @@ async def test_encode_json_writes_what_dump_json_writes(name: str) -> None:
     assert redacted == redact_url(whole)
     if name == "urls with secrets":
         assert "pw19999" not in redacted and "t19999" not in redacted and "***" in redacted
+    try:  # compact: what httpx sends for `json=value`
+        expected = httpx.Request("POST", "http://api.test", json=value).content.decode()
+    except ValueError:  # NaN is refused, as httpx refuses it
+        with pytest.raises(ValueError):
+            await encode_json(value, compact=True)
+    else:
+        assert await encode_json(value, compact=True) == expected
+
+
+async def test_the_http_node_posts_what_httpx_would(make_resources: MakeResources) -> None:
+    """A big input is encoded in slices, byte for byte as `json=` would have encoded it."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"ok": True})
+
+    data = ENCODE_CASES["envelope"]
+    node = NodeDef.model_validate(
+        {
+            "id": "heavy",
+            "type": "http",
+            "config": {"httpUrl": "http://api.test/in", "httpMethod": "POST"},
+        }
+    )
+    result = await run_with_retries(node, data, make_ctx(make_resources(handler), "http"))
+    assert result["outputData"] == {"ok": True}
+    [request] = sent
+    assert request.headers["content-type"] == "application/json"
+    assert request.content == httpx.Request("POST", "http://api.test", json=data).content
 
 
 ROWS_TEXT = json.dumps(rows(30_000))
