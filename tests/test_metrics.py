@@ -3,7 +3,9 @@ service; who may read it; the recording helpers; the Grafana dashboard only char
 metrics."""
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +223,58 @@ def test_ready_on_the_all_in_one_default(tmp_path: Path) -> None:
         assert ok.status_code == 200 and "wos_queue_depth" in ok.text
     finally:
         svc.stop()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_no_running_count_and_its_runs_count_as_resumed(
+    tmp_path: Path, slow_api: MockServer
+) -> None:
+    """SIGKILL of the worker while it runs two executions: the supervisor restarts it and drops
+    the dead process's live gauge (mark_process_dead), the new one resumes both."""
+    svc = RunningService(tmp_path, "inline", LEASE_SECONDS="1.5")
+    try:
+        workflow = {
+            "nodes": [
+                {"id": "t", "type": "trigger"},
+                {
+                    "id": "h",
+                    "type": "http",
+                    "config": {"httpUrl": f"http://127.0.0.1:{slow_api.port}/slow"},
+                },
+                {
+                    "id": "h2",
+                    "type": "http",
+                    "config": {"httpUrl": f"http://127.0.0.1:{slow_api.port}/slow"},
+                },
+                {
+                    "id": "h3",
+                    "type": "http",
+                    "config": {"httpUrl": f"http://127.0.0.1:{slow_api.port}/slow"},
+                },
+            ],
+            "connections": [
+                {"fromNodeId": "t", "toNodeId": "h"},
+                {"fromNodeId": "h", "toNodeId": "h2"},
+                {"fromNodeId": "h2", "toNodeId": "h3"},
+            ],
+        }
+        svc.add_workflow("wf", workflow)
+        ids = [svc.execute("wf", {}) for _ in range(2)]
+        deadline = time.monotonic() + 20
+        while True:
+            running = samples(svc.client.get("/metrics").text)
+            if total(running, "wos_executions_running") == 2:
+                break
+            assert time.monotonic() < deadline, running
+            time.sleep(0.05)
+        owner = svc.row(ids[0])["run"]["leaseOwner"]
+        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)
+        finals = [svc.wait(eid, timeout=60) for eid in ids]
+        assert [f["status"] for f in finals] == ["completed", "completed"]
+        assert all(f["attempts"] == 2 for f in finals), finals
+        found = samples(svc.client.get("/metrics").text)
+    finally:
+        svc.stop()
+    assert total(found, "wos_executions_running") == 0
+    assert total(found, "wos_resumes_total") == 2
+    assert total(found, "wos_executions_finished_total", status="completed") == 2
