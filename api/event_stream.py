@@ -94,36 +94,51 @@ class EventStream:
         await self._live.wait()
         await self.sub.overflow()
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """The events a batch at a time: a page of history, or what arrived live since the
+        last batch (one write per batch, not per event); never an empty batch."""
         sub, flt, store = self.sub, self.flt, self.hub.store
         assert sub is not None
         last = self.after if self.after is not None else await store.last_event_id()
         while self.after is not None:
             page = await store.events_after(last, execution_id=flt.execution_id, limit=PAGE)
-            for event in page:
-                last = event.id
-                if flt.shows(event):
-                    yield event
-                if flt.ends(event):
-                    return
+            shown, last, ends = self._sift(page, last)
+            if shown:
+                yield shown
+            if ends or (len(page) < PAGE and self.ended):
+                return
             if len(page) == PAGE:
                 continue
-            if self.ended:
-                return
             if not sub.overflowed:
                 break
             sub.restart()  # history took long: what was queued meanwhile is in the store
         self._live.set()
         while batch := await sub.take():
-            for event in batch:
-                if event.id <= last:
-                    continue
-                last = event.id
-                if flt.shows(event):
-                    yield event
-                if flt.ends(event):
-                    return
+            shown, last, ends = self._sift(batch, last)
+            if shown:
+                yield shown
+            if ends:
+                return
         raise SlowConsumer(last)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    def _sift(self, events: list[Event], last: int) -> tuple[list[Event], int, bool]:
+        """(the events to send, the last id seen, did the stream end?): ids up to `last` were
+        sent already (the hand-over), an execution's stream ends at its terminal event."""
+        shown = []
+        for event in events:
+            if event.id <= last:
+                continue
+            last = event.id
+            if self.flt.shows(event):
+                shown.append(event)
+            if self.flt.ends(event):
+                return shown, last, True
+        return shown, last, False
 
 
 def sse_frame(event: Event) -> bytes:
@@ -165,18 +180,18 @@ class EventStreamResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _write(self, send: Send) -> None:
-        frames = aiter(self.stream)
-        upcoming = asyncio.ensure_future(anext(frames))
+        batches = self.stream.batches()
+        upcoming = asyncio.ensure_future(anext(batches))
         try:
             while True:
                 done, _ = await asyncio.wait([upcoming], timeout=self.heartbeat_s)
                 body = b": ping\n\n"
                 if done:
                     try:
-                        body = sse_frame(upcoming.result())
+                        body = b"".join(sse_frame(event) for event in upcoming.result())
                     except StopAsyncIteration:
                         return
-                    upcoming = asyncio.ensure_future(anext(frames))
+                    upcoming = asyncio.ensure_future(anext(batches))
                 await send({"type": "http.response.body", "body": body, "more_body": True})
         finally:
             upcoming.cancel()
