@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api.event_hub import PAGE, EventHub, Subscription
 from database.events import TERMINAL_EVENT_TYPES
@@ -79,6 +79,8 @@ class EventStream:
         self.hub, self.flt, self.after, self.ended = hub, flt, after, ended
         self.sub: Subscription | None = None
         self._live = asyncio.Event()
+        self.start: int | None = None
+        """Where the stream starts: `after`, or the last id when it went live."""
 
     async def open(self) -> "EventStream":
         """Subscribe (before any read of the store: the hand-over relies on it)."""
@@ -100,6 +102,7 @@ class EventStream:
         sub, flt, store = self.sub, self.flt, self.hub.store
         assert sub is not None
         last = self.after if self.after is not None else await store.last_event_id()
+        self.start = last
         while self.after is not None:
             page = await store.events_after(last, execution_id=flt.execution_id, limit=PAGE)
             shown, last, ends = self._sift(page, last)
@@ -162,22 +165,22 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         writer = asyncio.ensure_future(self._write(send))
-        watchers = [
-            writer,
-            asyncio.ensure_future(_disconnected(receive)),
-            asyncio.ensure_future(self.stream.dropped()),
-        ]
+        left = asyncio.ensure_future(_disconnected(receive))
+        dropped = asyncio.ensure_future(self.stream.dropped())
         try:
-            await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([writer, left, dropped], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in watchers:
+            for task in (writer, left, dropped):
                 task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await asyncio.gather(writer, left, dropped, return_exceptions=True)
             self.stream.close()
-        if writer.cancelled() or writer.exception() is not None:
-            _SlowConsumerLog.expect()
-            return  # the client left, or was too slow: the server drops the connection
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        error = None if writer.cancelled() else writer.exception()
+        if not writer.cancelled() and error is None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif _finished(dropped) or isinstance(error, SlowConsumer):
+            _SlowConsumerLog.expect()  # left unfinished: the server drops the connection
+        elif error is not None:
+            logger.error("event stream failed", exc_info=error, extra={"action": "event_stream"})
 
     async def _write(self, send: Send) -> None:
         batches = self.stream.batches()
@@ -222,6 +225,11 @@ class _SlowConsumerLog(logging.Filter):
 _UNFINISHED = "ASGI callable returned without completing response."
 
 
+def _finished(task: "asyncio.Future[None]") -> bool:
+    """Did the task end by itself (not cancelled, no error)?"""
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -231,7 +239,7 @@ async def pump_websocket(websocket: WebSocket, stream: EventStream) -> None:
     """Send each event as one JSON text message; close 1000 after an execution's terminal
     event, `SLOW_CONSUMER_CLOSE` (reason: the id to resume after) for a slow consumer, whether
     it is noticed by the stream or while a send waits on the client."""
-    last = stream.after or 0
+    last: int | None = None
 
     async def send_all() -> None:
         nonlocal last
@@ -248,7 +256,12 @@ async def pump_websocket(websocket: WebSocket, stream: EventStream) -> None:
             task.cancel()
         await asyncio.gather(sender, dropped, return_exceptions=True)
         stream.close()
-    if sender.cancelled() or isinstance(sender.exception(), SlowConsumer):
-        await websocket.close(SLOW_CONSUMER_CLOSE, str(SlowConsumer(last)))
-    elif sender.exception() is None:
+    error = None if sender.cancelled() else sender.exception()
+    if sender.cancelled() or isinstance(error, SlowConsumer):
+        resume = last if last is not None else stream.start or 0
+        await websocket.close(SLOW_CONSUMER_CLOSE, str(SlowConsumer(resume)))
+    elif error is None:
         await websocket.close(1000)
+    elif not isinstance(error, WebSocketDisconnect):  # the client left: nothing to tell
+        logger.error("event stream failed", exc_info=error, extra={"action": "event_stream"})
+        await websocket.close(1011, "Internal error")

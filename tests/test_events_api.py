@@ -334,3 +334,29 @@ def _dechunk(body: bytes) -> str:
             break
         out, rest = out + rest[:size], rest[size + 2 :]
     return out.decode(errors="replace")
+
+
+async def test_a_slow_websocket_consumer_is_closed_with_the_id_to_resume_after(
+    live: Live,
+) -> None:
+    hub = app.state.events
+    hub.queue_max = 50
+    ws_url = live.url.replace("http", "ws")
+    async with ws_connect(f"{ws_url}/api/ws", max_queue=1, max_size=None) as ws:
+        ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await asyncio.sleep(0.3)
+        total = 0
+        while hub.subscribers and total < 20_000:
+            batch = [live.store.create_execution(new(f"w{total + i}")) for i in range(200)]
+            await asyncio.gather(*batch)
+            total += 200
+            await asyncio.sleep(0.06)
+        assert hub.subscribers == 0, "the slow consumer was never disconnected"
+        got: list[int] = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                got.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["id"])
+        assert ws.close_code == 1008
+        assert ws.close_reason == f"Slow consumer disconnected; resume after event {got[-1]}"
+    everything = [e.id for e in await live.store.events_after(got[0] - 1, limit=len(got))]
+    assert got == everything
