@@ -80,6 +80,29 @@ async def test_metrics_needs_a_service_key_when_keys_are_set(
     assert (await c.get("/api/executions/x")).status_code == 401  # only /metrics is public
 
 
+@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+async def test_metrics_answer_without_the_queue_depth_when_the_store_fails(
+    service: Service,
+) -> None:
+    from api.deps import get_store
+    from api_service import app
+
+    class Down:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError("store is down")
+
+    async def down() -> Down:
+        return Down()
+
+    app.dependency_overrides[get_store] = down
+    try:
+        r = await service.client.get("/metrics")
+    finally:
+        app.dependency_overrides.clear()
+    assert r.status_code == 200
+    assert "wos_executions_submitted_total" in r.text and "wos_queue_depth{" not in r.text
+
+
 @pytest.mark.parametrize("service", ["sqlite", "memory"], indirect=True)
 async def test_in_process_counts_follow_the_executions(service: Service) -> None:
     """One process (no multiprocess folder): the deltas of one submit and one run."""

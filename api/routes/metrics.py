@@ -2,6 +2,8 @@
 It needs a service key when API_KEYS is set, unless METRICS_PUBLIC=true; it is left out of the
 OpenAPI document (it is not JSON)."""
 
+import asyncio
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response
@@ -10,6 +12,9 @@ from starlette.exceptions import HTTPException
 from api.deps import SettingsDep, StoreDep, authenticate
 from database.probes import queued_count
 from metrics import CONTENT_TYPE, PRIORITIES, exposition
+
+logger = logging.getLogger(__name__)
+QUEUE_READ_TIMEOUT_S = 2.0
 
 router = APIRouter(tags=["health"])
 
@@ -30,6 +35,13 @@ async def metrics_reader(
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_reader)])
 async def metrics(store: StoreDep) -> Response:
-    depth = {priority: 0 for priority in PRIORITIES}
-    depth["normal"] = await queued_count(store)
+    """A store that cannot be read leaves `wos_queue_depth` out of the answer (the rest of the
+    scrape still counts; the readiness probe says what is wrong)."""
+    depth: dict[str, int] = {}
+    try:
+        queued = await asyncio.wait_for(queued_count(store), QUEUE_READ_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - the scrape answers without the queue depth
+        logger.warning("queue depth unreadable for /metrics", exc_info=True)
+    else:
+        depth = {priority: 0 for priority in PRIORITIES} | {"normal": queued}
     return Response(exposition(depth), media_type=CONTENT_TYPE)
