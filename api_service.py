@@ -47,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.resources = open_resources(settings, app.state.store)
     app.state.wake_workers = WorkerWakeup(os.environ.get("WOS_WAKE_PORTS"))
     app.state.events = EventHub(app.state.store, listen_dsn=listen_dsn(settings.database_url))
+    app.state.events.end_streams_on_exit()
     try:
         yield
     finally:

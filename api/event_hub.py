@@ -12,9 +12,13 @@ id it got (`api.event_stream`).
 import asyncio
 import functools
 import logging
+import signal
 from collections import deque
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 from database.events import NOTIFY_CHANNEL
 from database.interfaces import Event, EventStore
@@ -48,6 +52,8 @@ class Subscription:
         self._queue: deque[Event] = deque()
         self._ready = asyncio.Event()
         self.overflowed = False
+        self.ended = False
+        """The hub is shutting down: the stream ends (the client reconnects later)."""
 
     def offer(self, event: Event) -> None:
         if self.overflowed or not self.match(event):
@@ -59,8 +65,8 @@ class Subscription:
         self._ready.set()
 
     async def take(self) -> list[Event]:
-        """What is queued (waits for something); [] once overflowed and drained."""
-        while not self._queue and not self.overflowed:
+        """What is queued (waits for something); [] once overflowed or ended, and drained."""
+        while not self._queue and not self.overflowed and not self.ended:
             self._ready.clear()
             await self._ready.wait()
         taken = list(self._queue)
@@ -72,6 +78,10 @@ class Subscription:
         while not self.overflowed:
             self._ready.clear()
             await self._ready.wait()
+
+    def end(self) -> None:
+        self.ended = True
+        self._ready.set()
 
     def restart(self) -> None:
         """Forget what is queued and the overflow (the stream re-reads the store instead)."""
@@ -99,6 +109,7 @@ class EventHub:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._ending = False
 
     @property
     def subscribers(self) -> int:
@@ -110,6 +121,9 @@ class EventHub:
         """A new subscription: every event committed after this call returns is offered to it
         (and some committed before; readers skip ids they have)."""
         sub = Subscription(match, execution_id, self.queue_max)
+        if self._ending:
+            sub.end()
+            return sub
         async with self._lock:
             if not self.subscribers:  # idle until now: skip what nobody listened to
                 self.cursor = max(self.cursor, await self.store.last_event_id())
@@ -136,6 +150,29 @@ class EventHub:
         self._tasks.append(asyncio.create_task(self._read_loop(), name="wos-event-hub"))
         if self.listen_dsn is not None:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="wos-event-listen"))
+
+    def end_streams(self) -> None:
+        """End every stream (and any opened from now on): the server is shutting down and
+        waits for open answers before it stops."""
+        self._ending = True
+        for sub in [*self._everyone, *(s for subs in self._by_execution.values() for s in subs)]:
+            sub.end()
+
+    def end_streams_on_exit(self) -> None:
+        """Chain `end_streams` before uvicorn's own SIGINT/SIGTERM handler: uvicorn lets open
+        answers finish before it shuts the app down, and a stream never finishes by itself.
+        Nothing happens where uvicorn does not handle the signals (tests)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
+            if not isinstance(getattr(previous, "__self__", None), uvicorn.Server):
+                continue
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.end_streams)
+                previous(signum, frame)
+
+            signal.signal(sig, handler)
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -122,7 +122,8 @@ class EventStream:
                 yield shown
             if ends:
                 return
-        raise SlowConsumer(last)
+        if not sub.ended:
+            raise SlowConsumer(last)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         async for batch in self.batches():
@@ -261,7 +262,8 @@ async def pump_websocket(websocket: WebSocket, stream: EventStream) -> None:
         resume = last if last is not None else stream.start or 0
         await websocket.close(SLOW_CONSUMER_CLOSE, str(SlowConsumer(resume)))
     elif error is None:
-        await websocket.close(1000)
+        ending = stream.sub is not None and stream.sub.ended
+        await websocket.close(1001 if ending else 1000, "Service shutting down" if ending else None)
     elif not isinstance(error, WebSocketDisconnect):  # the client left: nothing to tell
         logger.error("event stream failed", exc_info=error, extra={"action": "event_stream"})
         await websocket.close(1011, "Internal error")

@@ -3,6 +3,8 @@ processes) streams a run the worker executes, on SQLite (the API's tailer) and P
 (LISTEN/NOTIFY); the stream's `?api_key=` never reaches the service log."""
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -85,3 +87,25 @@ def test_a_subscriber_receives_every_event_of_a_run_in_another_process(
         assert status["nodeResults"][nid]["success"] is True
     assert got[-1]["data"]["progress"] == status["progress"]
     assert KEY not in log
+
+
+def test_open_streams_end_when_the_service_stops(tmp_path: Path) -> None:
+    """uvicorn waits for open answers before it stops; the hub ends every stream first (an SSE
+    answer finishes, a WebSocket closes 1001), so a stop is not held up by subscribers."""
+    svc = RunningService(tmp_path, "inline")
+    ended: list[str] = []
+
+    def hold() -> None:
+        with httpx.Client(base_url=svc.url, timeout=30, trust_env=False) as client:
+            with client.stream("GET", "/api/events") as r:
+                for _ in r.iter_lines():
+                    pass
+        ended.append("sse")
+
+    reader = threading.Thread(target=hold, daemon=True)
+    reader.start()
+    time.sleep(1)
+    took = svc.stop()
+    reader.join(10)
+    assert ended == ["sse"]
+    assert took < 5, f"stop took {took:.1f} s"
