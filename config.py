@@ -230,6 +230,12 @@ class Settings(BaseSettings):
     """How long after its event a callback is still retried before it is `failed`."""
     CALLBACK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
     """One callback request, connect to last byte read."""
+    EXECUTION_RETENTION_DAYS: float | None = Field(default=None, gt=0)
+    """Finished executions of the service older than this many days are deleted (None: kept)."""
+    EXECUTION_RETENTION_MAX: int | None = Field(default=None, ge=1)
+    """Only the newest this many finished executions per organization are kept (None: all)."""
+    RETENTION_INTERVAL_SECONDS: float = Field(default=60.0, gt=0, le=60)
+    """How often a worker process looks for executions to prune (flows/retention.py)."""
 
     @field_validator("CALLBACK_SECRET")
     @classmethod

@@ -81,6 +81,7 @@ class MemoryStore(MemoryEvents):
         self.logs: dict[str, list[Row]] = {}
         self.keys: dict[tuple[str, str], tuple[str, str, float]] = {}
         self.events = []
+        self._event_floor = 0
         self._seq = itertools.count()
         self.entities.reset()
         self.callbacks.reset()

@@ -1,6 +1,8 @@
 """The in-memory store's events (part of `MemoryStore`): appended by each change as it is made,
 with ids 1, 2, … in order."""
 
+import bisect
+
 from database.events import Counts, Draft, event_row, to_event
 from database.interfaces import Event, Row
 from jsonutil import now_iso
@@ -10,6 +12,8 @@ class MemoryEvents:
     """`EventStore` in a list; the store supplies its `executions` and `runs` rows."""
 
     events: list[Event]
+    _event_floor = 0
+    """The highest id of events retention deleted (ids are never reused)."""
     executions: dict[str, Row]
     runs: dict[str, Row]
 
@@ -26,13 +30,15 @@ class MemoryEvents:
                 counts=counts,
                 now=now,
             )
-            self.events.append(to_event(len(self.events) + 1, stored))
+            last = self.events[-1].id if self.events else self._event_floor
+            self.events.append(to_event(last + 1, stored))
 
     async def events_after(
         self, after: int, *, execution_id: str | None = None, limit: int = 500
     ) -> list[Event]:
         found: list[Event] = []
-        for event in self.events[max(0, after) :]:
+        start = bisect.bisect_right(self.events, after, key=lambda e: e.id)
+        for event in self.events[start:]:
             if len(found) >= limit:
                 break
             if execution_id is None or event.execution_id == execution_id:
@@ -40,4 +46,4 @@ class MemoryEvents:
         return found
 
     async def last_event_id(self) -> int:
-        return len(self.events)
+        return self.events[-1].id if self.events else self._event_floor

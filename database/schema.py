@@ -241,6 +241,12 @@ callback_cursor = _table(
     sa.Column("name", T, primary_key=True),
     sa.Column("eventId", sa.BigInteger, nullable=False),
 )
+leases = _table(
+    "wos_leases",  # named leases: one process at a time does that job (database/retention)
+    sa.Column("name", T, primary_key=True),
+    sa.Column("owner", T, nullable=False),
+    sa.Column("expiresAt", sa.Float, nullable=False),
+)
 
 
 def create_all(conn: sa.Connection) -> None:

@@ -15,6 +15,7 @@ from database.interfaces import Claim, WorkerStore
 from database.probes import forget
 from flows.callbacks import CallbackService
 from flows.heartbeat import heartbeat
+from flows.retention import RetentionService
 from flows.runner import PrefectProbe, Runner
 from states import ExecutionMode, ExecutionStatus, Outcome
 from tasks.context import open_resources
@@ -216,12 +217,14 @@ async def main() -> None:
     callbacks = asyncio.create_task(
         CallbackService(settings, store, resources.http, worker.owner).run(callbacks_stop)
     )
+    pruning = asyncio.create_task(RetentionService(settings, store, worker.owner).run(stop))
     freeze_startup_heap()  # shorter garbage-collector pauses of the loop (tasks/cpu.py)
     try:
         await worker.serve(stop)
     finally:
         callbacks_stop.set()
         await callbacks
+        await pruning
         if wakeups is not None:
             wakeups.close()
         await resources.aclose()
