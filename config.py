@@ -119,8 +119,12 @@ class Settings(BaseSettings):
     MAX_WORKFLOW_NODES: int = Field(default=1000, ge=1)
     MAX_WORKFLOW_CONNECTIONS: int = Field(default=5000, ge=0)
     MAX_RESUME_ATTEMPTS: int = Field(default=3, ge=0)
+    DEFAULT_WORKFLOW_VERSION: Literal["auto", "draft"] = "auto"
+    """Which definition an execute without `version` runs (api/versions.py `resolve`)."""
 
-    @field_validator("EXECUTION_MODE", "SMTP_SECURITY", "LOG_FORMAT", mode="before")
+    @field_validator(
+        "EXECUTION_MODE", "SMTP_SECURITY", "LOG_FORMAT", "DEFAULT_WORKFLOW_VERSION", mode="before"
+    )
     @classmethod
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from api import versions
 from api.callbacks import callbacks_public, stored_callback
 from api.schemas import (
     CallbackCreate,
@@ -79,7 +80,10 @@ async def submit(
     name: str | None = None
     organization_id = key_organization or body.organizationId
     data_organization_id = organization_id
+    version: int | None = None
     if body.workflow is not None:
+        if body.version not in (None, "draft"):
+            raise GraphValidationError("version applies to a stored workflow, not an inline one")
         workflow_id = body.workflowId or f"inline_{new_execution_id()}"
         raw: Any = body.workflow
     elif body.workflowId:
@@ -88,7 +92,8 @@ async def submit(
         owner = None if row is None else row["organizationId"]
         if row is None or organization_id not in (None, owner or organization_id):
             raise WorkflowNotFound(f"Workflow {workflow_id} not found")
-        name, raw = row["name"], row["data"]
+        chosen = await versions.resolve(store, row, body.version, body.inputs)
+        name, raw, version = row["name"], chosen.raw, chosen.version
         data_organization_id = owner or organization_id
     else:
         raise GraphValidationError("workflowId is required (or send an inline 'workflow')")
@@ -106,6 +111,8 @@ async def submit(
         mode=(body.mode or default_mode).value,
         data_organization_id=data_organization_id,
         callback=stored_callback(body.callback),
+        workflow_version=version,
+        workflow_hash=await versions.definition_hash(raw),
     )
     return await _queue(store, wake, new, key)
 
@@ -150,6 +157,8 @@ async def retry(
         node_results=None if from_scratch else reusable_results(row["nodeResults"], execution_id),
         data_organization_id=row.get("dataOrganizationId") or row["organizationId"],
         callback=stored_callback(callback) if callback is not None else row.get("callback"),
+        workflow_version=row.get("workflowVersion"),
+        workflow_hash=row.get("workflowHash"),
     )
     queued = await _queue(store, wake, new, None)
     return RetrySubmitted(
@@ -303,6 +312,8 @@ async def execution_public(
         flowRunId=row.get("flowRunId"),
         prefectUrl=prefect_url(row),
         callbacks=await callbacks_public(store, row),
+        workflowVersion=row.get("workflowVersion"),
+        workflowHash=row.get("workflowHash"),
     )
 
 

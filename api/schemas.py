@@ -70,6 +70,20 @@ class ExecutionCreate(_Body):
     (or one of the original service's flow names, `LEGACY_MODES`)."""
     callback: CallbackCreate | None = None
 
+    version: int | Literal["draft", "published"] | None = None
+    """Which definition of the stored workflow runs: "draft" (`workflows.data`), "published"
+    (the version publishedVersionId names) or a version number; DEFAULT_WORKFLOW_VERSION if
+    absent (api/versions.py `resolve`)."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _normalise_version(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError('version must be "draft", "published" or a version number')
+        if isinstance(value, int) and not 0 <= value <= VERSION_MAX:
+            raise ValueError(f"version must be between 0 and {VERSION_MAX}")
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("mode", mode="before")
     @classmethod
     def _normalise_mode(cls, value: object) -> object:
@@ -78,6 +92,9 @@ class ExecutionCreate(_Body):
             return None if value in LEGACY_MODES else value
         return value
 
+
+VERSION_MAX = 2**31 - 1
+"""The largest version number (`workflow_versions.version` is a 32-bit INTEGER on PostgreSQL)."""
 
 LEGACY_MODES = frozenset({"", "optimized", "legacy"})
 """`mode` values of the original service (contract §1: its two flows, "optimized" by default):
@@ -202,6 +219,12 @@ class ExecutionPublic(_Answer):
     when the execution did not run in Prefect."""
     callbacks: list[CallbackPublic]
     """The callback deliveries, by event (the latest 500)."""
+    workflowVersion: int | None = None
+    """The workflow version that ran; null for the draft, an inline workflow, or a row the
+    service did not create."""
+    workflowHash: str | None = None
+    """sha256 hex of the RFC 8785 canonical JSON of the definition's {nodes, connections} as
+    stored (null for rows the service did not create)."""
 
 
 class ExecutionLogs(_Answer):
@@ -246,6 +269,8 @@ class ExecutionSummary(_Answer):
     startedAt: str | None
     completedAt: str | None
     error: str | None
+    workflowVersion: int | None = None
+    workflowHash: str | None = None
 
 
 class WorkflowExecutions(_Answer):
@@ -270,6 +295,8 @@ class ExecutionListed(_Answer):
     startedAt: str | None
     completedAt: str | None
     error: str | None
+    workflowVersion: int | None = None
+    workflowHash: str | None = None
 
 
 class ActiveCounts(_Answer):
@@ -312,6 +339,58 @@ class ExecutionGraph(_Answer):
     workflowName: str | None
     nodes: list[GraphNode]
     connections: list[GraphConnection]
+
+
+class VersionPublic(_Answer):
+    """One of the Node backend's versions of a workflow (`workflow_versions`)."""
+
+    version: int
+    name: str | None
+    description: str | None
+    createdAt: str | None
+    createdByName: str | None
+    published: bool
+    """Whether `workflows.publishedVersionId` names it (what triggers run)."""
+    hash: str | None
+    """As `workflowHash`; null when the definition is over the submit limits."""
+
+
+class VersionList(_Answer):
+    """`GET /api/workflows/{id}/versions`, newest first."""
+
+    versions: list[VersionPublic]
+
+
+class VersionDetail(VersionPublic):
+    """`GET /api/workflows/{id}/versions/{n}`: a version and its definition as stored."""
+
+    workflow: dict[str, Any]
+    """`{nodes, connections}` of the version's data."""
+
+
+class NodeChange(_Answer):
+    id: str
+    keys: list[str]
+    """The config keys whose values differ, plus `type`/`label` when those differ."""
+
+
+class NodesDiff(_Answer):
+    added: list[str]
+    removed: list[str]
+    changed: list[NodeChange]
+
+
+class ConnectionsDiff(_Answer):
+    added: list[dict[str, Any]]
+    """Connections of `to` not in `from` (compared by endpoints, branch and input port)."""
+    removed: list[dict[str, Any]]
+
+
+class VersionDiff(_Answer):
+    """`GET /api/workflows/{id}/versions/diff?from=a&to=b`."""
+
+    nodes: NodesDiff
+    connections: ConnectionsDiff
 
 
 _ERRORS = {

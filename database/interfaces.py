@@ -51,12 +51,28 @@ RUN_COLUMNS = (
     "state",
     "dataOrganizationId",
     "callback",
+    "workflowVersion",
+    "workflowHash",
 )
 """The service's own state `get_execution` joins in (None where the service did not create the
 row)."""
+VERSION_COLUMNS = (
+    "id",
+    "workflowId",
+    "organizationId",
+    "version",
+    "name",
+    "data",
+    "description",
+    "createdByName",
+    "createdAt",
+)
+"""The `workflow_versions` columns the version reads answer (the Node backend's table)."""
+HISTORY_RUN_COLUMNS = ("workflowVersion", "workflowHash")
+"""The service's own columns the execution lists add to each row (None where not ours)."""
 LIST_COLUMNS = ("id", "workflowId", "status", "createdAt", "startedAt", "completedAt", "error")
 """The keys of each `ApiStore.list_executions` row."""
-OVERVIEW_COLUMNS = (*LIST_COLUMNS, "organizationId", "workflowName")
+OVERVIEW_COLUMNS = (*LIST_COLUMNS, "organizationId", "workflowName", *HISTORY_RUN_COLUMNS)
 """The keys of each `ApiStore.list_all_executions` row (`workflowName`: the service's, else the
 stored workflow's)."""
 
@@ -130,6 +146,10 @@ class NewExecution:
     `organization_id`), kept in the service's own table: the row's organizationId may be null."""
     callback: str | None = None
     """Where its events are POSTed: `{"url", "events"}` JSON text (`database.callbacks`)."""
+    workflow_version: int | None = None
+    """The `workflow_versions.version` it runs; None for the draft or an inline workflow."""
+    workflow_hash: str | None = None
+    """sha256 hex of the RFC 8785 JSON of the definition's {nodes, connections} as stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +223,19 @@ class ApiStore(Protocol):
     async def get_workflow(self, workflow_id: str, organization: str | None = None) -> Row | None:
         """The stored workflow's id, name, data and organizationId; with `organization`, only
         a workflow of that org or of none."""
+        ...
+
+    async def list_versions(self, workflow_id: str, limit: int) -> list[Row]:
+        """The workflow's `workflow_versions` rows (`VERSION_COLUMNS` and `published`: whether
+        `workflows.publishedVersionId` names it), newest first, at most `limit`."""
+        ...
+
+    async def get_version(self, workflow_id: str, version: int) -> Row | None:
+        """The workflow's version `version` (keys as `list_versions`), or None."""
+        ...
+
+    async def get_published_version(self, workflow_id: str) -> Row | None:
+        """The version `workflows.publishedVersionId` names (of that workflow), or None."""
         ...
 
     async def create_execution(

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from database.interfaces import LIST_COLUMNS, ExecutionQuery, Row
+from database.interfaces import HISTORY_RUN_COLUMNS, LIST_COLUMNS, ExecutionQuery, Row
 from database.schema import executions, runs, workflows
 from states import ACTIVE_STATUSES
 
@@ -41,7 +41,12 @@ def _page(conn: sa.Connection, query: ExecutionQuery) -> list[Row]:
         where.append(executions.c.status == query.status)
     name = sa.func.coalesce(runs.c.workflowName, workflows.c.name).label("workflowName")
     select = (
-        sa.select(*(executions.c[c] for c in LIST_COLUMNS), executions.c.organizationId, name)
+        sa.select(
+            *(executions.c[c] for c in LIST_COLUMNS),
+            executions.c.organizationId,
+            name,
+            *(runs.c[c] for c in HISTORY_RUN_COLUMNS),
+        )
         .select_from(
             executions.outerjoin(runs, runs.c.executionId == executions.c.id).outerjoin(
                 workflows, workflows.c.id == executions.c.workflowId
@@ -115,5 +120,6 @@ def memory_list_all(
         rows.append(
             {**{c: r[c] for c in LIST_COLUMNS}, "organizationId": r["organizationId"]}
             | {"workflowName": name}
+            | {c: run.get(c) for c in HISTORY_RUN_COLUMNS}
         )
     return rows, counts

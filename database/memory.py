@@ -26,6 +26,7 @@ from database.events import (
 from database.ids import log_row
 from database.interfaces import (
     EXECUTION_COLUMNS,
+    HISTORY_RUN_COLUMNS,
     LIST_COLUMNS,
     RUN_COLUMNS,
     Checkpoint,
@@ -41,6 +42,7 @@ from database.listing import memory_list_all
 from database.memory_callbacks import MemoryCallbackStore
 from database.memory_entities import MemoryEntityStore
 from database.memory_events import MemoryEvents
+from database.memory_versions import MemoryVersions
 from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
 from states import (
@@ -65,7 +67,7 @@ def open_memory_store(name: str) -> "MemoryStore":
     return store
 
 
-class MemoryStore(MemoryEvents):
+class MemoryStore(MemoryEvents, MemoryVersions):
     """`Store` in dictionaries. Rows are dicts keyed like the SQL columns."""
 
     def __init__(self) -> None:
@@ -76,6 +78,7 @@ class MemoryStore(MemoryEvents):
     def reset(self) -> None:
         """Forget everything (executions, runs, logs, keys, workflows, entities, tables)."""
         self.workflows: dict[str, Row] = {}
+        self.versions: list[Row] = []
         self.executions: dict[str, Row] = {}
         self.runs: dict[str, Row] = {}
         self.logs: dict[str, list[Row]] = {}
@@ -152,6 +155,8 @@ class MemoryStore(MemoryEvents):
             retryOf=new.retry_of,
             dataOrganizationId=new.data_organization_id,
             callback=new.callback,
+            workflowVersion=new.workflow_version,
+            workflowHash=new.workflow_hash,
             leaseOwner=None,
             leaseExpiresAt=None,
         )
@@ -220,7 +225,12 @@ class MemoryStore(MemoryEvents):
             if r["workflowId"] == workflow_id and organization in (None, r["organizationId"])
         ]
         mine.sort(key=lambda r: (r["createdAt"] or "", r["id"]), reverse=True)
-        return [{c: r[c] for c in LIST_COLUMNS} for r in mine[:limit]], len(mine)
+        runs = self.runs
+        return [
+            {c: r[c] for c in LIST_COLUMNS}
+            | {c: (runs.get(r["id"]) or {}).get(c) for c in HISTORY_RUN_COLUMNS}
+            for r in mine[:limit]
+        ], len(mine)
 
     async def list_all_executions(self, query: ExecutionQuery) -> tuple[list[Row], dict[str, int]]:
         return memory_list_all(self.executions, self.runs, self.workflows, query)

@@ -179,6 +179,8 @@ runs = _table(
     sa.Column("createdAt", T, nullable=False),
     sa.Column("dataOrganizationId", T),
     sa.Column("callback", T),  # the execute body's callback {url, events} (JSON text)
+    sa.Column("workflowVersion", sa.Integer),  # workflow_versions.version run; NULL: draft
+    sa.Column("workflowHash", T),  # sha256 of the definition's canonical JSON (api/versions)
     sa.Index("idx_wos_executions_state", "state", "seq"),
 )
 

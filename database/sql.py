@@ -31,6 +31,7 @@ from database.events import (
     node_drafts,
 )
 from database.interfaces import (
+    HISTORY_RUN_COLUMNS,
     LIST_COLUMNS,
     RUN_COLUMNS,
     CallbackStore,
@@ -47,6 +48,7 @@ from database.schema import create_all, executions, logs, runs, workflows
 from database.sql_events import SqlEvents, insert_events
 from database.sql_keys import insert_keyed, taken
 from database.sql_queue import SqlQueue
+from database.versions import SqlVersions
 from errors import DuplicateExecution
 from jsonutil import dump_json, now_iso
 from metrics import store_commit
@@ -59,7 +61,7 @@ BUSY = object()
 """`_read_now`'s answer when it cannot read at once (the caller falls back to `_run`)."""
 
 
-class SqlStore(SqlQueue, SqlEvents):
+class SqlStore(SqlQueue, SqlEvents, SqlVersions):
     """All database access of the service over SQLAlchemy Core. Open with `database.open_store`,
     close with `close`. Each operation is one short transaction written as a plain function of a
     SQLAlchemy Connection, run by the backend's `_run`."""
@@ -209,6 +211,8 @@ class SqlStore(SqlQueue, SqlEvents):
                 "retryOf": new.retry_of,
                 "dataOrganizationId": new.data_organization_id,
                 "callback": new.callback,
+                "workflowVersion": new.workflow_version,
+                "workflowHash": new.workflow_hash,
             },
         }
         try:
@@ -331,6 +335,7 @@ class SqlStore(SqlQueue, SqlEvents):
         self, workflow_id: str, limit: int, organization: str | None = None
     ) -> tuple[list[dict[str, Any]], int]:
         cols = [executions.c[c] for c in LIST_COLUMNS]
+        cols += [runs.c[c] for c in HISTORY_RUN_COLUMNS]
         where = executions.c.workflowId == workflow_id
         if organization is not None:
             where = sa.and_(where, executions.c.organizationId == organization)
@@ -339,6 +344,7 @@ class SqlStore(SqlQueue, SqlEvents):
             rows = (
                 conn.execute(
                     sa.select(*cols)
+                    .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
                     .where(where)
                     .order_by(executions.c.createdAt.desc(), executions.c.id.desc())
                     .limit(limit)

@@ -16,6 +16,7 @@ from config import get_settings
 from tasks.visualization import image_path
 from tests.conftest import Service
 from tests.test_api import SIMPLE
+from tests.test_versions import add_version
 
 PNG = b"\x89PNG\r\n\x1a\nrest"
 
@@ -100,6 +101,16 @@ async def test_every_answer_matches_the_openapi_schema(
     check(await c.get("/api/workflows/wf1/executions"), history)
     check(await c.get("/api/workflows/nope/executions"), history)
     check(await c.get("/api/workflows/wf1/executions?limit=0"), history)
+    versions = "/api/workflows/{workflow_id}/versions"
+    await add_version(service.store, "wf1", 1, SIMPLE, published=True)
+    check(await c.get("/api/workflows/wf1/versions"), versions)
+    check(await c.get("/api/workflows/nope/versions"), versions)
+    check(await c.get("/api/workflows/wf1/versions/1"), versions + "/{version}")
+    check(await c.get("/api/workflows/wf1/versions/9"), versions + "/{version}")
+    check(await c.get("/api/workflows/wf1/versions/x"), versions + "/{version}")
+    check(await c.get("/api/workflows/wf1/versions/diff?from=1&to=draft"), versions + "/diff")
+    check(await c.get("/api/workflows/wf1/versions/diff?from=1&to=9"), versions + "/diff")
+    check(await c.get("/api/workflows/wf1/versions/diff?from=x&to=1"), versions + "/diff")
 
     one, logs = "/api/executions/{execution_id}", "/api/executions/{execution_id}/logs"
     cancel, retry = one + "/cancel", one + "/retry"

@@ -182,6 +182,7 @@ async def test_get_execution_answers_the_same_columns_everywhere(store: Store) -
         *("requestedMode", "mode", "modeReason", "attempts", "resumedAt", "retryOf"),
         *("flowRunId", "totalNodes", "completedNodes", "failedNodes", "skippedNodes", "state"),
         *("dataOrganizationId", "callback"),
+        *("workflowVersion", "workflowHash"),
     }
     assert (row["state"], row["attempts"], row["completedNodes"]) == ("queued", 0, 0)
 

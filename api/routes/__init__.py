@@ -2,11 +2,22 @@
 
 from fastapi import APIRouter
 
-from api.routes import dashboard, events, executions, health, images, metrics, nodes, workflows
+from api.routes import (
+    dashboard,
+    events,
+    executions,
+    health,
+    images,
+    metrics,
+    nodes,
+    versions,
+    workflows,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
     workflows.router,
+    versions.router,
     executions.router,
     nodes.router,
     images.router,
