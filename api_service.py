@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.event_hub import EventHub, listen_dsn
+from api.event_hub import EventHub
 from api.routes import ROUTERS
 from api.routes.health import SERVICE, VERSION
 from api.wakeup import WorkerWakeup
 from config import get_settings
 from database import open_store
+from database.listen import listen_dsn
 from errors import (
     Conflict,
     ExecutionNotFound,

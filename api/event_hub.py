@@ -10,7 +10,6 @@ id it got (`api.event_stream`).
 """
 
 import asyncio
-import functools
 import logging
 import signal
 from collections import deque
@@ -22,6 +21,7 @@ import uvicorn
 
 from database.events import NOTIFY_CHANNEL
 from database.interfaces import Event, EventStore
+from database.listen import listen_forever
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +32,6 @@ SAFETY_POLL_S = 2.0
 """PostgreSQL: a read this often even without notifications (one lost with a connection)."""
 RECONNECT_S = 1.0
 PAGE = 500
-
-
-def listen_dsn(database_url: str) -> str | None:
-    """The plain `postgresql://` DSN the hub LISTENs on, for a PostgreSQL store; None (poll)
-    for any other."""
-    scheme, sep, rest = database_url.partition("://")
-    if not sep or scheme.partition("+")[0].lower() not in ("postgresql", "postgres"):
-        return None
-    return f"postgresql://{rest}"
 
 
 class Subscription:
@@ -222,31 +213,5 @@ class EventHub:
     async def _listen_loop(self) -> None:
         """PostgreSQL: LISTEN on a connection of its own; each notification (and each
         reconnection, which may have missed some) wakes the reader."""
-        import asyncpg  # type: ignore[import-untyped]
-
         assert self.listen_dsn is not None
-        while True:
-            lost = asyncio.get_running_loop().create_future()
-            conn: Any = None
-            try:
-                conn = await asyncpg.connect(self.listen_dsn)
-                conn.add_termination_listener(functools.partial(_resolve, lost))
-                await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-                self._wake.set()
-                await lost
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                logger.warning(
-                    "event listener connection failed: %s", exc, extra={"action": "event_listen"}
-                )
-            finally:
-                if conn is not None and not conn.is_closed():
-                    await conn.close()
-            await asyncio.sleep(RECONNECT_S)
-
-    def _notified(self, *_args: Any) -> None:
-        self._wake.set()
-
-
-def _resolve(future: "asyncio.Future[None]", *_args: Any) -> None:
-    if not future.done():
-        future.set_result(None)
+        await listen_forever(self.listen_dsn, NOTIFY_CHANNEL, self._wake.set, name="event listener")

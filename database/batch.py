@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from database.events import COUNT_COLUMNS, Counts, Draft, event_row
 from database.ids import log_row
 from database.interfaces import Checkpoint, Row, RunEnd, RunStart
+from database.listen import NOTIFY_QUEUE
 from database.schema import executions, logs, runs
 from database.sql_events import insert_events
 from jsonutil import now_iso
@@ -54,6 +55,9 @@ class Op:
     """The rows (create), `RunStart` (start), `Checkpoint` (checkpoint) or `RunEnd` (finish)."""
     drafts: list[Draft] = field(default_factory=list)
     """The events it publishes when it applies (`database.events`)."""
+    owner: str | None = None
+    """The worker whose lease the write is fenced by: nothing of the operation is written (and
+    it answers False) unless the run's `leaseOwner` is still this one. None: not fenced."""
     future: "asyncio.Future[bool]" = field(default=None, repr=False)  # type: ignore[arg-type]
 
 
@@ -166,19 +170,31 @@ _FINISH_RUN = (
 )
 
 
+_STATUS_COLUMNS = (
+    executions.c.id,
+    executions.c.status,
+    executions.c.workflowId,
+    executions.c.organizationId,
+    runs.c.leaseOwner,
+    *(runs.c[c] for c in COUNT_COLUMNS),
+)
 _STATUS = (
-    sa.select(
-        executions.c.id,
-        executions.c.status,
-        executions.c.workflowId,
-        executions.c.organizationId,
-        *(runs.c[c] for c in COUNT_COLUMNS),
-    )
+    sa.select(*_STATUS_COLUMNS)
     .select_from(executions.outerjoin(runs, runs.c.executionId == executions.c.id))
     .where(executions.c.id.in_(sa.bindparam("ids", expanding=True)))
 )
-"""What a batch reads first: each execution's status, and what its events need."""
-_STATUS_FOR_UPDATE = _STATUS.with_for_update(of=executions)
+"""What a batch reads first: each execution's status, its lease owner, and what its events
+need."""
+_STATUS_FOR_UPDATE = (
+    sa.select(*_STATUS_COLUMNS)
+    .select_from(executions.join(runs, runs.c.executionId == executions.c.id))
+    .where(executions.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(executions.c.id)
+    .with_for_update(of=(executions, runs))
+)
+"""PostgreSQL: both rows locked, in id order. The `runs` lock makes a lease fence exact: a
+claim taking the run over (`FOR UPDATE SKIP LOCKED`) either committed before (this read sees the
+new owner) or skips the row until this batch committed."""
 _INSERT_EXEC = executions.insert()
 _INSERT_RUN = runs.insert()
 _INSERT_LOG = logs.insert()
@@ -219,6 +235,7 @@ def apply_batch(
     """One transaction for a batch of create/start/checkpoint/finish operations (at most one per
     execution: each execution awaits its previous operation). The statuses are read first
     under the write lock (row locks on PostgreSQL), so a concurrent cancel is never overwritten.
+    An operation fenced by a lease its owner lost (`Op.owner`) writes nothing and answers False.
     Each operation that applies publishes its events in the same transaction (`notify`: as
     PostgreSQL does, `database.sql_events.insert_events`)."""
     run = functools.partial(_execute_many, conn) if executemany else conn.execute
@@ -226,6 +243,8 @@ def apply_batch(
     if creates:
         run(_INSERT_EXEC, [p["execution"] for p in creates])
         run(_INSERT_RUN, [p["run"] for p in creates])
+        if notify:  # workers of every machine LISTEN (`database.listen`)
+            conn.execute(NOTIFY_QUEUE)
     state: dict[str, Row] = {}
     if ids := [op.execution_id for op in batch if op.kind != "create"]:
         query = _STATUS_FOR_UPDATE if lock_rows else _STATUS
@@ -257,6 +276,8 @@ def apply_batch(
             continue
         live = _live(op, state)
         results.append(live)
+        if _fenced(op, state):
+            continue
         if isinstance(p, RunStart):
             if live:
                 params[_START_EXEC].append({"b_id": eid, "b_now": now})
@@ -308,8 +329,18 @@ def apply_batch(
 
 
 def _live(op: Op, state: dict[str, Row]) -> bool:
-    """Does the operation still write the execution row (not cancelled, not ended)?"""
+    """Does the operation still write the execution row (not cancelled, not ended, its lease
+    not taken over)?"""
+    if _fenced(op, state):
+        return False
     return (state.get(op.execution_id) or {}).get("status") in _LIVE[op.kind]
+
+
+def _fenced(op: Op, state: dict[str, Row]) -> bool:
+    """A worker's write for a run whose lease another worker took over: refused whole."""
+    if op.owner is None:
+        return False
+    return (state.get(op.execution_id) or {}).get("leaseOwner") != op.owner
 
 
 def _event_state(op: Op, state: dict[str, Row]) -> dict[str, Any]:

@@ -115,6 +115,9 @@ class Claim:
     (this claim included); a graceful give-back never counts."""
     crashed_node: str | None = None
     """The node in flight when this claim's previous owner crashed (None: not a crash resume)."""
+    owner: str | None = None
+    """The worker holding its lease, set by that worker: every write of the run is fenced by
+    it (`Recorder.checkpoint`). None: unfenced (tests driving a run by hand)."""
 
 
 @dataclass(frozen=True)
@@ -204,9 +207,13 @@ class ExecutionQuery:
 class Recorder(Protocol):
     """The engine's checkpoints."""
 
-    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
+    async def checkpoint(
+        self, execution_id: str, checkpoint: Checkpoint, owner: str | None = None
+    ) -> bool:
         """Commit settled and started nodes atomically. False when the row left `running`
-        (cancelled): then only the final rows of settled nodes are written, no `running` rows."""
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows.
+        Fenced by `owner`'s lease when given: False, and nothing written (no event either), once
+        another worker took the run over."""
         ...
 
 
@@ -312,17 +319,20 @@ class QueueStore(Protocol):
         """Those of `execution_ids` whose status is `cancelled`."""
         ...
 
-    async def start(self, execution_id: str, run: RunStart) -> bool:
-        """Mark the execution running; False when it is no longer pending/running (cancelled)."""
+    async def start(self, execution_id: str, run: RunStart, owner: str | None = None) -> bool:
+        """Mark the execution running; False when it is no longer pending/running (cancelled).
+        Fenced by `owner`'s lease as `Recorder.checkpoint` is."""
         ...
 
-    async def finish(self, execution_id: str, end: RunEnd) -> bool:
+    async def finish(self, execution_id: str, end: RunEnd, owner: str | None = None) -> bool:
         """Write the terminal status unless the row is no longer pending/running (never
-        overwrites `cancelled`); the queue state becomes done either way."""
+        overwrites `cancelled`); the queue state becomes done either way. Fenced by `owner`'s
+        lease as `Recorder.checkpoint` is (then not even the queue state changes)."""
         ...
 
-    async def mark_done(self, execution_id: str) -> None:
-        """Take the execution off the queue without touching its status (it was cancelled)."""
+    async def mark_done(self, execution_id: str, owner: str | None = None) -> bool:
+        """Take the execution off the queue without touching its status (it was cancelled);
+        False when it is unknown or, with `owner`, another worker holds its lease."""
         ...
 
 

@@ -340,7 +340,14 @@ class MemoryStore(MemoryEvents, MemoryVersions):
         row = self.executions.get(execution_id)
         return None if row is None else row["status"]
 
-    async def start(self, execution_id: str, run: RunStart) -> bool:
+    def _fenced(self, execution_id: str, owner: str | None) -> bool:
+        """A worker's write for a run whose lease another worker took over (as SQL's)."""
+        run = self.runs.get(execution_id)
+        return owner is not None and (run is None or run["leaseOwner"] != owner)
+
+    async def start(self, execution_id: str, run: RunStart, owner: str | None = None) -> bool:
+        if self._fenced(execution_id, owner):
+            return False
         live = self._status(execution_id) in ACTIVE_STATUSES
         if live:
             row = self.executions[execution_id]
@@ -358,7 +365,11 @@ class MemoryStore(MemoryEvents, MemoryVersions):
             self._publish(execution_id, [Draft(RESUMED if run.resumed else STARTED)])
         return live
 
-    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
+    async def checkpoint(
+        self, execution_id: str, checkpoint: Checkpoint, owner: str | None = None
+    ) -> bool:
+        if self._fenced(execution_id, owner):
+            return False
         live = self._status(execution_id) in CHECKPOINT_STATUSES
         now = now_iso()
         if live:
@@ -378,7 +389,9 @@ class MemoryStore(MemoryEvents, MemoryVersions):
             self._publish(execution_id, node_drafts(checkpoint.rows))
         return live
 
-    async def finish(self, execution_id: str, end: RunEnd) -> bool:
+    async def finish(self, execution_id: str, end: RunEnd, owner: str | None = None) -> bool:
+        if self._fenced(execution_id, owner):
+            return False
         live = self._status(execution_id) in ACTIVE_STATUSES
         if live:
             row = self.executions[execution_id]
@@ -389,6 +402,8 @@ class MemoryStore(MemoryEvents, MemoryVersions):
         await self.mark_done(execution_id)
         return live
 
-    async def mark_done(self, execution_id: str) -> None:
-        if (run := self.runs.get(execution_id)) is not None:
-            run.update(state=RunState.DONE.value, leaseExpiresAt=None)
+    async def mark_done(self, execution_id: str, owner: str | None = None) -> bool:
+        if (run := self.runs.get(execution_id)) is None or self._fenced(execution_id, owner):
+            return False
+        run.update(state=RunState.DONE.value, leaseExpiresAt=None)
+        return True

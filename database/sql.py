@@ -43,6 +43,7 @@ from database.interfaces import (
     RunEnd,
     RunStart,
 )
+from database.listen import NOTIFY_QUEUE
 from database.listing import sql_list_all
 from database.schema import create_all, executions, logs, runs, workflows
 from database.sql_events import SqlEvents, insert_events
@@ -222,7 +223,7 @@ class SqlStore(SqlQueue, SqlEvents, SqlVersions):
             insert = functools.partial(
                 insert_keyed, rows=rows, key=idempotency, org=org, notify=self.NOTIFY_EVENTS
             )
-            return await self._run(insert, write=True)
+            return await self._run(functools.partial(self._queue_keyed, insert), write=True)
         except INTEGRITY_ERRORS as exc:
             if await self._run(
                 functools.partial(taken, execution_id=execution_id, key=idempotency, org=org),
@@ -230,6 +231,15 @@ class SqlStore(SqlQueue, SqlEvents, SqlVersions):
             ):
                 raise DuplicateExecution() from exc
             raise  # another constraint (e.g. a foreign key of the Node backend's schema)
+
+    def _queue_keyed(
+        self, insert: Callable[[sa.Connection], tuple[str, str] | None], conn: sa.Connection
+    ) -> tuple[str, str] | None:
+        """A keyed submit that inserted wakes the workers of every machine (PostgreSQL)."""
+        found = insert(conn)
+        if found is None and self.NOTIFY_EVENTS:
+            conn.execute(NOTIFY_QUEUE)
+        return found
 
     async def get_execution(
         self, execution_id: str, organization: str | None = None
@@ -365,21 +375,28 @@ class SqlStore(SqlQueue, SqlEvents, SqlVersions):
         """A page of every workflow's executions and the active counts (`database.listing`)."""
         return await self._run(functools.partial(sql_list_all, query=query), write=False)
 
-    async def start(self, execution_id: str, run: RunStart) -> bool:
-        """Mark the execution running; False when it is no longer pending/running (cancelled)."""
+    async def start(self, execution_id: str, run: RunStart, owner: str | None = None) -> bool:
+        """Mark the execution running; False when it is no longer pending/running (cancelled)
+        or, with `owner`, when another worker took its lease over (then nothing is written)."""
         draft = Draft(RESUMED if run.resumed else STARTED)
-        return await self._group.submit(Op("start", execution_id, run, [draft]))
+        return await self._group.submit(Op("start", execution_id, run, [draft], owner=owner))
 
-    async def checkpoint(self, execution_id: str, checkpoint: Checkpoint) -> bool:
+    async def checkpoint(
+        self, execution_id: str, checkpoint: Checkpoint, owner: str | None = None
+    ) -> bool:
         """Commit settled nodes and started nodes atomically. False when the row left `running`
-        (cancelled): then only the final rows of settled nodes are written, no `running` rows."""
+        (cancelled): then only the final rows of settled nodes are written, no `running` rows;
+        with `owner`, False and nothing written when another worker took the lease over."""
         drafts = node_drafts(checkpoint.rows)
-        return await self._group.submit(Op("checkpoint", execution_id, checkpoint, drafts))
+        op = Op("checkpoint", execution_id, checkpoint, drafts, owner=owner)
+        return await self._group.submit(op)
 
-    async def finish(self, execution_id: str, end: RunEnd) -> bool:
+    async def finish(self, execution_id: str, end: RunEnd, owner: str | None = None) -> bool:
         """Write the terminal status unless the row is no longer pending/running (never
-        overwrites `cancelled`); the service's run state becomes done either way."""
-        return await self._group.submit(Op("finish", execution_id, end, [end_draft(end)]))
+        overwrites `cancelled`); the service's run state becomes done either way, unless
+        `owner` lost the lease (then nothing is written)."""
+        op = Op("finish", execution_id, end, [end_draft(end)], owner=owner)
+        return await self._group.submit(op)
 
 
 def _of_execution(execution_id: str, organization: str | None) -> sa.ColumnElement[bool]:

@@ -94,11 +94,17 @@ class SqlQueue:
     async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:
         """One write: a renewal and a give-back in two would let a claim of `owner` commit in
         between and be given back."""
+        held = sa.and_(runs.c.leaseOwner == owner, runs.c.state == RunState.RUNNING)
         lease = sa.case((runs.c.executionId.in_(list(running)), time.time() + lease_s), else_=0.0)
-        await self._update_runs(
-            sa.and_(runs.c.leaseOwner == owner, runs.c.state == RunState.RUNNING),
-            leaseExpiresAt=lease,
-        )
+        # rows locked in id order first, as a group commit locks them (`database.batch`): two
+        # writers of one worker never wait on each other in a cycle
+        lock = sa.select(runs.c.executionId).where(held).order_by(runs.c.executionId)
+
+        def op(conn: sa.Connection) -> None:
+            conn.execute(lock.with_for_update()).all()
+            conn.execute(runs.update().where(held).values(leaseExpiresAt=lease))
+
+        await self._run(op, write=True)
 
     async def release(self, owner: str) -> None:
         """Give back every unfinished execution of `owner` (graceful shutdown) so that the next
@@ -115,10 +121,12 @@ class SqlQueue:
             leaseExpiresAt=0.0,
         )
 
-    async def mark_done(self, execution_id: str) -> None:
-        await self._update_runs(
-            runs.c.executionId == execution_id, state=RunState.DONE, leaseExpiresAt=None
-        )
+    async def mark_done(self, execution_id: str, owner: str | None = None) -> bool:
+        where = runs.c.executionId == execution_id
+        if owner is not None:  # fenced: only while `owner` still holds the lease
+            where = sa.and_(where, runs.c.leaseOwner == owner)
+        done = runs.update().where(where).values(state=RunState.DONE, leaseExpiresAt=None)
+        return bool(await self._run(lambda conn: conn.execute(done).rowcount, write=True))
 
     async def cancelled_among(self, execution_ids: Iterable[str]) -> set[str]:
         ids = list(execution_ids)

@@ -85,9 +85,24 @@ def plan_of(definition: str, execution_id: str) -> Plan:
     return plan
 
 
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """The engine's `Recorder` for one run: every checkpoint fenced by the worker's lease."""
+
+    store: WorkerStore
+    owner: str | None
+
+    async def checkpoint(
+        self, execution_id: str, checkpoint: Checkpoint, owner: str | None = None
+    ) -> bool:
+        return await self.store.checkpoint(execution_id, checkpoint, owner or self.owner)
+
+
 @dataclass
 class Runner:
-    """Shared by every execution a worker process runs."""
+    """Shared by every execution a worker process runs. A run's writes are fenced by its
+    worker's lease (`owner`): one refused means another worker took the run over, and the run
+    stops at once without writing anything more (interrupted)."""
 
     settings: Settings
     store: WorkerStore
@@ -96,34 +111,33 @@ class Runner:
     drain: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
-        """Run the claim to a terminal status; returns it (interrupted when drained). Every
-        log line of the run carries the execution's ids; the metrics count it."""
+        """Run the claim to a terminal status; returns it (interrupted when drained, or when
+        `claim.owner` lost the lease). Every log line of the run carries the execution's ids;
+        the metrics count it."""
         eid, org = claim.execution_id, claim.organization_id
         with (
             log_context(executionId=eid, organizationId=org),
             execution_run(claim.requested_mode, claim.attempts > 1) as track,
         ):
-            track.outcome = await self._run(claim, cancel)
+            track.outcome = await self._run(claim, cancel, claim.owner)
             logger.info("execution %s %s (ran %s)", eid, track.outcome, track.mode)
         return track.outcome
 
-    async def _run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
+    async def _run(self, claim: Claim, cancel: asyncio.Event, owner: str | None) -> Outcome:
         eid = claim.execution_id
         try:
             plan = plan_of(claim.definition, eid)
         except GraphValidationError as exc:
             resumed = claim.attempts > 1
-            await self.store.start(eid, RunStart(0, ExecutionMode.INLINE, None, resumed=resumed))
-            await self.store.finish(
-                eid,
-                RunEnd(
-                    status=ExecutionStatus.FAILED, error=redact_url(str(exc)), node_results="{}"
-                ),
+            start = RunStart(0, ExecutionMode.INLINE, None, resumed=resumed)
+            if not await self.store.start(eid, start, owner) and await self._lost(eid, owner):
+                return Outcome.INTERRUPTED
+            end = RunEnd(
+                status=ExecutionStatus.FAILED, error=redact_url(str(exc)), node_results="{}"
             )
-            return Outcome.FAILED
+            return await self._end(eid, end, owner)
         if claim.crashed_node and claim.crash_resumes > self.settings.MAX_RESUME_ATTEMPTS:
-            await self._abandon(claim, plan, claim.crashed_node)
-            return Outcome.FAILED
+            return await self._abandon(claim, plan, claim.crashed_node, owner)
         previous = _json_object(claim.node_results)
         job = Job(
             eid,
@@ -152,22 +166,19 @@ class Runner:
                 mode,
                 f", flow run {flow_run_id}" if flow_run_id else "",
             )
-            if not await self.store.start(
-                eid, RunStart(len(plan.nodes), mode, reason, flow_run_id, claim.attempts > 1)
-            ):
-                await self.store.mark_done(eid)
-                return Outcome.CANCELLED
+            start = RunStart(len(plan.nodes), mode, reason, flow_run_id, claim.attempts > 1)
+            if not await self.store.start(eid, start, owner):
+                return Outcome.INTERRUPTED if await self._lost(eid, owner) else Outcome.CANCELLED
             run_node = run_with_retries
             if mode == ExecutionMode.PREFECT:
                 from flows.workflow_flow import run_node_as_task
 
                 run_node = run_node_as_task
-            result = await execute(job, self.store, run_node, cancel, self.drain)
-            await self._settle(eid, result)
-            return result.status
+            result = await execute(job, Fenced(self.store, owner), run_node, cancel, self.drain)
+            return await self._settle(eid, result, owner)
 
         if mode != ExecutionMode.PREFECT:
-            return await self._guarded(eid, body(None))
+            return await self._guarded(eid, body(None), owner)
         from flows.workflow_flow import mark_crashed, run_as_flow
 
         if claim.attempts > 1 and claim.flow_run_id:
@@ -176,7 +187,7 @@ class Runner:
         status: list[Outcome] = []
 
         async def recording_body(flow_run_id: str | None) -> Outcome:
-            status.append(await self._guarded(eid, body(flow_run_id)))
+            status.append(await self._guarded(eid, body(flow_run_id), owner))
             return status[-1]
 
         result_dir = self.settings.prefect_home / "results"
@@ -195,7 +206,7 @@ class Runner:
             if not started:
                 cause = f"Prefect flow could not start ({type(exc).__name__}: {exc})"
                 mode, reason = ExecutionMode.INLINE, _fallback(eid, cause)
-                return await self._guarded(eid, body(None))
+                return await self._guarded(eid, body(None), owner)
             logger.warning(
                 "execution %s: Prefect failed around the run: %s",
                 eid,
@@ -204,7 +215,7 @@ class Runner:
             )
         return status[-1] if status else Outcome.INTERRUPTED
 
-    async def _abandon(self, claim: Claim, plan: Plan, nid: str) -> None:
+    async def _abandon(self, claim: Claim, plan: Plan, nid: str, owner: str | None) -> Outcome:
         """No poison executions: a run that killed or stalled its worker with a node in flight
         more than MAX_RESUME_ATTEMPTS times fails instead of freezing the next worker too; the
         node in flight (`nid`) gets the error as its final log row."""
@@ -217,27 +228,47 @@ class Runner:
         )
         if (node := plan.nodes.get(nid)) is not None:
             row = LogRow(nid, node.type, node.display_label, NodeStatus.ERROR, error=error)
-            await self.store.checkpoint(eid, Checkpoint([row], None, None, {}))
-        await self.store.finish(
-            eid, RunEnd(status=ExecutionStatus.FAILED, error=error, node_results=None)
-        )
+            checkpoint = Checkpoint([row], None, None, {})
+            if not await self.store.checkpoint(eid, checkpoint, owner) and await self._lost(
+                eid, owner
+            ):
+                return Outcome.INTERRUPTED
+        end = RunEnd(status=ExecutionStatus.FAILED, error=error, node_results=None)
+        return await self._end(eid, end, owner)
 
-    async def _settle(self, eid: str, result: RunResult) -> None:
+    async def _settle(self, eid: str, result: RunResult, owner: str | None) -> Outcome:
+        """Record how the walk ended; returns the run's outcome (interrupted when the lease
+        was lost: a refused checkpoint ends the walk like a cancel)."""
         if result.status == Outcome.INTERRUPTED:
-            return  # the worker stops renewing its lease; a later claim resumes it
+            return result.status  # the worker stops renewing its lease; a later claim resumes it
         if result.status == Outcome.CANCELLED:
-            await self.store.mark_done(eid)
-            return
-        await self.store.finish(
-            eid,
-            RunEnd(
-                status=ExecutionStatus(result.status),
-                error=result.error,
-                node_results=result.node_results,
-            ),
+            return Outcome.INTERRUPTED if await self._lost(eid, owner) else result.status
+        end = RunEnd(
+            status=ExecutionStatus(result.status),
+            error=result.error,
+            node_results=result.node_results,
         )
+        return await self._end(eid, end, owner)
 
-    async def _guarded(self, eid: str, body: Awaitable[Outcome]) -> Outcome:
+    async def _end(self, eid: str, end: RunEnd, owner: str | None) -> Outcome:
+        """The terminal write; interrupted when `owner` lost the lease before it."""
+        if not await self.store.finish(eid, end, owner) and await self._lost(eid, owner):
+            return Outcome.INTERRUPTED
+        return Outcome(end.status)
+
+    async def _lost(self, eid: str, owner: str | None) -> bool:
+        """After a refused write (or a cancel): take the run off the queue, unless `owner` lost
+        the lease; True then (logged), and nothing more of the run is written."""
+        if await self.store.mark_done(eid, owner) or owner is None:
+            return False
+        logger.warning(
+            "execution %s: lease lost to another worker; write refused, run stopped",
+            eid,
+            extra={"execution_id": eid, "action": "fenced_write"},
+        )
+        return True
+
+    async def _guarded(self, eid: str, body: Awaitable[Outcome], owner: str | None) -> Outcome:
         """Any unexpected error fails the execution with its message (rule 12)."""
         try:
             return await body
@@ -245,12 +276,9 @@ class Runner:
             raise
         except Exception as exc:  # noqa: BLE001 - the run's last line of defence
             logger.exception("execution %s crashed", eid, extra={"execution_id": eid})
-            await self.store.finish(
-                eid,
-                RunEnd(
-                    status=ExecutionStatus.FAILED,
-                    error=redact_url(f"{type(exc).__name__}: {exc}"),
-                    node_results=None,
-                ),
+            end = RunEnd(
+                status=ExecutionStatus.FAILED,
+                error=redact_url(f"{type(exc).__name__}: {exc}"),
+                node_results=None,
             )
-            return Outcome.FAILED
+            return await self._end(eid, end, owner)

@@ -3,6 +3,7 @@ runs them concurrently up to MAX_CONCURRENT_EXECUTIONS, renews their leases, wat
 and drains on SIGTERM. Run with `python -m flows.worker`."""
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -12,6 +13,7 @@ import socket
 from config import Settings, get_settings
 from database import open_store
 from database.interfaces import Claim, WorkerStore
+from database.listen import QUEUE_CHANNEL, listen_dsn, listen_forever
 from database.probes import forget
 from flows.callbacks import CallbackService
 from flows.heartbeat import heartbeat
@@ -23,7 +25,12 @@ from tasks.cpu import freeze_startup_heap
 
 logger = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.1  # fallback; the API wakes workers with a datagram on every submit (WOS_WAKE_PORT)
+IDLE_POLL_S = 0.1
+"""The idle worker's poll: for expired leases, and submits no wake-up reached (all-in-one: the API
+pings WOS_WAKE_PORT with a datagram after every submit)."""
+LISTENING_POLL_S = 1.0
+"""The poll while LISTEN wos_queue is connected (PostgreSQL: every submit notifies it), a safety
+net for expired leases and given-back runs."""
 CANCEL_POLL_S = 0.25
 
 
@@ -35,6 +42,7 @@ class Worker:
         self.tasks: dict[str, asyncio.Task[Outcome]] = {}
         self.cancels: dict[str, asyncio.Event] = {}
         self.wake = asyncio.Event()
+        self.idle_poll_s = IDLE_POLL_S
         # held by "claim + spawn" and by a lease renewal: a renewal's snapshot of `self.tasks`
         # then holds every execution this worker's committed claims gave it
         self._claiming = asyncio.Lock()
@@ -65,7 +73,9 @@ class Worker:
                     asyncio.ensure_future(stop.wait()),
                     asyncio.ensure_future(self.wake.wait()),
                 ]
-                await asyncio.wait(waits, timeout=IDLE_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    waits, timeout=self.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 for w in waits:
                     w.cancel()
             await self.shutdown()
@@ -117,12 +127,13 @@ class Worker:
             task = asyncio.create_task(self._done(eid))
         else:
             self.cancels[eid] = asyncio.Event()
-            task = asyncio.create_task(self.runner.run(claim, self.cancels[eid]))
+            owned = dataclasses.replace(claim, owner=self.owner)  # its writes are fenced by it
+            task = asyncio.create_task(self.runner.run(owned, self.cancels[eid]))
         self.tasks[eid] = task
         task.add_done_callback(lambda _t: self._finished(eid))
 
     async def _done(self, eid: str) -> Outcome:
-        await self.store.mark_done(eid)
+        await self.store.mark_done(eid, self.owner)
         return Outcome.CANCELLED
 
     def _finished(self, eid: str) -> None:
@@ -202,6 +213,20 @@ async def listen_for_wakeups(worker: Worker) -> asyncio.BaseTransport | None:
     return transport
 
 
+def listen_for_submits(worker: Worker, database_url: str) -> asyncio.Task[None] | None:
+    """PostgreSQL: LISTEN wos_queue (notified by every submit's transaction, from any machine)
+    wakes the worker; the idle poll then only backs it up."""
+    dsn = listen_dsn(database_url)
+    if dsn is None:
+        return None
+    worker.idle_poll_s = LISTENING_POLL_S
+
+    async def listen() -> None:
+        await listen_forever(dsn, QUEUE_CHANNEL, worker.wake.set, name="queue listener")
+
+    return asyncio.create_task(listen(), name="wos-queue-listen")
+
+
 async def main() -> None:
     settings = get_settings()
     store = await open_store(settings.database_url)
@@ -213,6 +238,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     wakeups = await listen_for_wakeups(worker)
+    submits = listen_for_submits(worker, settings.database_url)
     callbacks_stop = asyncio.Event()  # set after the drain: a run's last events get delivered
     callbacks = asyncio.create_task(
         CallbackService(settings, store, resources.http, worker.owner).run(callbacks_stop)
@@ -227,6 +253,8 @@ async def main() -> None:
         await pruning
         if wakeups is not None:
             wakeups.close()
+        if submits is not None:
+            submits.cancel()
         await resources.aclose()
         await store.close()
 
