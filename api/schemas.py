@@ -394,6 +394,7 @@ class VersionDiff(_Answer):
 
 
 _ERRORS = {
+    400: "A body that cannot be decoded (not UTF-8 JSON)",
     401: "Missing or invalid API key (only when API_KEYS is set)",
     403: "An organization key's body names another organization",
     404: "Unknown id (or of another organization than an organization key's)",

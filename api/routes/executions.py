@@ -85,7 +85,9 @@ async def cancel_execution(execution_id: str, store: StoreDep, caller: CallerDep
 
 
 @router.post(
-    "/{execution_id}/retry", response_model=RetrySubmitted, responses=error_responses(404, 409)
+    "/{execution_id}/retry",
+    response_model=RetrySubmitted,
+    responses=error_responses(400, 404, 409),
 )
 async def retry_execution(
     execution_id: str,

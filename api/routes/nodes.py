@@ -9,7 +9,14 @@ from fastapi import APIRouter
 
 from api import single_runs
 from api.deps import API_KEY, CallerDep, ResourcesDep, StoreDep
-from api.schemas import API_ERRORS, NodeExecute, NodeRunFailed, NodeRunResult, NodeRunSucceeded
+from api.schemas import (
+    API_ERRORS,
+    NodeExecute,
+    NodeRunFailed,
+    NodeRunResult,
+    NodeRunSucceeded,
+    error_responses,
+)
 from jsonutil import dump_json
 from models import NodeDef
 from tasks.context import Resources, RunContext
@@ -20,7 +27,7 @@ router = APIRouter(
 )
 
 
-@router.post("/execute", response_model=NodeRunResult)
+@router.post("/execute", response_model=NodeRunResult, responses=error_responses(400))
 async def execute_node(
     body: NodeExecute, resources: ResourcesDep, store: StoreDep, caller: CallerDep
 ) -> NodeRunResult:

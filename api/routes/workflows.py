@@ -21,7 +21,9 @@ router = APIRouter(
 
 
 @router.post(
-    "/execute", response_model=ExecutionSubmitted, responses=error_responses(403, 404, 409)
+    "/execute",
+    response_model=ExecutionSubmitted,
+    responses=error_responses(400, 403, 404, 409),
 )
 async def execute_workflow(
     body: ExecutionCreate,

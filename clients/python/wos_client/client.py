@@ -1,0 +1,298 @@
+"""`Client`: the synchronous client of the workflow service (httpx)."""
+
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import httpx
+
+from wos_client import calls
+from wos_client.calls import Call, Callback, NodeRunResult, Priority, Version
+from wos_client.errors import (
+    ApiError,
+    ConnectionFailed,
+    Forbidden,
+    StreamError,
+    Unauthorized,
+    WaitTimeout,
+    error_for,
+)
+from wos_client.events import (
+    TERMINAL_EVENTS,
+    TERMINAL_STATUSES,
+    Event,
+    StreamRequest,
+    parse_lines,
+    stream_request,
+)
+from wos_client.models import (
+    CancelResult,
+    ExecutionGraph,
+    ExecutionLogs,
+    ExecutionPublic,
+    ExecutionsPage,
+    ExecutionSubmitted,
+    Health,
+    RetrySubmitted,
+    VersionDetail,
+    VersionDiff,
+    VersionList,
+    WorkflowExecutions,
+)
+from wos_client.streaming import Reconnects, check_stream, stream_timeout
+
+T = TypeVar("T")
+DEFAULT_URL = "http://localhost:8000"
+
+
+class Client:
+    """A client of the service at `base_url`. `api_key` is sent as `X-API-Key`; `http` replaces
+    the httpx client it builds (its base URL and headers are then yours to set).
+
+        with Client("http://localhost:8000") as wos:
+            submitted = wos.execute("wf_1", {"name": "Ada"})
+            execution = wos.wait(submitted.executionId, timeout=60)
+            print(execution.status, execution.finalOutput)
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._own = http is None
+        self.http = http or httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        if self._own:
+            self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, call: Call[T]) -> T:
+        try:
+            response = self.http.request(
+                call.method, call.path, params=call.params, json=call.json, headers=call.headers
+            )
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"{call.method} {call.path}: {exc!r}") from exc
+        if response.is_error:
+            raise error_for(response)
+        return call.read(response.json())
+
+    def health(self) -> Health:
+        """`GET /`: `status` is "running" when the service is up."""
+        return self._send(calls.health())
+
+    def execute(
+        self,
+        workflow_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        *,
+        workflow: dict[str, Any] | None = None,
+        organization_id: str | None = None,
+        version: Version | None = None,
+        priority: Priority | None = None,
+        mode: str | None = None,
+        callback: Callback | None = None,
+        idempotency_key: str | None = None,
+    ) -> ExecutionSubmitted:
+        """Queue a run of the stored workflow (or of an inline `workflow` definition) and return
+        at once; `wait` for its end."""
+        return self._send(
+            calls.execute(
+                workflow_id,
+                inputs,
+                workflow=workflow,
+                organization_id=organization_id,
+                version=version,
+                priority=priority,
+                mode=mode,
+                callback=callback,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def get(self, execution_id: str) -> ExecutionPublic:
+        return self._send(calls.get(execution_id))
+
+    def logs(self, execution_id: str) -> ExecutionLogs:
+        return self._send(calls.logs(execution_id))
+
+    def graph(self, execution_id: str) -> ExecutionGraph:
+        """The nodes and connections the execution runs (without node configs)."""
+        return self._send(calls.graph(execution_id))
+
+    def cancel(self, execution_id: str) -> CancelResult:
+        """`success` is false when the execution had already ended."""
+        return self._send(calls.cancel(execution_id))
+
+    def retry(
+        self,
+        execution_id: str,
+        *,
+        from_scratch: bool = False,
+        callback: Callback | None = None,
+        priority: Priority | None = None,
+    ) -> RetrySubmitted:
+        """A new run of a failed or cancelled execution, reusing its completed nodes' results
+        unless `from_scratch`."""
+        return self._send(
+            calls.retry(
+                execution_id, from_scratch=from_scratch, callback=callback, priority=priority
+            )
+        )
+
+    def run_node(
+        self,
+        node_id: str,
+        node_type: str,
+        node: dict[str, Any] | None = None,
+        input_data: Any = None,
+        *,
+        workflow_id: str | None = None,
+    ) -> NodeRunResult:
+        """Run one node now (nothing is stored); a failing node is `NodeRunFailed`."""
+        return self._send(calls.run_node(node_id, node_type, node, input_data, workflow_id))
+
+    def history(self, workflow_id: str, *, limit: int = 50) -> WorkflowExecutions:
+        """The workflow's executions, newest first."""
+        return self._send(calls.history(workflow_id, limit))
+
+    def executions(
+        self,
+        *,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> ExecutionsPage:
+        """One page of every workflow's executions, newest first; pass `nextCursor` as `before`
+        for the next one."""
+        return self._send(
+            calls.executions(status=status, workflow_id=workflow_id, limit=limit, before=before)
+        )
+
+    def versions(self, workflow_id: str, *, limit: int = 100) -> VersionList:
+        """The workflow's versions, newest first."""
+        return self._send(calls.versions(workflow_id, limit))
+
+    def version(self, workflow_id: str, number: int) -> VersionDetail:
+        """One version with its definition under `workflow`."""
+        return self._send(calls.version(workflow_id, number))
+
+    def diff(
+        self, workflow_id: str, old: int | Literal["draft"], new: int | Literal["draft"]
+    ) -> VersionDiff:
+        """What changed from version `old` to `new` (numbers or "draft")."""
+        return self._send(calls.diff(workflow_id, old, new))
+
+    def events(
+        self,
+        execution_id: str | None = None,
+        *,
+        workflow_id: str | None = None,
+        organization_id: str | None = None,
+        types: list[str] | tuple[str, ...] | frozenset[str] | None = None,
+        after: int | None = None,
+        max_reconnects: int = 5,
+    ) -> Iterator[Event]:
+        """The events of one execution (ending after its last) or, without `execution_id`, of
+        every execution the key may see (endless). A dropped connection is reopened from the
+        last event received (`Last-Event-ID`), up to `max_reconnects` times in a row."""
+        request = stream_request(
+            execution_id, workflow_id=workflow_id, organization_id=organization_id, types=types
+        )
+        for item in self._stream(request, after, Reconnects(max_reconnects), None):
+            if item is not None:
+                yield item
+
+    def _stream(
+        self, request: StreamRequest, after: int | None, tries: Reconnects, deadline: float | None
+    ) -> Iterator[Event | None]:
+        """Events and heartbeats (None), reconnecting; for an execution's stream, ends after
+        the terminal event or once a connection ends having sent nothing."""
+        last_id, one_execution = after, request.path != "/api/events"
+        while True:
+            received = False
+            try:
+                with self.http.stream(
+                    "GET",
+                    request.path,
+                    params=request.params,
+                    headers=request.headers(last_id),
+                    timeout=stream_timeout(self.http.timeout, deadline),
+                ) as response:
+                    if response.is_error:
+                        response.read()
+                        raise error_for(response)
+                    check_stream(response)
+                    for item in parse_lines(response.iter_lines()):
+                        if item is not None:
+                            received, last_id = True, item.id
+                            tries.reset()
+                        yield item
+                        if one_execution and item is not None and item.terminal:
+                            return
+                if one_execution and not received:
+                    return
+                tries.ended_cleanly(received)
+            except httpx.TransportError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout("The stream sent nothing before the deadline") from exc
+                tries.failed(exc)
+            time.sleep(tries.delay())
+
+    def wait(
+        self, execution_id: str, *, timeout: float | None = None, poll_interval: float = 1.0
+    ) -> ExecutionPublic:
+        """Block until the execution has ended and return it as `get` does. Listens to its event
+        stream; polls `get` every `poll_interval` seconds if the stream is unavailable. Raises
+        `WaitTimeout` after `timeout` seconds (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = self.get(execution_id)
+        if current.status in TERMINAL_STATUSES:
+            return current
+        request = stream_request(
+            execution_id, workflow_id=None, organization_id=None, types=TERMINAL_EVENTS
+        )
+        try:
+            for item in self._stream(request, None, Reconnects(3), deadline):
+                if item is not None and item.terminal:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"Execution {execution_id} did not end in {timeout} s")
+        except (Unauthorized, Forbidden):
+            raise
+        except (ApiError, ConnectionFailed, StreamError):
+            pass  # no usable stream (an older service, a proxy that buffers): poll instead
+        return self._poll(execution_id, deadline, poll_interval, timeout)
+
+    def _poll(
+        self, execution_id: str, deadline: float | None, interval: float, timeout: float | None
+    ) -> ExecutionPublic:
+        while True:
+            current = self.get(execution_id)
+            if current.status in TERMINAL_STATUSES:
+                return current
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"Execution {execution_id} did not end in {timeout} s")
+                time.sleep(min(interval, left))
+            else:
+                time.sleep(interval)
