@@ -16,9 +16,13 @@ from database.events import (
     NOTIFY_CHANNEL,
     PREVIEW_MAX_BYTES,
     Counts,
+    event_row,
+    node_drafts,
     output_summary,
     preview,
+    preview_json,
     progress,
+    to_event,
 )
 from database.interfaces import Event, IdempotencyKey
 from flows.runner import PrefectProbe, Runner
@@ -439,3 +443,31 @@ def test_the_final_output_summary_prefers_output_nodes() -> None:
 
 def test_every_event_type_is_named_once() -> None:
     assert len(set(EVENT_TYPES)) == len(EVENT_TYPES) == 10
+
+
+@pytest.mark.parametrize("value", [*_big_values(), {"a": [1, 2]}, "x\ny", None])
+def test_encoded_previews_are_the_previews(value: Any) -> None:
+    assert json.loads(preview_json(value)) == json.loads(json.dumps(preview(value)))
+
+
+def test_event_json_is_one_line_whatever_the_names() -> None:
+    row = LogRow('n"1\n', "x\u2028", "la\\bel\r", NodeStatus.ERROR, error="a\nb", duration_ms=2)
+    (draft,) = node_drafts([row])
+    stored = event_row(
+        draft,
+        execution_id="e\n",
+        workflow_id=None,
+        organization_id="o",
+        counts=Counts(1, 0, 1, 0),
+        now="2026-12-07T00:00:00.000Z",
+    )
+    event = to_event(3, stored)
+    assert "\n" not in event.data and "\r" not in event.data
+    body = json.loads(event.data)
+    assert (body["nodeId"], body["nodeType"], body["nodeLabel"]) == (
+        'n"1\n',
+        "x\u2028",
+        "la\\bel\r",
+    )
+    assert (body["error"], body["executionId"], body["workflowId"]) == ("a\nb", "e\n", None)
+    assert body["progress"]["percentage"] == 100 and body["attempts"] == 1
