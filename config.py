@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     MAX_WORKFLOW_NODES: int = Field(default=1000, ge=1)
     MAX_WORKFLOW_CONNECTIONS: int = Field(default=5000, ge=0)
     MAX_RESUME_ATTEMPTS: int = Field(default=3, ge=0)
+    PRIORITY_AGING_SECONDS: float = Field(default=300.0, gt=0)
+    """A normal or low execution queued longer than this is claimed as one priority higher."""
+    MAX_CONCURRENT_PER_ORG: int | None = Field(default=None, ge=1)
+    """At most this many running executions per organization (unset: no cap)."""
     DEFAULT_WORKFLOW_VERSION: Literal["auto", "draft"] = "auto"
     """Which definition an execute without `version` runs (api/versions.py `resolve`)."""
 

@@ -26,6 +26,7 @@ from api.schemas import (
     WorkflowExecutions,
 )
 from config import get_settings
+from database.claim_order import PRIORITIES
 from database.ids import new_execution_id
 from database.interfaces import ApiStore, IdempotencyKey, NewExecution, Row
 from errors import (
@@ -111,6 +112,7 @@ async def submit(
         mode=(body.mode or default_mode).value,
         data_organization_id=data_organization_id,
         callback=stored_callback(body.callback),
+        priority=PRIORITIES[body.priority],
         workflow_version=version,
         workflow_hash=await versions.definition_hash(raw),
     )
@@ -125,13 +127,14 @@ async def retry(
     from_scratch: bool = False,
     organization: str | None = None,
     callback: CallbackCreate | None = None,
+    priority: str | None = None,
 ) -> RetrySubmitted:
     """Queue a new execution of a failed or cancelled one, with the same definition, inputs,
     requested mode and organizations, adopting the results of the nodes that completed
     (`reusable_results`) unless `from_scratch`. Raises ExecutionNotFound (also for an execution
     of another org than an organization key's `organization`), or Conflict for other statuses
-    and for executions this service did not run. The retry keeps the execution's callback
-    unless `callback` replaces it."""
+    and for executions this service did not run. The retry keeps the execution's callback and
+    priority unless `callback` or `priority` replaces them."""
     row = await store.get_execution(execution_id, organization)
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id} not found")
@@ -157,6 +160,7 @@ async def retry(
         node_results=None if from_scratch else reusable_results(row["nodeResults"], execution_id),
         data_organization_id=row.get("dataOrganizationId") or row["organizationId"],
         callback=stored_callback(callback) if callback is not None else row.get("callback"),
+        priority=PRIORITIES[priority] if priority else row["priority"],
         workflow_version=row.get("workflowVersion"),
         workflow_hash=row.get("workflowHash"),
     )

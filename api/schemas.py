@@ -22,6 +22,8 @@ class _Answer(BaseModel):
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
+Priority = Literal["high", "normal", "low"]
+"""An execution's claim priority (`database.claim_order.PRIORITIES`)."""
 TERMINAL_EVENTS = (COMPLETED, FAILED, CANCELLED)
 CALLBACK_URL_MAX = 2048
 
@@ -65,6 +67,8 @@ class ExecutionCreate(_Body):
     organizationId: str | None = None
     workflow: dict[str, Any] | None = None
     """An inline definition `{nodes, connections}`, run instead of the stored workflow."""
+    priority: Priority = "normal"
+    """Claim priority: higher first, first-in-first-out within one (database/claim_order.py)."""
     mode: ExecutionMode | None = None
     """Where the nodes run; case and surrounding spaces are ignored; EXECUTION_MODE if absent
     (or one of the original service's flow names, `LEGACY_MODES`)."""
@@ -107,6 +111,8 @@ class RetryRequest(_Body):
     fromScratch: bool = False
     callback: CallbackCreate | None = None
     """Replaces the retried execution's callback (which the retry keeps otherwise)."""
+    priority: Priority | None = None
+    """Replaces the retried execution's priority (which the retry keeps otherwise)."""
 
 
 class NodeExecute(_Body):

@@ -23,6 +23,7 @@ from database.ids import log_row
 from database.interfaces import Checkpoint, Row, RunEnd, RunStart
 from database.listen import NOTIFY_QUEUE
 from database.schema import executions, logs, runs
+from database.sql_claims import assign_turns
 from database.sql_events import insert_events
 from jsonutil import now_iso
 from states import (
@@ -242,6 +243,7 @@ def apply_batch(
     creates = [op.params for op in batch if isinstance(op.params, dict) and op.kind == "create"]
     if creates:
         run(_INSERT_EXEC, [p["execution"] for p in creates])
+        assign_turns(conn, [p["run"] for p in creates])
         run(_INSERT_RUN, [p["run"] for p in creates])
         if notify:  # workers of every machine LISTEN (`database.listen`)
             conn.execute(NOTIFY_QUEUE)

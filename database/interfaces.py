@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from database.claim_order import DEFAULT_POLICY, DEFAULT_PRIORITY, ClaimPolicy
 from states import ExecutionStatus, NodeStatus
 
 Row = dict[str, Any]
@@ -51,6 +52,7 @@ RUN_COLUMNS = (
     "state",
     "dataOrganizationId",
     "callback",
+    "priority",
     "workflowVersion",
     "workflowHash",
 )
@@ -149,6 +151,8 @@ class NewExecution:
     `organization_id`), kept in the service's own table: the row's organizationId may be null."""
     callback: str | None = None
     """Where its events are POSTed: `{"url", "events"}` JSON text (`database.callbacks`)."""
+    priority: int = DEFAULT_PRIORITY
+    """Its claim priority (`database.claim_order.PRIORITIES`: 0 high, 1 normal, 2 low)."""
     workflow_version: int | None = None
     """The `workflow_versions.version` it runs; None for the draft or an inline workflow."""
     workflow_hash: str | None = None
@@ -297,8 +301,12 @@ class QueueStore(Protocol):
         """Cheap read: is anything claimable (queued, or running with an expired lease)?"""
         ...
 
-    async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
-        """Take up to `limit` claimable executions in submission order."""
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, policy: ClaimPolicy = DEFAULT_POLICY
+    ) -> list[Claim]:
+        """Take up to `limit` claimable executions: those whose lease expired, then queued ones
+        in `database.claim_order`'s order (priority with aging, rotation across organizations,
+        at most `policy.max_per_org` running per organization)."""
         ...
 
     async def renew_leases(self, owner: str, running: Iterable[str], lease_s: float) -> None:

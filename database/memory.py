@@ -14,6 +14,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from database.claim_order import (
+    DEFAULT_POLICY,
+    ClaimPolicy,
+    TurnBook,
+    memory_order,
+    org_group,
+)
 from database.events import (
     QUEUED,
     RESUMED,
@@ -86,6 +93,7 @@ class MemoryStore(MemoryEvents, MemoryVersions):
         self.events = []
         self._event_floor = 0
         self._seq = itertools.count()
+        self._turns = TurnBook()
         self.entities.reset()
         self.callbacks.reset()
 
@@ -142,7 +150,7 @@ class MemoryStore(MemoryEvents, MemoryVersions):
         self.executions[eid] = row
         run = dict.fromkeys(RUN_COLUMNS)
         run.update(
-            seq=next(self._seq),
+            seq=time.time_ns() + next(self._seq),  # submission time (aging), unique
             workflowName=new.workflow_name,
             definition=new.definition,
             requestedMode=new.mode,
@@ -155,6 +163,9 @@ class MemoryStore(MemoryEvents, MemoryVersions):
             retryOf=new.retry_of,
             dataOrganizationId=new.data_organization_id,
             callback=new.callback,
+            priority=new.priority,
+            orgGroup=org_group(new.organization_id),
+            turn=self._turns.next(self.runs, eid, org_group(new.organization_id), new.priority),
             workflowVersion=new.workflow_version,
             workflowHash=new.workflow_hash,
             leaseOwner=None,
@@ -252,10 +263,12 @@ class MemoryStore(MemoryEvents, MemoryVersions):
     async def has_queued(self) -> bool:
         return bool(self._claimable(time.time()))
 
-    async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, policy: ClaimPolicy = DEFAULT_POLICY
+    ) -> list[Claim]:
         now = time.time()
         claims = []
-        for eid in self._claimable(now)[:limit]:
+        for eid in memory_order(self.runs, limit, now, policy):
             run = self.runs[eid]
             if run["attempts"] > 0:
                 run["resumedAt"] = now_iso()

@@ -182,6 +182,13 @@ runs = _table(
     sa.Column("workflowVersion", sa.Integer),  # workflow_versions.version run; NULL: draft
     sa.Column("workflowHash", T),  # sha256 of the definition's canonical JSON (api/versions)
     sa.Index("idx_wos_executions_state", "state", "seq"),
+    # the claim order (database/claim_order.py, database/sql_claims.py)
+    sa.Column("priority", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("orgGroup", T, nullable=False, server_default=""),
+    sa.Column("turn", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("idx_wos_executions_claim", "state", "priority", "turn", "seq"),
+    sa.Index("idx_wos_executions_org_turn", "state", "priority", "orgGroup", "turn"),
+    sa.Index("idx_wos_executions_aged", "state", "priority", "seq"),
 )
 
 events = sa.Table(

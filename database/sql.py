@@ -212,6 +212,8 @@ class SqlStore(SqlQueue, SqlEvents, SqlVersions):
                 "retryOf": new.retry_of,
                 "dataOrganizationId": new.data_organization_id,
                 "callback": new.callback,
+                "priority": new.priority,
+                "orgGroup": org,
                 "workflowVersion": new.workflow_version,
                 "workflowHash": new.workflow_hash,
             },

@@ -11,6 +11,7 @@ from database.events import QUEUED, Counts, Draft, event_row
 from database.interfaces import IdempotencyKey
 from database.schema import executions, runs
 from database.schema import idempotency as keys
+from database.sql_claims import assign_turns
 from database.sql_events import insert_events
 
 
@@ -42,6 +43,7 @@ def insert_keyed(
     )
     execution = rows["execution"]
     conn.execute(executions.insert().values(execution))
+    assign_turns(conn, [rows["run"]])
     conn.execute(runs.insert().values(rows["run"]))
     event = event_row(
         Draft(QUEUED),

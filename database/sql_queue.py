@@ -6,8 +6,10 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from database.claim_order import DEFAULT_POLICY, ClaimPolicy
 from database.interfaces import Claim
 from database.schema import executions, logs, runs
+from database.sql_claims import claim_ids
 from jsonutil import now_iso
 from states import SETTLED_NODE_STATUSES, ExecutionStatus, NodeStatus, RunState
 
@@ -25,22 +27,23 @@ class SqlQueue:
         """The claim's pick of rows; a backend with row locks skips rows another worker locked."""
         return pick
 
-    async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
-        """Take up to `limit` queued executions in submission order, and any whose lease expired."""
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, policy: ClaimPolicy = DEFAULT_POLICY
+    ) -> list[Claim]:
+        """Take up to `limit` executions whose lease expired, then queued ones in claim order
+        (`database.sql_claims.claim_ids`: priority with aging, rotation across organizations,
+        the per-organization cap)."""
         now = time.time()
-        pick = (
-            sa.select(runs.c.executionId, runs.c.state, runs.c.leaseExpiresAt)
-            .where(_claimable(now))
-            .order_by(runs.c.seq)
-            .limit(limit)
-        )
-        pick = self._lock_unclaimed(pick)
 
         def op(conn: sa.Connection) -> list[Claim]:
-            picked = conn.execute(pick).all()
-            ids = [r.executionId for r in picked]
+            ids = claim_ids(conn, limit, now, policy, self._lock_unclaimed)
             if not ids:
                 return []
+            picked = conn.execute(
+                sa.select(runs.c.executionId, runs.c.state, runs.c.leaseExpiresAt).where(
+                    runs.c.executionId.in_(ids)
+                )
+            ).all()
             # a lease that expired (not one given back at 0) of a run with a node in flight
             crashed = _crashed_nodes(
                 conn,
@@ -74,8 +77,9 @@ class SqlQueue:
                 )
                 .join(runs, runs.c.executionId == executions.c.id)
                 .where(executions.c.id.in_(ids))
-                .order_by(runs.c.seq)
             ).all()
+            order = {eid: i for i, eid in enumerate(ids)}
+            rows = sorted(rows, key=lambda r: order[r.id])
             return [Claim(*r, crashed_node=crashed.get(r.id)) for r in rows]
 
         return await self._run(op, write=True)

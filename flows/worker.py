@@ -12,6 +12,7 @@ import socket
 
 from config import Settings, get_settings
 from database import open_store
+from database.claim_order import ClaimPolicy
 from database.interfaces import Claim, WorkerStore
 from database.listen import QUEUE_CHANNEL, listen_dsn, listen_forever
 from database.probes import forget
@@ -46,6 +47,7 @@ class Worker:
         # held by "claim + spawn" and by a lease renewal: a renewal's snapshot of `self.tasks`
         # then holds every execution this worker's committed claims gave it
         self._claiming = asyncio.Lock()
+        self.policy = ClaimPolicy(settings.PRIORITY_AGING_SECONDS, settings.MAX_CONCURRENT_PER_ORG)
 
     @property
     def lease_s(self) -> float:
@@ -102,7 +104,7 @@ class Worker:
         """Claim up to `limit` executions and start them; how many, None when the claim failed."""
         async with self._claiming:
             try:
-                claims = await self.store.claim(self.owner, limit, self.lease_s)
+                claims = await self.store.claim(self.owner, limit, self.lease_s, self.policy)
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the worker
                 logger.exception("claim failed; retrying")
                 return None

@@ -181,7 +181,7 @@ async def test_get_execution_answers_the_same_columns_everywhere(store: Store) -
         *("completedAt", "triggeredByName", "versionNumber", "workflowName", "definition"),
         *("requestedMode", "mode", "modeReason", "attempts", "resumedAt", "retryOf"),
         *("flowRunId", "totalNodes", "completedNodes", "failedNodes", "skippedNodes", "state"),
-        *("dataOrganizationId", "callback"),
+        *("dataOrganizationId", "callback", "priority"),
         *("workflowVersion", "workflowHash"),
     }
     assert (row["state"], row["attempts"], row["completedNodes"]) == ("queued", 0, 0)

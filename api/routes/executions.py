@@ -106,4 +106,5 @@ async def retry_execution(
         from_scratch=from_scratch,
         organization=caller.organization,
         callback=body.callback if body is not None else None,
+        priority=body.priority if body is not None else None,
     )
