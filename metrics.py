@@ -5,8 +5,8 @@ Every process of one machine (the API and each worker) records into prometheus-c
 multiprocess files when `PROMETHEUS_MULTIPROC_DIR` is set (start_service.py sets it to
 `<STATE_DIR>/metrics`, wiped at start; a dead worker's live gauges are dropped with
 `mark_process_dead`), so the API's `/metrics` sums them all. Without it (tests calling the app
-in-process) each process has its own registry. `wos_queue_depth` is read from the store at
-scrape time, not recorded.
+in-process) each process has its own registry. `wos_queue_depth{priority}` is read from the
+store at scrape time, not recorded.
 
 Label values come from closed sets only: modes, terminal statuses, the registry's node types
 (anything else is counted as `other`), node outcomes `completed`/`error`.
@@ -39,8 +39,6 @@ from states import ExecutionMode, Outcome
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 FINISHED_OUTCOMES = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED})
-PRIORITIES = ("normal",)
-"""Labels of `wos_queue_depth`: one priority until the queue has priorities."""
 
 SUBMITTED = Counter(
     "wos_executions_submitted_total",

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from database.claim_order import PRIORITIES, priority_name
 from database.schema import events, executions, logs, runs, workers
 from states import RunState
 
@@ -54,13 +55,24 @@ async def missing_tables(store: Any) -> list[str]:
     return found
 
 
-async def queued_count(store: Any) -> int:
-    """Executions waiting for a worker (one index-only count on SQL)."""
+async def queued_by_priority(store: Any) -> dict[str, int]:
+    """Executions waiting for a worker, by priority name, every priority present (one count
+    over the claim index on SQL)."""
+    counts = dict.fromkeys(PRIORITIES, 0)
     if not _sql(store):
-        return sum(1 for run in store.runs.values() if run["state"] == RunState.QUEUED)
-    query = sa.select(sa.func.count()).select_from(runs).where(runs.c.state == RunState.QUEUED)
-    count: int = await store._run(lambda conn: conn.execute(query).scalar_one(), write=False)
-    return count
+        for run in store.runs.values():
+            if run["state"] == RunState.QUEUED:
+                counts[priority_name(run.get("priority"))] += 1
+        return counts
+    query = (
+        sa.select(runs.c.priority, sa.func.count())
+        .where(runs.c.state == RunState.QUEUED)
+        .group_by(runs.c.priority)
+    )
+    rows = await store._run(lambda conn: conn.execute(query).all(), write=False)
+    for rank, count in rows:
+        counts[priority_name(rank)] += count
+    return counts
 
 
 async def beat(store: Any, owner: str, prefect: str | None) -> None:

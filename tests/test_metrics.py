@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -301,3 +302,27 @@ def test_a_killed_worker_leaves_no_running_count_and_its_runs_count_as_resumed(
     assert total(found, "wos_executions_running") == 0
     assert total(found, "wos_resumes_total") == 2
     assert total(found, "wos_executions_finished_total", status="completed") == 2
+
+
+async def test_queue_depth_counts_queued_executions_by_priority(store: Any) -> None:
+    from database import NewExecution
+    from database.claim_order import PRIORITIES
+    from database.probes import queued_by_priority
+
+    assert await queued_by_priority(store) == {"high": 0, "normal": 0, "low": 0}
+    for i, name in enumerate(["high", "low", "low", "normal", "low"]):
+        await store.create_execution(
+            NewExecution(
+                execution_id=f"e{i}",
+                workflow_id="w",
+                workflow_name=None,
+                organization_id=None,
+                inputs={},
+                definition="{}",
+                mode="inline",
+                priority=PRIORITIES[name],
+            )
+        )
+    assert await queued_by_priority(store) == {"high": 1, "normal": 1, "low": 3}
+    await store.claim("w1", 2, 30)  # running ones are not queued
+    assert sum((await queued_by_priority(store)).values()) == 3

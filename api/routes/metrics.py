@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Header, Response
 from starlette.exceptions import HTTPException
 
 from api.deps import SettingsDep, StoreDep, authenticate
-from database.probes import queued_count
-from metrics import CONTENT_TYPE, PRIORITIES, exposition
+from database.probes import queued_by_priority
+from metrics import CONTENT_TYPE, exposition
 
 logger = logging.getLogger(__name__)
 QUEUE_READ_TIMEOUT_S = 2.0
@@ -39,9 +39,7 @@ async def metrics(store: StoreDep) -> Response:
     scrape still counts; the readiness probe says what is wrong)."""
     depth: dict[str, int] = {}
     try:
-        queued = await asyncio.wait_for(queued_count(store), QUEUE_READ_TIMEOUT_S)
+        depth = await asyncio.wait_for(queued_by_priority(store), QUEUE_READ_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - the scrape answers without the queue depth
         logger.warning("queue depth unreadable for /metrics", exc_info=True)
-    else:
-        depth = {priority: 0 for priority in PRIORITIES} | {"normal": queued}
     return Response(exposition(depth), media_type=CONTENT_TYPE)
