@@ -163,6 +163,10 @@ def _bounded(raw: Any) -> dict[str, Any]:
             raise GraphValidationError(
                 f"Workflow has {len(pair[key]):,} {key}; the limit is {limit:,} ({name})"
             )
+    try:  # what the answers carry must be JSON text (no lone surrogates, NaN or Infinity)
+        json.dumps(pair, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise GraphValidationError(f"Workflow data cannot be answered as JSON: {exc}") from None
     return pair
 
 
@@ -202,10 +206,18 @@ async def version_list(
     """The workflow's newest `limit` versions (of an organization key's org only)."""
     await _workflow(store, workflow_id, organization)
     rows = await store.list_versions(workflow_id, limit)
-    hashes = await run_cpu(
-        lambda: [_list_hash(r["data"]) for r in rows], size=_size(*(r["data"] for r in rows))
-    )
-    return VersionList(versions=[_public(r, h) for r, h in zip(rows, hashes, strict=True)])
+    return VersionList(versions=[_public(r, await _listed_hash(store, r)) for r in rows])
+
+
+async def _listed_hash(store: ApiStore, row: Row) -> str | None:
+    """A listed version's hash, its definition read on its own (one in memory at a time); None
+    when over the submit limits (one over MAX_REQUEST_BYTES is not read at all)."""
+    if row["size"] is None or row["size"] > get_settings().MAX_REQUEST_BYTES:
+        return None
+    full = await store.get_version(row["workflowId"], row["version"])
+    if full is None or full["id"] != row["id"]:  # deleted meanwhile, or a duplicate number
+        return None
+    return await run_cpu(_list_hash, full["data"], size=_size(full["data"]))
 
 
 async def version_detail(

@@ -237,12 +237,13 @@ class ApiStore(Protocol):
         ...
 
     async def list_versions(self, workflow_id: str, limit: int) -> list[Row]:
-        """The workflow's `workflow_versions` rows (`VERSION_COLUMNS` and `published`: whether
-        `workflows.publishedVersionId` names it), newest first, at most `limit`."""
+        """The workflow's `workflow_versions` rows, newest first, at most `limit`: the
+        `VERSION_COLUMNS` but `data`, its length in characters as `size`, and `published`
+        (whether `workflows.publishedVersionId` names it)."""
         ...
 
     async def get_version(self, workflow_id: str, version: int) -> Row | None:
-        """The workflow's version `version` (keys as `list_versions`), or None."""
+        """The workflow's version `version` (`VERSION_COLUMNS` and `published`), or None."""
         ...
 
     async def get_published_version(self, workflow_id: str) -> Row | None:

@@ -56,7 +56,10 @@ class MemoryVersions:
         return rows
 
     async def list_versions(self, workflow_id: str, limit: int) -> list[Row]:
-        return self._versions_of(workflow_id)[:limit]
+        rows = self._versions_of(workflow_id)[:limit]
+        return [
+            {k: v for k, v in r.items() if k != "data"} | {"size": len(r["data"])} for r in rows
+        ]
 
     async def get_version(self, workflow_id: str, version: int) -> Row | None:
         return next((r for r in self._versions_of(workflow_id) if r["version"] == version), None)

@@ -22,7 +22,18 @@ _SELECT = (
 )
 """A workflow's versions with `published`: whether publishedVersionId names the row. The
 statements are built once (the submit path reads the published version)."""
-_LIST = _SELECT.order_by(*_NEWEST).limit(sa.bindparam("limit", type_=sa.Integer))
+_LIST = (
+    sa.select(
+        *(_v.c[c] for c in VERSION_COLUMNS if c != "data"),
+        sa.func.length(_v.c.data).label("size"),
+        _published.label("published"),
+    )
+    .select_from(_v.outerjoin(workflows, workflows.c.id == _v.c.workflowId))
+    .where(_v.c.workflowId == sa.bindparam("workflow_id"))
+    .order_by(*_NEWEST)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+"""The list leaves `data` out (its `size` instead): the caller reads one definition at a time."""
 _ONE = (
     _SELECT.where(_v.c.version == sa.bindparam("version", type_=sa.Integer))
     .order_by(*_NEWEST)

@@ -118,7 +118,9 @@ async def test_store_lists_versions_newest_first_with_published(store: Store) ->
         (1, True, "First"),
     ]
     assert rows[1]["createdByName"] == "Ana" and rows[1]["description"] == "the first"
-    assert json.loads(rows[0]["data"]) == V2
+    assert rows[0]["size"] == len(json.dumps(V2)) and "data" not in rows[0]
+    one = await store.get_version("wf1", 2)
+    assert one is not None and json.loads(one["data"]) == V2
     assert [r["version"] for r in await store.list_versions("wf1", 1)] == [2]
     assert await store.list_versions("nope", 10) == []
 
@@ -471,3 +473,19 @@ async def test_versions_over_the_limits(service: Service, monkeypatch: pytest.Mo
         assert r.status_code == status and "MAX_" in r.json()["detail"], (path, r.text)
     r = await service.execute(workflowId="wf1", version=1, inputs={})
     assert r.status_code == 422 and "MAX_WORKFLOW_NODES" in r.json()["detail"]
+
+
+async def test_versions_that_are_not_json_text(service: Service) -> None:
+    await add_workflow(service.store, "wf1", DRAFT)
+    await add_version(
+        service.store, "wf1", 1, '{"nodes": [{"id": "a", "type": "trigger", "label": "\\ud800"}]}'
+    )
+    await add_version(
+        service.store, "wf1", 2, '{"nodes": [{"id": "a", "type": "trigger", "x": NaN}]}'
+    )
+    await add_version(service.store, "wf1", 3, "not json")
+    listed = (await service.client.get("/api/workflows/wf1/versions")).json()["versions"]
+    assert [v["hash"] for v in listed] == [None, None, None]
+    for path in ("versions/1", "versions/2", "versions/3", "versions/diff?from=1&to=draft"):
+        r = await service.client.get(f"/api/workflows/wf1/{path}")
+        assert r.status_code == 422 and "JSON" in r.json()["detail"], (path, r.text)
