@@ -1,6 +1,6 @@
 """Issue 12, the Python client (`clients/python/wos_client`): `Client` and `AsyncClient` against
-the real service (`./start.sh`, inline mode, SQLite shared as with the Node backend), and its
-generated models against the service's live `/openapi.json`."""
+the real service (`./start.sh`, inline mode, SQLite shared as with the Node backend; slow), its
+generated models against the service's live `/openapi.json`, and its event-stream parser."""
 
 import json
 import threading
@@ -18,14 +18,16 @@ from wos_client import (
     Event,
     InvalidRequest,
     NotFound,
+    StreamError,
     WaitTimeout,
 )
+from wos_client.events import parse_lines
 from wos_client.models import ExecutionPublic, NodeRunFailed, NodeRunSucceeded
+from wos_client.streaming import Reconnects
 
 from tests.e2e import MockServer, RunningService, free_port
 from tests.service_process import ROOT
 
-pytestmark = pytest.mark.slow
 WID = "wf_py_client"
 SLOW_S = 30.0
 """How long the mock endpoint of the slow workflow answers (it is cancelled well before)."""
@@ -94,6 +96,7 @@ def paths(svc: RunningService) -> dict[str, Any]:
     return spec
 
 
+@pytest.mark.slow
 def test_client_models_match_the_live_openapi_document(svc: RunningService) -> None:
     import generate_models
 
@@ -105,6 +108,7 @@ def test_client_models_match_the_live_openapi_document(svc: RunningService) -> N
     )
 
 
+@pytest.mark.slow
 def test_client_execute_wait_and_read_the_result(svc: RunningService) -> None:
     with Client(svc.url) as wos:
         assert wos.health().status == "running"
@@ -126,6 +130,7 @@ def test_client_execute_wait_and_read_the_result(svc: RunningService) -> None:
         assert [n.id for n in graph.nodes] == ["t", "a", "o"]
 
 
+@pytest.mark.slow
 def test_client_errors_carry_status_code_and_detail(svc: RunningService) -> None:
     with Client(svc.url) as wos:
         with pytest.raises(NotFound) as missing:
@@ -145,6 +150,7 @@ def test_client_errors_carry_status_code_and_detail(svc: RunningService) -> None
             nowhere.get("x")
 
 
+@pytest.mark.slow
 def test_client_run_node_answers_success_and_failure(svc: RunningService) -> None:
     with Client(svc.url) as wos:
         node = {"config": {"addFieldName": "x", "addFieldValue": "1"}}
@@ -154,6 +160,7 @@ def test_client_run_node_answers_success_and_failure(svc: RunningService) -> Non
         assert isinstance(failed, NodeRunFailed) and failed.error
 
 
+@pytest.mark.slow
 def test_client_cancel_retry_and_wait_timeout(svc: RunningService) -> None:
     with Client(svc.url) as wos:
         submitted = wos.execute("wf_py_slow")
@@ -204,6 +211,7 @@ class CutOnce(httpx.HTTPTransport):
         )
 
 
+@pytest.mark.slow
 def test_client_events_resume_after_a_disconnect(svc: RunningService) -> None:
     with Client(svc.url) as wos:
         eid = wos.execute(WID).executionId
@@ -223,6 +231,7 @@ def test_client_events_resume_after_a_disconnect(svc: RunningService) -> None:
         assert after and all(e.type == "node.completed" and e.id > whole[1].id for e in after)
 
 
+@pytest.mark.slow
 def test_client_events_of_every_execution_follow_live_runs(svc: RunningService) -> None:
     seen: list[Event] = []
 
@@ -251,6 +260,7 @@ class NoStreams(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
+@pytest.mark.slow
 def test_client_wait_falls_back_to_polling(svc: RunningService) -> None:
     http = httpx.Client(base_url=svc.url, transport=NoStreams())
     with Client(http=http) as wos:
@@ -259,6 +269,7 @@ def test_client_wait_falls_back_to_polling(svc: RunningService) -> None:
     http.close()
 
 
+@pytest.mark.slow
 def test_client_versions_and_diff(svc: RunningService) -> None:
     if "/api/workflows/{workflow_id}/versions" not in paths(svc)["paths"]:
         pytest.skip("the service has no version endpoints")
@@ -283,6 +294,7 @@ def test_client_versions_and_diff(svc: RunningService) -> None:
         assert published.workflowVersion == 2 and published.workflowHash == listed.versions[0].hash
 
 
+@pytest.mark.slow
 async def test_async_client_execute_wait_events_and_errors(svc: RunningService) -> None:
     async with AsyncClient(svc.url) as wos:
         submitted = await wos.execute(WID, {"n": 1}, version="draft", priority="high")
@@ -304,3 +316,50 @@ async def test_async_client_execute_wait_events_and_errors(svc: RunningService) 
         await wos.cancel(retried.executionId)
         ran = await wos.run_node("n", "addField", {"config": {"addFieldName": "k"}}, {})
         assert isinstance(ran, NodeRunSucceeded)
+
+
+def test_sse_parser_reads_frames_comments_and_multiline_data() -> None:
+    lines = [
+        ": ping",
+        "",
+        "id: 7",
+        "event: node.completed",
+        'data: {"type": "node.completed",',
+        'data: "executionId": "e1", "nodeId": "a"}',
+        "",
+        "retry: 1000",
+        "",
+    ]
+    items = list(parse_lines(iter(lines)))
+    assert items[0] is None  # the heartbeat
+    event = items[1]
+    assert isinstance(event, Event) and len(items) == 2
+    assert (event.id, event.type, event.executionId, event.nodeId) == (
+        7,
+        "node.completed",
+        "e1",
+        "a",
+    )
+    assert not event.terminal
+
+
+def test_sse_parser_refuses_what_is_not_an_event() -> None:
+    with pytest.raises(StreamError):
+        list(parse_lines(iter(["data: not json", ""])))
+    with pytest.raises(StreamError):
+        list(parse_lines(iter(["data: " + "x" * 1024 * 1024])))  # over the bound, no blank line
+
+
+def test_reconnects_back_off_and_give_up_after_the_limit() -> None:
+    tries = Reconnects(limit=3)
+    delays = []
+    for _ in range(3):
+        tries.failed(OSError("cut"))
+        delays.append(tries.delay())
+    assert delays == [0.25, 0.5, 1.0]
+    with pytest.raises(ConnectionFailed):
+        tries.failed(OSError("cut"))
+    tries.reset()
+    assert tries.delay() == 0.0
+    tries.ended_cleanly(received=True)  # a connection that sent events is no failure
+    assert tries.failures == 0

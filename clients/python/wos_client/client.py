@@ -226,7 +226,7 @@ class Client:
     ) -> Iterator[Event | None]:
         """Events and heartbeats (None), reconnecting; for an execution's stream, ends after
         the terminal event or once a connection ends having sent nothing."""
-        last_id, one_execution = after, request.path != "/api/events"
+        last_id, one_execution = after, request.one_execution
         while True:
             received = False
             try:

@@ -26,7 +26,9 @@ class WosError(Exception):
 class ApiError(WosError):
     """The service answered with an error status; `detail` is its readable message."""
 
-    def __init__(self, status_code: int, detail: str, response: httpx.Response | None = None):
+    def __init__(
+        self, status_code: int, detail: str, response: httpx.Response | None = None
+    ) -> None:
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail

@@ -26,9 +26,11 @@ HEARTBEAT_S = 15.0
 
 
 class Event(WosModel):
-    """One event. Node events add `nodeId`, `nodeType`, `nodeLabel` and (`node.completed`) an
-    `outputPreview`; ends add `status`, `error` and a `finalOutput` summary: read them as
-    attributes or from `model_extra`."""
+    """One event: `id`, `type`, `executionId`, `workflowId`, `timestamp` and `progress` always;
+    node events add `nodeId`, `nodeType`, `nodeLabel` (and, once run, `durationMs`, `attempts`);
+    `node.completed` and `execution.completed` an `output` preview (at most 2 KB of JSON);
+    `node.failed`, `execution.failed` and `execution.cancelled` an `error`. Fields a newer
+    service adds are kept (`model_extra`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -38,6 +40,13 @@ class Event(WosModel):
     workflowId: str | None = None
     timestamp: str | None = None
     progress: dict[str, int] | None = None
+    nodeId: str | None = None
+    nodeType: str | None = None
+    nodeLabel: str | None = None
+    durationMs: int | float | None = None
+    attempts: int | None = None
+    output: Any = None
+    error: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -45,8 +54,11 @@ class Event(WosModel):
         return self.type in TERMINAL_EVENTS
 
 
-Heartbeat = None
-"""What the parser yields for a comment (so a reader can check its deadline while idle)."""
+class _Heartbeat:
+    """What the parser returns for a comment line (the service's idle `: ping`)."""
+
+
+HEARTBEAT = _Heartbeat()
 
 
 @dataclass
@@ -57,12 +69,12 @@ class SseParser:
     size: int = 0
     event_id: str | None = None
 
-    def feed(self, line: str) -> Event | None | bool:
-        """An `Event` when `line` ends a frame, None for a comment, False otherwise."""
+    def feed(self, line: str) -> Event | _Heartbeat | None:
+        """The `Event` a blank line ends, `HEARTBEAT` for a comment, else None."""
         if not line:
             return self._dispatch()
         if line.startswith(":"):
-            return Heartbeat
+            return HEARTBEAT
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         self.size += len(line)
@@ -72,12 +84,12 @@ class SseParser:
             self.data.append(value)
         elif name == "id":
             self.event_id = value
-        return False
+        return None
 
-    def _dispatch(self) -> Event | bool:
+    def _dispatch(self) -> Event | None:
         if not self.data:
             self.size = 0
-            return False
+            return None
         text, self.data, self.size = "\n".join(self.data), [], 0
         try:
             payload: Any = json.loads(text)
@@ -89,20 +101,21 @@ class SseParser:
 
 
 def parse_lines(lines: Iterator[str]) -> Iterator[Event | None]:
-    """Events (and None for each heartbeat) of the stream's lines."""
+    """The stream's events, and None for each heartbeat (so a reader can check a deadline
+    while the stream is idle)."""
     parser = SseParser()
     for line in lines:
         item = parser.feed(line)
-        if item is not False:
-            yield item  # type: ignore[misc]
+        if item is not None:
+            yield item if isinstance(item, Event) else None
 
 
 async def aparse_lines(lines: AsyncIterator[str]) -> AsyncIterator[Event | None]:
     parser = SseParser()
     async for line in lines:
         item = parser.feed(line)
-        if item is not False:
-            yield item  # type: ignore[misc]
+        if item is not None:
+            yield item if isinstance(item, Event) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,8 @@ class StreamRequest:
 
     path: str
     params: dict[str, str]
+    one_execution: bool
+    """An execution's stream, which ends after its terminal event (else: every execution's)."""
 
     def headers(self, last_id: int | None) -> dict[str, str]:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
@@ -132,9 +147,10 @@ def stream_request(
     if execution_id is not None:
         if workflow_id is not None or organization_id is not None:
             raise ValueError("an execution's stream takes no workflow_id or organization_id")
-        return StreamRequest(f"/api/executions/{quote(execution_id, safe='')}/events", params)
+        path = f"/api/executions/{quote(execution_id, safe='')}/events"
+        return StreamRequest(path, params, one_execution=True)
     if workflow_id is not None:
         params["workflowId"] = workflow_id
     if organization_id is not None:
         params["organizationId"] = organization_id
-    return StreamRequest("/api/events", params)
+    return StreamRequest("/api/events", params, one_execution=False)
