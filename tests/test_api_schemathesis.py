@@ -30,8 +30,9 @@ from tests.e2e import RunningService
 
 pytestmark = pytest.mark.slow
 
-MAX_EXAMPLES = 150
-"""Per operation (valid and invalid requests together): ~17 operations in a minute or two."""
+MAX_EXAMPLES = 100
+"""Per operation and service (valid and invalid requests together): 16 operations on two
+services in a minute or two."""
 STREAMS = r"/events$"
 """Server-Sent Event routes answer forever (until the execution ends); the WebSocket routes are
 not in the document."""
@@ -55,26 +56,36 @@ SIMPLE = {
 }
 
 
+KEY = "schemathesis-key"
+
+
 @dataclass(frozen=True)
 class Api:
     service: RunningService
     known: dict[str, str]
     """Path parameters naming things that exist (a stored workflow, its run, a node of it)."""
+    headers: dict[str, str]
+    """What a valid request sends (the key, when the service requires one)."""
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@pytest.fixture(scope="module", params=["open", "keys"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """The real service, inline (no Prefect), with no route to anywhere outside the machine, and
-    a stored workflow with one run so the id-taking routes also answer found things."""
+    a stored workflow with one run so the id-taking routes also answer found things; without
+    API_KEYS, and with a service key and an organization key (generated keys are refused)."""
+    keys = request.param == "keys"
+    settings = {"API_KEYS": f"{KEY}, org-{KEY}@org_test"} if keys else {}
     tmp: Path = tmp_path_factory.mktemp("schemathesis")
-    svc = RunningService(tmp, "inline", OUTBOUND_ALLOW_PRIVATE="false")
+    svc = RunningService(tmp, "inline", OUTBOUND_ALLOW_PRIVATE="false", **settings)
+    headers = {"X-API-Key": KEY} if keys else {}
+    svc.client.headers.update(headers)
     try:
         svc.add_workflow("wf_st", SIMPLE, "Schemathesis")
         r = svc.client.post("/api/workflows/execute", json={"workflowId": "wf_st"})
         assert r.status_code == 200, r.text
         eid = r.json()["executionId"]
         svc.wait(eid)
-        yield Api(svc, {"workflow_id": "wf_st", "execution_id": eid, "node_id": "a"})
+        yield Api(svc, {"workflow_id": "wf_st", "execution_id": eid, "node_id": "a"}, headers)
     finally:
         svc.stop()
         svc.client.close()
@@ -99,8 +110,8 @@ OPERATIONS = operations()
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=lambda op: f"{op.method.upper()} {op.path}")
 def test_api_answers_match_its_openapi_schema(api: Api, operation: Operation) -> None:
-    """Valid and invalid requests (`MAX_EXAMPLES` in all) to one operation, a third of the valid
-    ones about the stored workflow and its run."""
+    """Valid and invalid requests (`MAX_EXAMPLES` in all) to one operation; a third are valid
+    ones about the stored workflow and its run, with the key when one is needed."""
     session = requests.Session()
     session.trust_env = False
     names = re.findall(r"{(\w+)}", operation.path)
@@ -108,7 +119,7 @@ def test_api_answers_match_its_openapi_schema(api: Api, operation: Operation) ->
     cases = st.one_of(
         operation.as_strategy(GenerationMode.POSITIVE),
         operation.as_strategy(GenerationMode.NEGATIVE),
-        operation.as_strategy(GenerationMode.POSITIVE, path_parameters=found),
+        operation.as_strategy(GenerationMode.POSITIVE, path_parameters=found, headers=api.headers),
     )
 
     @given(case=cases)

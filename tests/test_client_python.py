@@ -5,7 +5,7 @@ generated models against the service's live `/openapi.json`, and its event-strea
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -211,6 +211,40 @@ class CutOnce(httpx.HTTPTransport):
         )
 
 
+class AsyncCutOnce(httpx.AsyncHTTPTransport):
+    """`CutOnce` for the async client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[httpx.Headers] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if not request.url.path.endswith("/events"):
+            return response
+        self.streams.append(request.headers)
+        if len(self.streams) > 1:
+            return response
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        upstream: httpx.AsyncByteStream = response.stream
+
+        class Cut(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                buffered = b""
+                async for chunk in upstream:
+                    buffered += chunk
+                    if b"\n\n" in buffered:
+                        yield buffered.split(b"\n\n", 1)[0] + b"\n\n"
+                        raise httpx.RemoteProtocolError("connection cut", request=request)
+
+            async def aclose(self) -> None:
+                await upstream.aclose()
+
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=Cut(), request=request
+        )
+
+
 @pytest.mark.slow
 def test_client_events_resume_after_a_disconnect(svc: RunningService) -> None:
     with Client(svc.url) as wos:
@@ -229,6 +263,20 @@ def test_client_events_resume_after_a_disconnect(svc: RunningService) -> None:
         assert transport.streams[1]["last-event-id"] == str(whole[0].id)
         after = list(cut.events(eid, after=whole[1].id, types=["node.completed"]))
         assert after and all(e.type == "node.completed" and e.id > whole[1].id for e in after)
+
+
+@pytest.mark.slow
+async def test_async_client_events_resume_after_a_disconnect(svc: RunningService) -> None:
+    async with AsyncClient(svc.url) as wos:
+        eid = (await wos.execute(WID)).executionId
+        await wos.wait(eid, timeout=60)
+        whole = [e.id async for e in wos.events(eid)]
+    transport = AsyncCutOnce()
+    http = httpx.AsyncClient(base_url=svc.url, transport=transport)
+    async with AsyncClient(http=http) as cut:
+        assert [e.id async for e in cut.events(eid)] == whole
+        assert transport.streams[1]["last-event-id"] == str(whole[0])
+    await http.aclose()
 
 
 @pytest.mark.slow
