@@ -109,6 +109,9 @@ class Runner:
     resources: Resources
     probe: PrefectProbe
     drain: asyncio.Event = field(default_factory=asyncio.Event)
+    drains_on_sigterm: bool = False
+    """The process drains on SIGTERM through its event loop (a worker process): Prefect's own
+    SIGTERM handler is kept out of its flow runs (`flows.workflow_flow.keep_worker_sigterm`)."""
 
     async def run(self, claim: Claim, cancel: asyncio.Event) -> Outcome:
         """Run the claim to a terminal status; returns it (interrupted when drained, or when
@@ -179,7 +182,7 @@ class Runner:
 
         if mode != ExecutionMode.PREFECT:
             return await self._guarded(eid, body(None), owner)
-        from flows.workflow_flow import mark_crashed, run_as_flow
+        from flows.workflow_flow import keep_worker_sigterm, mark_crashed, run_as_flow
 
         if claim.attempts > 1 and claim.flow_run_id:
             await mark_crashed(claim.flow_run_id, eid)
@@ -187,6 +190,8 @@ class Runner:
         status: list[Outcome] = []
 
         async def recording_body(flow_run_id: str | None) -> Outcome:
+            if self.drains_on_sigterm:
+                keep_worker_sigterm()
             status.append(await self._guarded(eid, body(flow_run_id), owner))
             return status[-1]
 

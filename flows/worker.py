@@ -234,7 +234,9 @@ async def main() -> None:
     store = await open_store(settings.database_url)
     resources = open_resources(settings, store)
     probe = PrefectProbe(os.environ.get("PREFECT_API_URL") or settings.PREFECT_API_URL)
-    worker = Worker(settings, store, Runner(settings, store, resources, probe))
+    worker = Worker(
+        settings, store, Runner(settings, store, resources, probe, drains_on_sigterm=True)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

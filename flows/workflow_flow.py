@@ -15,6 +15,8 @@ chained causes (a library's exception, which may quote a URL or a password) are 
 import contextvars
 import functools
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +106,21 @@ def _node_task(retries: int, delay_s: float) -> Any:
 @functools.cache
 def _flow(result_dir: Path) -> Any:
     return workflow_flow.with_options(flow_run_name=_run_name, result_storage=result_dir)
+
+
+def _ignore_sigterm(_signum: int, _frame: Any) -> None:
+    """The worker's loop learns of SIGTERM through the signal wake-up fd and drains."""
+
+
+def keep_worker_sigterm() -> None:
+    """Prefect's flow engine swaps in a SIGTERM handler that raises `TerminationSignal` into the
+    flow for as long as it runs, which would crash a worker's executions instead of letting it
+    drain them within SHUTDOWN_GRACE_SECONDS. A worker's event loop hears SIGTERM through the
+    signal wake-up fd whatever the Python-level handler is, so inside a worker that handler is
+    made a no-op again (Prefect puts back the one it replaced when the flow ends). Called from
+    inside the flow by a runner whose process drains on SIGTERM (`Runner.drains_on_sigterm`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _ignore_sigterm)
 
 
 @flow(name="workflow-execution", persist_result=False, validate_parameters=False, log_prints=False)

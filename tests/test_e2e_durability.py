@@ -132,10 +132,11 @@ def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(
     assert len(mock.calls("GET", "/last")) == 0
 
 
+@pytest.mark.parametrize("mode", ["inline", "prefect"])
 def test_sigterm_drains_in_flight_node_and_restart_finishes(
-    tmp_path: Path, mock: MockServer
+    tmp_path: Path, mock: MockServer, mode: str
 ) -> None:
-    svc = RunningService(tmp_path, "inline")
+    svc = RunningService(tmp_path, mode)
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
     wait_for_log(svc, eid, "slow", "running")
@@ -149,12 +150,14 @@ def test_sigterm_drains_in_flight_node_and_restart_finishes(
     ]  # the in-flight node finished inside the grace period
     assert not any(log["nodeId"] == "last" for log in row["logs"])
 
-    again = RunningService(tmp_path, "inline", API_PORT=str(svc.port))
+    again = RunningService(tmp_path, mode, API_PORT=str(svc.port))
     try:
         final = again.wait(eid)
+        [run] = again.sql('SELECT "crashResumes" FROM wos_executions WHERE "executionId" = ?', eid)
     finally:
         again.stop()
     assert final["status"] == "completed"
+    assert run["crashResumes"] == 0  # a graceful stop is never counted as a worker crash
     assert len(mock.calls("GET", "/slow")) == 1 and len(mock.calls("GET", "/last")) == 1
 
 
