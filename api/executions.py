@@ -10,6 +10,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
+
 from api import versions
 from api.callbacks import callbacks_public, stored_callback
 from api.schemas import (
@@ -251,7 +253,12 @@ def _validated(raw: Any, limits: tuple[int, int]) -> str:
     if unsupported:
         listing = ", ".join(f"{n.type} (node {n.id})" for n in unsupported)
         raise UnsupportedNodeTypes(f"Unsupported node types: {listing}")
-    return workflow.model_dump_json(exclude_none=True)
+    try:
+        return workflow.model_dump_json(exclude_none=True)
+    except PydanticSerializationError:  # a lone surrogate (\\ud800) has no UTF-8 form
+        raise GraphValidationError(
+            "Workflow definition holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
 
 
 RAW_COLUMN_MIN_CHARS = 64 * 1024

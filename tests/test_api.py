@@ -344,3 +344,25 @@ async def test_execute_unknown_mode_is_422_naming_the_modes(service: Service) ->
     r = await service.execute(workflow=SIMPLE, inputs={}, mode="turbo")
     assert r.status_code == 422
     assert r.json()["detail"] == "mode: Input should be 'prefect' or 'inline'"
+
+
+LONE_SURROGATE = '{"id": "t", "type": "trigger", "config": {"note": "\\ud800"}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ('{"workflowId": "wf_lone"}', "not valid Unicode"),
+        ('{"workflow": {"nodes": [' + LONE_SURROGATE + "]}}", "not valid Unicode"),
+        ('{"workflowId": "wf1", "inputs": {"x": "\\udfff"}}', "not valid Unicode"),
+    ],
+)
+async def test_lone_surrogates_are_422_not_500(service: Service, body: str, detail: str) -> None:
+    await service.add_workflow("wf1", SIMPLE)
+    await service.add_workflow("wf_lone", '{"nodes": [' + LONE_SURROGATE + '], "connections": []}')
+    r = await service.client.post(
+        "/api/workflows/execute", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert detail in r.json()["detail"]
+    assert await service.count_executions() == 0
