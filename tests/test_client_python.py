@@ -2,6 +2,7 @@
 the real service (`./start.sh`, inline mode, SQLite shared as with the Node backend; slow), its
 generated models against the service's live `/openapi.json`, and its event-stream parser."""
 
+import base64
 import json
 import threading
 import time
@@ -29,6 +30,7 @@ from tests.e2e import MockServer, RunningService, free_port
 from tests.service_process import ROOT
 
 WID = "wf_py_client"
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"python-client-test-secret-32byte").decode()
 SLOW_S = 30.0
 """How long the mock endpoint of the slow workflow answers (it is cancelled well before)."""
 
@@ -74,14 +76,18 @@ def seed_versions(svc: RunningService) -> None:
 
 @pytest.fixture(scope="module")
 def mock() -> Iterator[MockServer]:
-    server = MockServer({("GET", "/slow"): lambda _: (200, SLOW_S)})
+    server = MockServer(
+        {("GET", "/slow"): lambda _: (200, SLOW_S), ("POST", "/hook"): lambda _: (200, {})}
+    )
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -> Iterator[RunningService]:
-    service = RunningService(tmp_path_factory.mktemp("pyclient"), "inline")
+    service = RunningService(
+        tmp_path_factory.mktemp("pyclient"), "inline", CALLBACK_SECRET=CALLBACK_SECRET
+    )
     try:
         service.add_workflow(WID, definition("draft"), "Python client")
         service.add_workflow("wf_py_slow", slow(f"http://127.0.0.1:{mock.port}/slow"), "Slow")
@@ -128,6 +134,24 @@ def test_client_execute_wait_and_read_the_result(svc: RunningService) -> None:
         assert submitted.executionId in [e.executionId for e in page.executions]
         graph = wos.graph(submitted.executionId)
         assert [n.id for n in graph.nodes] == ["t", "a", "o"]
+
+
+@pytest.mark.slow
+def test_client_execute_with_a_callback(svc: RunningService, mock: MockServer) -> None:
+    hook = f"http://127.0.0.1:{mock.port}/hook"
+    with Client(svc.url) as wos:
+        eid = wos.execute(WID, callback=hook).executionId
+        wos.wait(eid, timeout=60)
+        deadline = time.monotonic() + 30
+        while not mock.calls("POST", "/hook") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        delivered = json.loads(mock.calls("POST", "/hook")[0]["body"])
+        assert (delivered["executionId"], delivered["type"]) == (eid, "execution.completed")
+        callbacks = wos.get(eid).callbacks
+        assert [(c.url, c.event) for c in callbacks] == [(hook, "execution.completed")]
+        with pytest.raises(InvalidRequest) as refused:
+            wos.execute(WID, callback={"url": hook, "events": ["no.such.event"]})
+        assert "no.such.event" in refused.value.detail
 
 
 @pytest.mark.slow
