@@ -43,7 +43,7 @@ _LIVE = {"start": ACTIVE_STATUSES, "checkpoint": CHECKPOINT_STATUSES, "finish": 
 """The statuses in which each kind of operation still writes the execution row."""
 INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError)
 """A constraint failed (sqlite3's own from the compiled SQLite path, `_execute_many`)."""
-ROW_ERRORS = (*INTEGRITY_ERRORS, sa.exc.DataError, sqlite3.DataError)
+ROW_ERRORS = (*INTEGRITY_ERRORS, sa.exc.DataError, sqlite3.DataError, UnicodeEncodeError)
 """Errors of one operation's rows: a failing batch is retried one operation at a time."""
 
 

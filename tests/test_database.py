@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from database import open_store
@@ -135,9 +136,17 @@ async def commit_all(errors: dict[int, Exception]) -> tuple[list[list[str]], lis
     return batches, outcomes
 
 
-async def test_group_commit_replays_one_by_one_after_a_row_error() -> None:
-    """Bug 3: a constraint violation fails only the operation that caused it."""
-    duplicate = sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+@pytest.mark.parametrize(
+    "duplicate",
+    [
+        sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")),
+        # text with a lone surrogate (a node output parsed from "\\ud800") has no UTF-8 form
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+    ],
+)
+async def test_group_commit_replays_one_by_one_after_a_row_error(duplicate: Exception) -> None:
+    """Bug 3: a constraint violation or a value that cannot be encoded fails only the operation
+    that caused it."""
     batches, outcomes = await commit_all({3: duplicate, 1: duplicate})
     assert batches == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
     assert outcomes[0] is True and outcomes[2] is True
