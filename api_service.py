@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.event_hub import EventHub
+from api.rate_limits import open_submit_limits
 from api.routes import ROUTERS
 from api.routes.health import SERVICE, VERSION
 from api.wakeup import WorkerWakeup
@@ -46,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     install_log_redaction()  # nodes/execute runs nodes here: no URL secrets in its log lines
     app.state.store = await open_store(settings.database_url)
     app.state.resources = open_resources(settings, app.state.store)
+    app.state.submit_limits = open_submit_limits(settings)
     app.state.wake_workers = WorkerWakeup(os.environ.get("WOS_WAKE_PORTS"))
     app.state.events = EventHub(app.state.store, listen_dsn=listen_dsn(settings.database_url))
     app.state.events.end_streams_on_exit()

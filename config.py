@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rate_limits import parse_limits, parse_node_limits
 from states import ExecutionMode
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -123,6 +124,14 @@ class Settings(BaseSettings):
     """A normal or low execution queued longer than this is claimed as one priority higher."""
     MAX_CONCURRENT_PER_ORG: int | None = Field(default=None, ge=1)
     """At most this many running executions per organization (unset: no cap)."""
+    RATE_LIMITS: str | None = None
+    """Submits per API key (per organization without API_KEYS), e.g. `100/second;5000/hour`."""
+    NODE_RATE_LIMITS: str | None = None
+    """Outbound calls per node type, e.g. `llm=60/minute;sendSMS=10/second` (nodes wait)."""
+    REDIS_URL: str | None = None
+    """Where the rate limits' windows live, shared by every process (unset: each process's
+    memory)."""
+
     DEFAULT_WORKFLOW_VERSION: Literal["auto", "draft"] = "auto"
     """Which definition an execute without `version` runs (api/versions.py `resolve`)."""
 
@@ -132,6 +141,25 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("RATE_LIMITS")
+    @classmethod
+    def _valid_rate_limits(cls, value: str | None) -> str | None:
+        parse_limits(value)
+        return value
+
+    @field_validator("NODE_RATE_LIMITS")
+    @classmethod
+    def _valid_node_rate_limits(cls, value: str | None) -> str | None:
+        parse_node_limits(value)  # the node types are checked at start-up (tasks/node_limits)
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _valid_redis_url(cls, value: str | None) -> str | None:
+        if value and value.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("API_KEYS")
     @classmethod

@@ -147,6 +147,18 @@ class StartupFailed(Exception):
     """A setting makes start-up impossible (the message says which); exit status 1."""
 
 
+def check_node_rate_limits(settings: Settings) -> None:
+    """NODE_RATE_LIMITS may name only node types (each API and worker process checks it too,
+    when it opens its resources)."""
+    from rate_limits import RateLimitSettingError
+    from tasks.node_limits import node_limits_of
+
+    try:
+        node_limits_of(settings)
+    except RateLimitSettingError as exc:
+        raise StartupFailed(str(exc)) from None
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether `host:port` can be listened on now (SO_REUSEADDR, as uvicorn binds, so a port
     left in TIME_WAIT by a previous instance counts as free; not on Windows, where it would let
@@ -317,6 +329,7 @@ class Supervisor:
 
     def _run(self) -> int:
         settings = self.settings
+        check_node_rate_limits(settings)
         asyncio.run(prepare_store(settings))
         if self.stopping:
             raise StartupInterrupted("store prepared")

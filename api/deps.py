@@ -40,6 +40,9 @@ class Caller:
 
     organization: str | None = None
     """The organization key's org; None for a service key."""
+    key_id: str | None = None
+    """Which API_KEYS entry (hex of its digest's first 8 bytes, never the key); None without
+    keys. Submit rate limits count per key (api/rate_limits.py)."""
 
     @property
     def is_service(self) -> bool:
@@ -88,7 +91,7 @@ def caller_of(*presented: str | None) -> Caller | None:
         return SERVICE
     for key in presented:
         if key and (entry := _match(key, keys)) is not None:
-            return Caller(entry.organization)
+            return Caller(entry.organization, entry.digest[:8].hex())
     return None
 
 

@@ -416,6 +416,7 @@ _ERRORS = {
     403: "An organization key's body names another organization",
     404: "Unknown id (or of another organization than an organization key's)",
     409: "Conflicts with the current state",
+    429: "Over RATE_LIMITS; the Retry-After header says in how many seconds to retry",
     413: "Request body larger than MAX_REQUEST_BYTES",
     422: "Invalid request",
     500: "Internal error <id>; the service log has the details under that id",

@@ -12,6 +12,8 @@ from httpx_aiohttp import AiohttpTransport
 
 from config import Settings
 from database.interfaces import Store
+from rate_limits import NodeLimits
+from tasks.node_limits import node_limits_of
 from tasks.outbound import DEFAULT_PORTS, OutboundPolicy, PolicyResolver
 
 
@@ -27,6 +29,14 @@ class Resources:
     mysql_pools: dict[Any, Any] = field(default_factory=dict, repr=False)
     """aiomysql pools of the mysql node, one per DSN (tasks/mysql_query.py)."""
     _outbound: OutboundPolicy | None = field(default=None, repr=False)
+    _node_limits: NodeLimits | None = field(default=None, repr=False)
+
+    @property
+    def node_limits(self) -> NodeLimits:
+        """NODE_RATE_LIMITS (tasks/node_limits.py), shared by the process's node runs."""
+        if self._node_limits is None:
+            self._node_limits = node_limits_of(self.settings)
+        return self._node_limits
 
     @property
     def outbound(self) -> OutboundPolicy:
@@ -121,7 +131,10 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 def open_resources(settings: Settings, store: Store | None = None) -> Resources:
-    return Resources(settings, http_client(settings), store)
+    """The process's clients; raises RateLimitSettingError for NODE_RATE_LIMITS naming unknown
+    node types (so the process refuses to start)."""
+    node_limits = node_limits_of(settings)
+    return Resources(settings, http_client(settings), store, _node_limits=node_limits)
 
 
 @dataclass(frozen=True, kw_only=True)

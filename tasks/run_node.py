@@ -138,6 +138,7 @@ async def run_attempt(node: NodeDef, data: Any, ctx: RunContext) -> Envelope:
     config = validate_config(spec, node)
     try:
         async with asyncio.timeout(policy.timeout_s):
+            await ctx.resources.node_limits.wait(node.type)  # NODE_RATE_LIMITS: its slot first
             result = await spec.handler(config, data, ctx)
         if isinstance(result, dict) and result.get("success") is False:
             raise NodeExecutionError(

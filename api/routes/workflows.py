@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query
 
 from api import executions
 from api.deps import API_KEY, CallerDep, SettingsDep, StoreDep, WakeupDep
+from api.rate_limits import SubmitLimitsDep, check_submit
 from api.schemas import (
     API_ERRORS,
     ExecutionCreate,
@@ -23,7 +24,7 @@ router = APIRouter(
 @router.post(
     "/execute",
     response_model=ExecutionSubmitted,
-    responses=error_responses(400, 403, 404, 409),
+    responses=error_responses(400, 403, 404, 409, 429),
 )
 async def execute_workflow(
     body: ExecutionCreate,
@@ -31,12 +32,14 @@ async def execute_workflow(
     settings: SettingsDep,
     wake: WakeupDep,
     caller: CallerDep,
+    limits: SubmitLimitsDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> ExecutionSubmitted:
     """Queue a run of the stored workflow `workflowId` (or of an inline `workflow`) and answer
     at once; a worker runs it. 422 for unsupported node types (nothing is queued); 403 when an
-    organization key's body names another organization."""
+    organization key's body names another organization; 429 over RATE_LIMITS."""
     caller.check_body_org(body.organizationId)
+    await check_submit(limits, caller, body.organizationId)
     return await executions.submit(
         store,
         wake,
