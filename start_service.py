@@ -5,6 +5,12 @@
     ├── worker process(es)   python -m flows.worker           (WORKER_PROCESSES)
     └── HTTP API             uvicorn api_service:app          (API_HOST:API_PORT)
 
+`--role api|worker|prefect` starts one part instead (split roles, `ROLES`): `api` only the HTTP
+API (it runs no execution), `worker` only the worker processes plus `api.worker_app` on API_PORT
+(its probes and /metrics), `prefect` only the Prefect server. The api and worker roles need
+DATABASE_URL on PostgreSQL (the one store every machine shares; SQLite is refused), a worker role
+in prefect mode PREFECT_API_URL as well.
+
 The embedded Prefect server serves its API and UI on API_HOST:PREFECT_SERVER_API_PORT (4200 by
 default; a port in use is a start-up error, exit status 1). It requires an auth string: the
 operator's `PREFECT_SERVER_API_AUTH_STRING`, else one generated here at every start and written to
@@ -18,6 +24,7 @@ or worker is spawned, a started Prefect server is stopped, and the exit status i
 signal number (130 for SIGINT, 143 for SIGTERM). Status 1: the API exited on its own.
 """
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -38,6 +45,8 @@ from logformat import uvicorn_log_config
 from metrics import MULTIPROC_ENV, process_dead, reset_multiproc_dir
 from states import ExecutionMode
 
+ROLES = ("all", "api", "worker", "prefect")
+"""`--role`: everything on one machine (the default), or one part of a split deployment."""
 PREFECT_SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
 PREFECT_CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
 AUTH_FILE = "ui-auth-string"
@@ -194,8 +203,8 @@ def write_auth_file(folder: Path, auth: str) -> Path:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, role: str = "all") -> None:
+        self.settings, self.role = settings, role
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.signal: int | None = None
@@ -244,7 +253,7 @@ class Supervisor:
         home = settings.prefect_home
         home.mkdir(parents=True, exist_ok=True)
         host, port = settings.API_HOST.strip(), settings.PREFECT_SERVER_API_PORT
-        if port == settings.API_PORT:
+        if port == settings.API_PORT and self.role != "prefect":
             raise StartupFailed(
                 f"PREFECT_SERVER_API_PORT and API_PORT are both {port}; the Prefect server and "
                 "the HTTP API listen on API_HOST side by side and need two ports"
@@ -330,12 +339,15 @@ class Supervisor:
     def _run(self) -> int:
         settings = self.settings
         check_node_rate_limits(settings)
-        asyncio.run(prepare_store(settings))
+        if self.role == "prefect":
+            return self._run_prefect()
+        check_role(settings, self.role)
+        asyncio.run(prepare_store(settings, release=self.role != "api"))
         if self.stopping:
             raise StartupInterrupted("store prepared")
         api_url = settings.PREFECT_API_URL
         prefect_auth: dict[str, str] = {}
-        if settings.EXECUTION_MODE is ExecutionMode.PREFECT and not api_url:
+        if settings.EXECUTION_MODE is ExecutionMode.PREFECT and not api_url and self.role == "all":
             api_url = self.start_prefect()
             prefect_auth = {PREFECT_CLIENT_AUTH: self.prefect_auth}
         # the outbound policy refuses nodes this API port and the Prefect API (tasks/outbound.py)
@@ -353,7 +365,11 @@ class Supervisor:
             **metrics_env,
             "WOS_INSTANCE": instance_id(settings),
         }
-        wake_ports = [str(free_port(socket.SOCK_DGRAM)) for _ in range(settings.WORKER_PROCESSES)]
+        # all-in-one: the API pings its workers' UDP ports; split roles: LISTEN wos_queue
+        wake_ports = [
+            str(free_port(socket.SOCK_DGRAM)) if self.role == "all" else ""
+            for _ in range(settings.WORKER_PROCESSES if self.role != "api" else 0)
+        ]
         for i, port in enumerate(wake_ports):
             self.spawn(
                 f"worker-{i + 1}", ["-m", "flows.worker"], {**worker_env, "WOS_WAKE_PORT": port}
@@ -363,7 +379,7 @@ class Supervisor:
             [
                 "-m",
                 "uvicorn",
-                "api_service:app",
+                "api.worker_app:app" if self.role == "worker" else "api_service:app",
                 "--host",
                 settings.API_HOST,
                 "--port",
@@ -377,10 +393,11 @@ class Supervisor:
             drop=(PREFECT_SERVER_AUTH, PREFECT_CLIENT_AUTH),
         )
         logger.info(
-            "service starting on http://%s:%d (mode %s)",
+            "service starting on http://%s:%d (mode %s, role %s)",
             settings.API_HOST,
             settings.API_PORT,
             settings.EXECUTION_MODE,
+            self.role,
         )
         while not self.stopping:
             for name, proc in list(self.procs.items()):
@@ -407,18 +424,66 @@ class Supervisor:
         self.stop_all()
         return 0
 
+    def _run_prefect(self) -> int:
+        """`--role prefect`: the Prefect server alone, until a signal (1: it did not start or
+        exited on its own)."""
+        if self.start_prefect() is None:
+            return 1
+        while not self.stopping:
+            code = self.procs["prefect-server"].poll()
+            if code is not None:
+                logger.error("the Prefect server exited with %s; stopping", code)
+                return 1
+            time.sleep(0.5)
+        self.stop_all()
+        return 0
+
+
+def check_role(settings: Settings, role: str) -> None:
+    """Split roles share one store across machines: PostgreSQL only (a SQLite file or a memory
+    store cannot be shared), and a worker in prefect mode needs the prefect role's API."""
+    if role == "all":
+        return
+    scheme = settings.database_url.partition(":")[0].partition("+")[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        raise StartupFailed(
+            f"--role {role} needs DATABASE_URL on PostgreSQL, the store every role shares "
+            f"(this is {scheme}: a SQLite file cannot be shared across machines); start without "
+            "--role to run everything on one machine"
+        )
+    if role == "worker" and settings.EXECUTION_MODE is ExecutionMode.PREFECT:
+        if not settings.PREFECT_API_URL:
+            raise StartupFailed(
+                "--role worker in prefect mode needs PREFECT_API_URL (the Prefect server of "
+                "--role prefect, e.g. http://prefect-host:4200/api), or EXECUTION_MODE=inline"
+            )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Start the Workflow Orchestration Service.")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="one part of a split deployment (api, worker, prefect); default: everything",
+    )
+    return parser.parse_args(argv)
+
 
 def instance_id(settings: Settings) -> str:
     """Names this service instance in lease owners, so a restart resumes its own executions."""
     return f"{socket.gethostname()}:{settings.API_PORT}"
 
 
-async def prepare_store(settings: Settings) -> None:
-    """Create missing tables once, and free the executions a previous instance left running."""
+async def prepare_store(settings: Settings, *, release: bool = True) -> None:
+    """Create missing tables once, and (`release`: an instance with workers) free the
+    executions a previous instance left running."""
     from database import open_store
 
     store = await open_store(settings.database_url)
     try:
+        if not release:
+            return
         await store.release_instance(instance_id(settings))
         await store.callbacks.release(instance_id(settings) + ":")  # resend what it was sending
     finally:
@@ -439,11 +504,12 @@ def raise_open_file_limit(wanted: int = 65536) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    role = parse_args(argv).role
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL)
     raise_open_file_limit()
-    supervisor = Supervisor(settings)
+    supervisor = Supervisor(settings, role)
 
     def on_signal(signum: int, _frame: object) -> None:
         supervisor.request_stop(signum)

@@ -94,6 +94,8 @@ class ServiceProcess:
         **settings: str,
     ) -> None:
         self.workdir = workdir
+        self.args: tuple[str, ...] = ()
+        """Command-line arguments of start.sh (a subclass sets `--role api`, …)."""
         self.root = Path(root) if root is not None else None
         self.db = workdir / "database.sqlite"
         if not self.db.exists():
@@ -119,9 +121,9 @@ class ServiceProcess:
 
     def start(self, timeout: float = 240) -> Self:
         if self.root is None:
-            command, cwd = [str(ROOT / "start.sh")], ROOT
+            command, cwd = [str(ROOT / "start.sh"), *self.args], ROOT
         else:
-            command, cwd = [venv_python(), "start_service.py"], self.root
+            command, cwd = [venv_python(), "start_service.py", *self.args], self.root
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 command,
