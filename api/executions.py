@@ -28,7 +28,7 @@ from api.schemas import (
     WorkflowExecutions,
 )
 from config import get_settings
-from database.claim_order import PRIORITIES
+from database.claim_order import PRIORITIES, priority_name
 from database.ids import new_execution_id
 from database.interfaces import ApiStore, IdempotencyKey, NewExecution, Row
 from errors import (
@@ -320,6 +320,7 @@ async def execution_public(
         attempts=row.get("attempts"),
         resumedAt=row.get("resumedAt"),
         retryOf=row.get("retryOf"),
+        priority=None if row.get("priority") is None else priority_name(row["priority"]),
         flowRunId=row.get("flowRunId"),
         prefectUrl=prefect_url(row),
         callbacks=await callbacks_public(store, row),

@@ -230,6 +230,8 @@ class ExecutionPublic(_Answer):
     attempts: int | None
     resumedAt: str | None
     retryOf: str | None
+    priority: Priority | None
+    """Its claim priority; null for rows the service did not create."""
     flowRunId: str | None
     prefectUrl: str | None
     """The flow run's page in the Prefect UI (`<PREFECT_UI_URL>/runs/flow-run/<flowRunId>`); null

@@ -15,11 +15,12 @@ import heapq
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from states import RunState
 
-PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+PriorityName = Literal["high", "normal", "low"]
+PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
 """The execute body's `priority` values and their stored ranks (smaller is claimed first)."""
 DEFAULT_PRIORITY = PRIORITIES["normal"]
 LEVELS = tuple(sorted(PRIORITIES.values()))
@@ -27,11 +28,12 @@ CANDIDATE_SLACK = 16
 """Rows read per candidate stream beyond the claim's limit (some go to the per-org cap)."""
 
 
-def priority_name(rank: int | None) -> str:
-    """The wire name of a stored rank (rows of older stores have the default)."""
-    return {v: k for k, v in PRIORITIES.items()}.get(
-        DEFAULT_PRIORITY if rank is None else rank, "normal"
-    )
+_NAMES: dict[int, PriorityName] = {0: "high", 1: "normal", 2: "low"}
+
+
+def priority_name(rank: int) -> PriorityName:
+    """The wire name of a stored rank."""
+    return _NAMES.get(rank, "normal")
 
 
 def org_group(organization_id: str | None) -> str:

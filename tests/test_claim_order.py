@@ -188,6 +188,7 @@ async def test_claim_order_priority_in_the_execute_body(service: Service) -> Non
     assert (await service.wait(eid))["status"] == "failed"
     row = await service.store.get_execution(eid)
     assert row is not None and row["priority"] == PRIORITIES["high"]
+    assert (await service.client.get(f"/api/executions/{eid}")).json()["priority"] == "high"
     default = (await service.execute(workflow=FAILING)).json()["executionId"]
     row = await service.store.get_execution(default)
     assert row is not None and row["priority"] == PRIORITIES["normal"]
@@ -206,3 +207,12 @@ async def test_claim_order_retry_keeps_priority_unless_given(service: Service) -
     assert row is not None and row["priority"] == PRIORITIES["low"]
     bad = await service.client.post(f"/api/executions/{eid}/retry", json={"priority": 3})
     assert bad.status_code == 422 and isinstance(bad.json()["detail"], str)
+
+
+async def test_claim_order_concurrent_claims_keep_the_cap(store: Store) -> None:
+    """Workers claiming at once (separate connections on PostgreSQL) never fill a slot twice."""
+    await submit(store, *(new(f"a{i}", org="org_a") for i in range(20)))
+    policy = ClaimPolicy(aging_s=3600, max_per_org=3)
+    batches = await asyncio.gather(*(store.claim(f"w{i}", 2, 60, policy) for i in range(8)))
+    claimed = [c.execution_id for batch in batches for c in batch]
+    assert sorted(claimed) == ["a0", "a1", "a2"]

@@ -271,3 +271,31 @@ def test_bad_rate_limit_settings_stop_start_up(
     )
     assert done.returncode == 1, done.stderr
     assert says in done.stderr and "started api" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_two_real_api_instances_share_the_submit_limit(tmp_path: Path, redis: str) -> None:
+    """Two services (./start.sh, each its own API process) with one Redis: the submits of one
+    organization count in one window whichever instance takes them."""
+    import httpx
+
+    from tests.service_process import ServiceProcess
+
+    org = f"org_{secrets.token_hex(4)}"
+    settings = {"EXECUTION_MODE": "inline", "RATE_LIMITS": "3/minute", "REDIS_URL": redis}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        ServiceProcess(tmp_path / "a", name="a", **settings) as a,
+        ServiceProcess(tmp_path / "b", name="b", **settings) as b,
+    ):
+
+        def submit(svc: ServiceProcess) -> httpx.Response:
+            body = {"workflow": SIMPLE, "organizationId": org}
+            return httpx.post(f"{svc.url}/api/workflows/execute", json=body, timeout=30)
+
+        assert [submit(s).status_code for s in (a, a, b)] == [200, 200, 200]
+        for svc in (b, a):
+            over = submit(svc)
+            assert over.status_code == 429, over.text
+            assert int(over.headers["Retry-After"]) >= 1
