@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e import MockServer
-from tests.service_process import ROOT, ServiceProcess, scrubbed_env, venv_python
+from tests.service_process import ROOT, ServiceProcess, free_port, scrubbed_env, venv_python
 from tests.support import postgres_database_sync, postgres_query
 
 EXECUTIONS = 120
@@ -72,12 +73,15 @@ class Role(ServiceProcess):
         if self.role == "api":
             return super().wait_healthy(timeout)
         deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as client:
+        base, path = self.url, "/health/live"
+        if self.role == "prefect":
+            base, path = f"http://127.0.0.1:{self.prefect_port}", "/api/health"
+        with httpx.Client(base_url=base, timeout=5, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"{self.role} exited; see {self.log_path}")
                 try:
-                    if client.get("/health/live").status_code == 200:
+                    if client.get(path).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
@@ -255,3 +259,60 @@ def test_cluster_survives_a_killed_and_a_paused_worker(tmp_path: Path, database_
             if proc.proc is not None:
                 proc.stop(signal.SIGKILL if proc is roles[2] else signal.SIGTERM)
         upstream.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_split_roles_run_executions_in_prefect(tmp_path: Path, database_url: str) -> None:
+    """`--role prefect` serves the Prefect API alone; an `api` role and a `worker` role pointed
+    at it (PREFECT_API_URL and the auth string) run an execution as a Prefect flow run."""
+    auth = "cluster-test-auth"
+    prefect_port = free_port()
+    prefect = Role(
+        tmp_path / "prefect",
+        "prefect",
+        "prefect",
+        PREFECT_SERVER_API_PORT=str(prefect_port),
+        PREFECT_SERVER_API_AUTH_STRING=auth,
+        API_HOST="127.0.0.1",
+    )
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    common = {
+        "DATABASE_URL": database_url,
+        "EXECUTION_MODE": "prefect",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_API_AUTH_STRING": auth,
+    }
+    roles = [prefect, Role(tmp_path / "api", "api", "api", **common)]
+    roles.append(Role(tmp_path / "worker", "worker", "worker", **common))
+    try:
+        prefect.start(180)
+        assert httpx.get(f"{api_url}/health", timeout=5).status_code == 200
+        unauthorized = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=5)
+        assert unauthorized.status_code == 401
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda proc: proc.start(120), roles[1:]))
+        with httpx.Client(base_url=roles[1].url, timeout=30, trust_env=False) as client:
+            answer = client.post(
+                "/api/workflows/execute",
+                json={"workflowId": "wf", "workflow": {"nodes": [{"id": "t", "type": "trigger"}]}},
+            )
+            assert answer.status_code == 200, answer.text
+            eid = answer.json()["executionId"]
+            deadline = time.monotonic() + 90
+            while (status := client.get(f"/api/executions/{eid}").json())["status"] != "completed":
+                assert time.monotonic() < deadline, status
+                time.sleep(0.3)
+        assert status["mode"] == "prefect", status.get("modeReason")
+        runs = httpx.post(
+            f"{api_url}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": [f"execution:{eid}"]}}},
+            headers={"Authorization": f"Basic {b64encode(auth.encode()).decode()}"},
+            timeout=10,
+        ).json()
+        assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
+        assert "prefect-server" not in roles[2].log_text()  # the worker started no server
+    finally:
+        for proc in reversed(roles):
+            proc.stop()
+    assert prefect.proc is not None and prefect.proc.returncode == 0
