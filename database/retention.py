@@ -175,9 +175,10 @@ async def prune(store: Any, execution_ids: Sequence[str], row_limit: int) -> Pru
                     )
                 )
             )
-            conn.execute(idempotency.delete().where(idempotency.c.executionId.in_(done)))
-            conn.execute(executions.delete().where(executions.c.id.in_(done)))
-            conn.execute(runs.delete().where(runs.c.executionId.in_(done)))
+            if done:  # (an empty IN would still scan the tables)
+                conn.execute(idempotency.delete().where(idempotency.c.executionId.in_(done)))
+                conn.execute(executions.delete().where(executions.c.id.in_(done)))
+                conn.execute(runs.delete().where(runs.c.executionId.in_(done)))
         return Pruned(deleted, done, time.perf_counter() - started)
 
     pruned: Pruned = await store._run(op, write=True)
