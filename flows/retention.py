@@ -11,6 +11,7 @@ than a few tens of ms and the workers' checkpoints interleave with the pruning.
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,15 @@ async def prune_pass(
     executions_per_batch: int = EXECUTIONS_PER_BATCH,
     max_batches: int = MAX_BATCHES_PER_PASS,
     now: float | None = None,
+    still_mine: Callable[[], Awaitable[bool]] | None = None,
 ) -> PassReport:
-    """Delete what `policy` does not keep, batch by batch (bounded by `max_batches`)."""
+    """Delete what `policy` does not keep, batch by batch (bounded by `max_batches`); before
+    each batch after the first, `still_mine` renews the lease (False: another process took it
+    over, the pass ends)."""
     report, budget = PassReport(), budget or Budget()
-    for _ in range(max_batches):
+    for batch in range(max_batches):
+        if batch and still_mine is not None and not await still_mine():
+            break
         ids = await retention.candidates(store, policy, executions_per_batch, now or time.time())
         if not ids:
             break
@@ -145,7 +151,13 @@ class RetentionService:
         """One pass if this process holds the lease (None: another one does)."""
         if not await retention.take_lease(self.store, LEASE_NAME, self.owner, lease_s):
             return None
-        report = await prune_pass(self.store, self.policy, image_dir, budget=self.budget)
+
+        async def still_mine() -> bool:
+            return await retention.take_lease(self.store, LEASE_NAME, self.owner, lease_s)
+
+        report = await prune_pass(
+            self.store, self.policy, image_dir, budget=self.budget, still_mine=still_mine
+        )
         if report.executions:
             logger.info(
                 "retention: deleted %d execution(s), %d row(s), %d image(s) in %d transaction(s)"

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from config import Settings
 from database import Checkpoint, LogRow, NewExecution, RunEnd, RunStart, Store
 from database.interfaces import DeliveryResult, IdempotencyKey, NewDelivery
 from database.retention import RetentionPolicy, candidates, drop_lease, prune, take_lease
-from flows.retention import Budget, prune_pass
+from flows.retention import Budget, RetentionService, prune_pass
 from states import DeliveryStatus, ExecutionStatus, NodeStatus
 from tests.support import seed_rows
 
@@ -254,3 +255,35 @@ async def test_prune_never_touches_an_unfinished_execution(store: Store, org: st
     await store.claim("w", 1, 15)
     assert (await prune(store, ["q"], 100)).executions == []
     assert await store.get_execution("q") is not None
+
+
+async def test_only_the_lease_holder_of_two_workers_prunes(store: Store, tmp_path: Path) -> None:
+    for i in range(3):
+        await finished(store, f"e{i}")
+    settings = Settings(EXECUTION_RETENTION_MAX=1, IMAGE_DIR=str(tmp_path))
+    first, second = (RetentionService(settings, store, owner) for owner in ("w1", "w2"))
+    assert await second.tick(tmp_path, lease_s=30) is not None  # w2 holds the lease now
+    assert await first.tick(tmp_path, lease_s=30) is None
+    await finished(store, "e3")
+    assert await first.tick(tmp_path, lease_s=30) is None
+    report = await second.tick(tmp_path, lease_s=30)
+    assert report is not None and report.executions == 1  # e2; e3 is the newest
+    assert await kept(store, "e3") and await store.get_execution("e2") is None
+    stop = asyncio.Event()
+    stop.set()
+    await second.run(stop)  # a stopping service gives its lease back
+    assert await first.tick(tmp_path, lease_s=30) is not None
+
+
+async def test_a_pass_ends_when_its_lease_is_taken_over(store: Store, tmp_path: Path) -> None:
+    for i in range(6):
+        await finished(store, f"e{i}")
+    asked = []
+
+    async def lost() -> bool:
+        asked.append(1)
+        return False
+
+    policy = RetentionPolicy(max_per_org=1)
+    report = await prune_pass(store, policy, tmp_path, executions_per_batch=2, still_mine=lost)
+    assert report.executions == 2 and asked == [1]  # the first batch only
