@@ -260,7 +260,11 @@ async def test_prune_never_touches_an_unfinished_execution(store: Store, org: st
 async def test_only_the_lease_holder_of_two_workers_prunes(store: Store, tmp_path: Path) -> None:
     for i in range(3):
         await finished(store, f"e{i}")
-    settings = Settings(EXECUTION_RETENTION_MAX=1, IMAGE_DIR=str(tmp_path))
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        EXECUTION_RETENTION_MAX=1,
+        IMAGE_DIR=str(tmp_path),
+    )
     first, second = (RetentionService(settings, store, owner) for owner in ("w1", "w2"))
     assert await second.tick(tmp_path, lease_s=30) is not None  # w2 holds the lease now
     assert await first.tick(tmp_path, lease_s=30) is None
