@@ -235,7 +235,7 @@ export interface ExecutionEvent {
   attempts?: number;
   output?: Json;
   error?: string | null;
-  [key: string]: Json | undefined;
+  [key: string]: unknown;
 }
 
 export interface EventOptions extends RequestOptions {
