@@ -46,12 +46,20 @@ class Live:
 @pytest.fixture
 async def live(service: Service) -> AsyncIterator[Live]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        timeout_graceful_shutdown=5,  # a test that left a connection open cannot hang teardown
+    )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     yield Live(service, f"http://127.0.0.1:{port}")
+    app.state.events.end_streams()  # as a signal to the service does
     server.should_exit = True
     await serving
 
