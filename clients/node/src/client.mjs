@@ -23,6 +23,7 @@ export const TERMINAL_EVENTS = Object.freeze([
 ]);
 
 const RECONNECT_MAX_MS = 10_000;
+const QUICK_CLOSE_MS = 5_000;
 
 function path(template, ...ids) {
   let i = 0;
@@ -260,10 +261,13 @@ export class WorkflowClient {
     let retryMs = null;
     for (;;) {
       const connection = this._stream(route, query, lastId, signal);
+      const opened = Date.now();
       let cleanEnd = false;
+      let received = 0;
       try {
         for await (const frame of connection) {
           failures = 0;
+          received += 1;
           if (frame.retry !== null) retryMs = frame.retry;
           if (frame.id !== null) lastId = frame.id;
           let event;
@@ -286,6 +290,13 @@ export class WorkflowClient {
           (err instanceof ServiceError && err.status !== null && (err.status >= 500 || err.status === 429));
         failures += 1;
         if (!retryable || failures > maxRetries) throw err;
+      }
+      if (cleanEnd && received === 0 && Date.now() - opened < QUICK_CLOSE_MS) {
+        // a server that keeps closing at once is a failure too, not a reason to spin
+        failures += 1;
+        if (failures > maxRetries && !draining) {
+          throw new StreamError(`The stream ${route} keeps closing without an event`);
+        }
       }
       if (single && cleanEnd) {
         if (draining) return;

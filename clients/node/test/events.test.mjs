@@ -116,6 +116,22 @@ test("a stream silent for streamIdleMs reconnects, then gives up after maxRetrie
   }
 });
 
+test("a stream that keeps closing at once without an event fails after maxRetries", async () => {
+  const closing = await localServer((req, res) => {
+    res.writeHead(200, { "Content-Type": "text/event-stream" });
+    res.end(": bye\n\n");
+  });
+  try {
+    const quick = new WorkflowClient(closing.url);
+    const err = await collect(quick.events({}, { maxRetries: 2, reconnectDelayMs: 10 })).catch((e) => e);
+    assert.equal(err.name, "StreamError");
+    assert.match(err.message, /keeps closing without an event/);
+    assert.equal(closing.requests.length, 3);
+  } finally {
+    await closing.close();
+  }
+});
+
 test("unknown execution: events throw NotFoundError before any event", async () => {
   const err = await collect(client.events("no_such_execution")).catch((e) => e);
   assert.equal(err.name, "NotFoundError");
