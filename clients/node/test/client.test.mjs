@@ -71,7 +71,9 @@ test("execute without a version runs the published one; draft and published by n
 
 test("execute an inline workflow with a priority; a bad priority is a ValidationError", async () => {
   const submitted = await client.execute({ workflow: markerWorkflow("inline"), organizationId: ORG, priority: "high" });
-  assert.equal(ran(await client.waitFor(submitted.executionId)), "inline");
+  const ended = await client.waitFor(submitted.executionId);
+  assert.equal(ran(ended), "inline");
+  assert.equal(ended.priority, "high");
   const err = await client.execute({ workflow: markerWorkflow("x"), priority: "urgent" }).catch((e) => e);
   assert.ok(err instanceof ValidationError && err instanceof ServiceError && err instanceof Error);
   assert.equal(err.name, "ValidationError");

@@ -129,6 +129,8 @@ export interface Execution {
   callbacks: CallbackDelivery[];
   workflowVersion: number | null;
   workflowHash: string | null;
+  /** its claim priority; null for rows the service did not create */
+  priority: Priority | null;
 }
 
 export interface ExecutionLogs {
