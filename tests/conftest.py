@@ -22,6 +22,7 @@ from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
 from tasks.context import Resources, RunContext, open_resources
 from tasks.registry import Envelope, get_spec
+from tests.prefect_stack import PrefectStack
 from tests.support import ALL_STORES, SQL_STORES, seed_rows, store_url
 
 MockHandler = Callable[[httpx.Request], httpx.Response]
@@ -267,3 +268,17 @@ async def _service(
     await resources.aclose()
     await store.close()
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectStack]:
+    """Prefect's production setup (tests/prefect_stack.py: two `--no-services` API replicas and
+    one services process on PostgreSQL and Redis), started once and shared by the cluster tests
+    (~20 s to start). Its late-runs service looks every second and marks a run late after 2 s."""
+    stack = PrefectStack(
+        tmp_path_factory.mktemp("prefect-stack"),
+        PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS="1",
+        PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS="2",
+    )
+    with stack:
+        yield stack
