@@ -3,6 +3,7 @@ PostgreSQL with prefect-redis messaging as two `--no-services` API replicas and 
 `prefect server services start` process; an `api` role and two `worker` roles of the service on
 a fresh PostgreSQL database, each worker on another replica through PREFECT_API_URL."""
 
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -114,11 +115,13 @@ def test_executions_run_on_the_prefect_production_stack(
         ), [e.get("modeReason") or e.get("error") for e in executions]
         assert len(upstream.requests) == EXECUTIONS
 
+        flow_run_ids = []
         for eid in ids:
             seen = [flow_runs(stack, replica, eid) for replica in (0, 1)]
             assert seen[0] == seen[1], "the replicas disagree about a flow run"
             assert [r["state"]["type"] for r in seen[0]] == ["COMPLETED"]
             flow_run_id = seen[0][0]["id"]
+            flow_run_ids.append(flow_run_id)
 
             def recorded(replica: int, run_id: str = flow_run_id) -> list[dict[str, Any]] | None:
                 runs = task_runs(stack, replica, run_id)
@@ -139,6 +142,13 @@ def test_executions_run_on_the_prefect_production_stack(
 
             names = eventually(persisted, 60, f"{eid}'s Completed event")
             assert {"prefect.flow-run.Pending", "prefect.flow-run.Running"} <= names
+        # each worker created its flow runs through its own replica: both took a share
+        started = [
+            re.findall(r"started \(prefect, flow run ([0-9a-f-]{36})\)", w.log_text())
+            for w in workers
+        ]
+        assert all(started), "a worker (and so its replica) ran no flow run"
+        assert sorted(started[0] + started[1]) == sorted(flow_run_ids)
         # the Prefect stack outlived the load, services process included
         assert all(stack.running().values()), stack.running()
     finally:
