@@ -236,6 +236,8 @@ async def test_workflow_history(service: Service) -> None:
         "startedAt",
         "completedAt",
         "error",
+        "workflowVersion",
+        "workflowHash",
     }
     assert (await service.client.get("/api/workflows/nope/executions")).status_code == 404
     bad = await service.client.get("/api/workflows/wf1/executions?limit=abc")

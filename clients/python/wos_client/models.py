@@ -133,6 +133,7 @@ class ExecutionPublic(WosModel):
     attempts: int | None
     resumedAt: str | None
     retryOf: str | None
+    priority: Literal["high", "normal", "low"] | None
     flowRunId: str | None
     prefectUrl: str | None
     callbacks: list[CallbackPublic]
