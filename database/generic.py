@@ -43,6 +43,8 @@ SERVICE_TABLES = frozenset(
         "execution_events",
         "callback_deliveries",
         "wos_callback_cursor",
+        "wos_workers",
+        "wos_leases",
     }
 )
 """Every table of `database.schema.metadata` (a test keeps the two equal)."""

@@ -169,6 +169,7 @@ def test_interfaces_column_lists_agree_with_the_schema() -> None:
     assert tuple(executions.c.keys()) == EXECUTION_COLUMNS
     assert set(RUN_COLUMNS) <= set(runs.c.keys())
     assert set(runs.c.keys()) - set(RUN_COLUMNS) == {
-        *("executionId", "seq", "leaseOwner", "leaseExpiresAt", "createdAt", "crashResumes")
+        *("executionId", "seq", "leaseOwner", "leaseExpiresAt", "createdAt", "crashResumes"),
+        *("turn", "orgGroup"),  # the claim order's fairness bookkeeping (database.claim_order)
     }
     assert set(LIST_COLUMNS) <= set(EXECUTION_COLUMNS)
