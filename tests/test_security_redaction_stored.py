@@ -159,7 +159,7 @@ async def test_runner_redacts_a_crashed_run(
         except OSError as exc:
             raise RuntimeError(f"checkpoint failed after {URL}") from exc
 
-    assert await runner._guarded(eid, crashing()) == Outcome.FAILED
+    assert await runner._guarded(eid, crashing(), "host:1:w") == Outcome.FAILED
     row = await store.get_execution(eid)
     assert row is not None and row["status"] == "failed"
     assert (
