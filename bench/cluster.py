@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -291,6 +292,8 @@ async def run_once(
             store.databases.remove(stack.database)
             await asyncio.to_thread(stack.stop)
         await store.drop()
+        if not args.keep:  # the service's log stays with --keep (or when stopping it failed)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def idle_cpu(
@@ -367,6 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--idle", type=float, default=0.0, help="measure idle CPU for this long instead of W2"
     )
+    parser.add_argument("--keep", action="store_true", help="keep each run's temp directory")
     parser.add_argument("--profile", default=None, help="py-spy profiles into this directory")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cluster.md"))
     parser.add_argument("--json", default=None)
