@@ -18,7 +18,8 @@ mode the executions really ran in (`--idle S` instead: each process's CPU while 
 sits idle for S seconds). A row's `prefect_db=postgres` puts the embedded Prefect server
 on a throwaway PostgreSQL database too (its backends count as postgres); `prefect_db=stack` runs
 it as Prefect's production setup instead (tests/prefect_stack.py: one `--no-services` replica and
-one services process on PostgreSQL + Redis; Redis's CPU is not counted). `--profile DIR` adds
+one services process on PostgreSQL + Redis, `stack.K=V` a Prefect setting of its processes;
+Redis's CPU is not counted). `--profile DIR` adds
 py-spy profiles of the service's processes (bench/profile.py) to the first repeat of each row.
 """
 
@@ -228,7 +229,9 @@ async def run_once(
     if prefect_db == "stack":
         from tests.prefect_stack import PrefectStack
 
-        stack = PrefectStack(workdir / "stack", replicas=1)
+        stack_env = {k[6:]: row_env.pop(k) for k in list(row_env) if k.startswith("stack.")}
+        env = {k: v for k, v in env.items() if not k.startswith("stack.")}
+        stack = PrefectStack(workdir / "stack", replicas=1, **stack_env)
         await asyncio.to_thread(stack.start)
         store.databases.append(stack.database)
         env |= {"PREFECT_API_URL": stack.api_urls[0], "PREFECT_API_AUTH_STRING": stack.auth}
