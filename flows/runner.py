@@ -25,6 +25,7 @@ from tasks.registry import rules_of
 from tasks.run_node import run_with_retries
 
 logger = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -42,7 +43,8 @@ class PrefectProbe:
         if time.monotonic() - self._checked_at < self.ttl_s:
             return self._result
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
+            # generous: a busy but alive Prefect server is used rather than bypassed
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
                 response = await client.get(self.api_url.rstrip("/") + "/health")
             ok = response.status_code == 200
             self._result = (ok, "ok" if ok else f"health check answered {response.status_code}")

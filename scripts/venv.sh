@@ -1,5 +1,5 @@
 # Shared by start.sh and test.sh: `ensure_venv FILE...` creates .venv with Python >= 3.11 if
-# missing and (re)installs the given requirement files whenever their content changed.
+# missing and (re)installs each given requirement file whenever its content changed.
 ensure_venv() {
   if [ ! -x .venv/bin/python ]; then
     local py=""
@@ -12,13 +12,15 @@ ensure_venv() {
     [ -n "$py" ] || { echo "Python 3.11 or newer is required" >&2; exit 1; }
     "$py" -m venv .venv
   fi
-  local want have
-  want=$(cat "$@" | sha256sum | cut -d' ' -f1)
-  have=$(cat .venv/.requirements.sha 2>/dev/null || true)
-  if [ "$want" != "$have" ]; then
-    echo "Installing requirements into .venv ..." >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    for f in "$@"; do .venv/bin/python -m pip install -q --disable-pip-version-check -r "$f"; done
-    echo "$want" > .venv/.requirements.sha
-  fi
+  local f want stamp
+  for f in "$@"; do  # one stamp per file: start.sh and test.sh ask for different sets
+    want=$(sha256sum "$f" | cut -d' ' -f1)
+    stamp=".venv/.installed-$(basename "$f").sha"
+    if [ "$want" != "$(cat "$stamp" 2>/dev/null || true)" ]; then
+      echo "Installing $f into .venv ..." >&2
+      .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+      .venv/bin/python -m pip install -q --disable-pip-version-check -r "$f"
+      echo "$want" > "$stamp"
+    fi
+  done
 }
