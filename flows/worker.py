@@ -32,6 +32,11 @@ pings WOS_WAKE_PORT with a datagram after every submit)."""
 LISTENING_POLL_S = 1.0
 """The poll while LISTEN wos_queue is connected (PostgreSQL: every submit notifies it), a safety
 net for expired leases and given-back runs."""
+CAPPED_POLL_MAX_S = 1.0
+"""The longest poll while queued work exists but none of it may be claimed (every queued
+execution's organization is at MAX_CONCURRENT_PER_ORG): the poll doubles from `idle_poll_s` up
+to this, so capped work costs a claim transaction a second, not ten. Any wake-up (a submit, a
+run of this worker ending) claims at once."""
 CANCEL_POLL_S = 0.25
 
 
@@ -61,23 +66,26 @@ class Worker:
             asyncio.create_task(heartbeat(self.store, self.owner, self._prefect_probe())),
         ]
         logger.info("worker %s started (limit %d)", self.owner, self.settings.concurrency_limit)
+        poll = self.idle_poll_s
         try:
             while not stop.is_set():
                 free = self.settings.concurrency_limit - len(self.tasks)
                 if free > 0 and await self._has_work():
                     claimed = await self.claim_and_spawn(free)
                     if claimed:
+                        poll = self.idle_poll_s
                         continue
                     if claimed is None:
                         await asyncio.sleep(1)
+                    poll = min(poll * 2, max(CAPPED_POLL_MAX_S, self.idle_poll_s))
+                else:
+                    poll = self.idle_poll_s
                 self.wake.clear()
                 waits = [
                     asyncio.ensure_future(stop.wait()),
                     asyncio.ensure_future(self.wake.wait()),
                 ]
-                await asyncio.wait(
-                    waits, timeout=self.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
             await self.shutdown()

@@ -217,3 +217,46 @@ async def test_a_claim_during_a_renewal_keeps_its_lease() -> None:
     assert await store.claim("another:worker", 5, 30) == []
     runner.release.set()
     await asyncio.gather(*worker.tasks.values())
+
+
+async def test_capped_queue_backs_off_and_a_wake_claims_at_once(tmp_path: Path) -> None:
+    """Queued work that may not be claimed (its org at MAX_CONCURRENT_PER_ORG) must not cost a
+    claim transaction every idle poll: the poll doubles up to CAPPED_POLL_MAX_S; a wake-up (a
+    submit, a run ending) still claims at once."""
+    settings = Settings(
+        _env_file=None,
+        DATABASE_PATH=str(tmp_path / "db.sqlite"),  # type: ignore[call-arg]
+        EXECUTION_MODE="inline",
+    )
+    store = await open_store(settings.database_url)
+    resources = open_resources(settings, store)
+    claims: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def has_queued() -> bool:
+        return True
+
+    async def claim(*_args: object, **_kwargs: object) -> list[Claim]:
+        claims.append(loop.time())
+        return []
+
+    store.has_queued = has_queued  # type: ignore[method-assign]
+    store.claim = claim  # type: ignore[method-assign]
+    worker = Worker(settings, store, Runner(settings, store, resources, PrefectProbe(None)))
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.serve(stop))
+    await asyncio.sleep(2.5)
+    polled = len(claims)
+    # 0.1 s polls would claim ~25 times; doubling to 1 s: 0.2+0.4+0.8+1.0 -> about 5
+    assert 3 <= polled <= 8, claims
+    while len(claims) == polled:  # right after a poll: the next one is 1 s away
+        await asyncio.sleep(0.01)
+    woke = loop.time()
+    worker.wake.set()
+    while len(claims) == polled + 1 and loop.time() - woke < 2:
+        await asyncio.sleep(0.01)
+    assert claims[-1] - woke < 0.5, claims
+    stop.set()
+    await serving
+    await resources.aclose()
+    await store.close()
