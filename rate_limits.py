@@ -2,10 +2,14 @@
 organization (RATE_LIMITS), and outbound calls per node type (NODE_RATE_LIMITS).
 
 The windows live in Redis when REDIS_URL is set, so every API replica and every worker process
-shares them; otherwise in this process's memory (each process then has its own windows).
+shares them; otherwise in this process's memory (each process then has its own windows). While
+Redis cannot be answered, each process counts in its own memory windows (logged once a minute):
+limits then hold per process instead of not at all; a call that finds Redis unanswering waits
+REDIS_TIMEOUT_S at most, and the calls of the next REDIS_RETRY_S go straight to memory.
 """
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -14,9 +18,17 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+logger = logging.getLogger(__name__)
+
 NAMESPACE = "wos"
+REDIS_TIMEOUT_S = 1.0
+"""Connect and read timeout of the limits' Redis: past it the call counts as unanswered."""
+REDIS_RETRY_S = 5.0
+"""After Redis failed a call, how long the process counts in memory before trying it again."""
+UNREACHABLE_LOG_S = 60.0
 MAX_SLEEP_S = 1.0
 """A waiting node looks again at least this often (another worker's slot may free earlier)."""
 
@@ -57,14 +69,19 @@ def parse_node_limits(text: str | None) -> dict[str, list[RateLimitItem]]:
 
 def open_storage(redis_url: str | None) -> Storage:
     """Redis (redis-py's asyncio client) at `redis_url`, else this process's memory. Its
-    errors (Redis unreachable, …) come as `limits.errors.StorageError`."""
+    errors (Redis unreachable, slower than REDIS_TIMEOUT_S, …) come as
+    `limits.errors.StorageError`."""
     if not redis_url:
         return MemoryStorage()
     scheme, sep, rest = redis_url.partition("://")
     if not sep or scheme not in ("redis", "rediss", "unix"):
         raise RateLimitSettingError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
     storage = storage_from_string(
-        f"async+{scheme}://{rest}", implementation="redispy", wrap_exceptions=True
+        f"async+{scheme}://{rest}",
+        implementation="redispy",
+        wrap_exceptions=True,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
     )
     if not isinstance(storage, Storage):  # the async+ schemes give the asyncio storages
         raise RateLimitSettingError(f"REDIS_URL: no asyncio storage for {scheme}://")
@@ -80,26 +97,49 @@ class Verdict:
 
 
 class Windows:
-    """Moving windows of some limits over one storage."""
+    """Moving windows of some limits over one storage, and this process's memory windows for
+    while that storage cannot be answered."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.limiter = MovingWindowRateLimiter(storage)
+        self.fallback = MovingWindowRateLimiter(MemoryStorage())
+        self._logged_at = -UNREACHABLE_LOG_S
+        self._down_until = 0.0
 
     async def take(self, limits: Iterable[RateLimitItem], *key: str) -> float:
         """Take one slot of every limit for `key`; 0 when taken, else the seconds until the
         fullest window frees one (then nothing is taken)."""
         items = list(limits)
+        if time.monotonic() < self._down_until:
+            return await self._take(self.fallback, items, key)
+        try:
+            return await self._take(self.limiter, items, key)
+        except StorageError as exc:
+            now = time.monotonic()
+            self._down_until = now + REDIS_RETRY_S
+            if now - self._logged_at >= UNREACHABLE_LOG_S:
+                self._logged_at = now
+                logger.error(
+                    "rate limit store unreachable (%r); counting in this process's memory",
+                    exc.storage_error,
+                )
+            return await self._take(self.fallback, items, key)
+
+    @staticmethod
+    async def _take(
+        limiter: MovingWindowRateLimiter, items: list[RateLimitItem], key: tuple[str, ...]
+    ) -> float:
         waits = []
         for item in items:
-            if not await self.limiter.test(item, NAMESPACE, *key):
-                stats = await self.limiter.get_window_stats(item, NAMESPACE, *key)
+            if not await limiter.test(item, NAMESPACE, *key):
+                stats = await limiter.get_window_stats(item, NAMESPACE, *key)
                 waits.append(max(0.0, stats.reset_time - time.time()))
         if waits:
             return max(waits)
         for item in items:
-            if not await self.limiter.hit(item, NAMESPACE, *key):  # another process was first
-                stats = await self.limiter.get_window_stats(item, NAMESPACE, *key)
+            if not await limiter.hit(item, NAMESPACE, *key):  # another process was first
+                stats = await limiter.get_window_stats(item, NAMESPACE, *key)
                 return max(0.001, stats.reset_time - time.time())
         return 0.0
 

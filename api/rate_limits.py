@@ -1,18 +1,14 @@
 """RATE_LIMITS on submits (`rate_limits.SubmitLimits`): a submit over a limit is answered 429
 `{"detail"}` with `Retry-After` (whole seconds) before anything is validated or queued."""
 
-import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
-from limits.errors import StorageError
 from starlette.exceptions import HTTPException
 
 from api.deps import Caller
 from config import Settings
 from rate_limits import SubmitLimits, open_storage, parse_limits
-
-logger = logging.getLogger(__name__)
 
 
 def open_submit_limits(settings: Settings) -> SubmitLimits:
@@ -30,15 +26,11 @@ SubmitLimitsDep = Annotated[SubmitLimits, Depends(get_submit_limits)]
 
 async def check_submit(limits: SubmitLimits, caller: Caller, organization_id: str | None) -> None:
     """Count one submit of `caller` (its key when API_KEYS is set, else the body's organization);
-    raises HTTPException 429 with Retry-After when a window is full. When the limits' Redis is
-    unreachable the submit is let through (logged): the queue stays available."""
-    try:
-        verdict = await limits.check(
-            key_id=caller.key_id, organization=caller.organization or organization_id
-        )
-    except StorageError as exc:
-        logger.error("rate limit store unreachable (%s); submit not limited", exc.storage_error)
-        return
+    raises HTTPException 429 with Retry-After when a window is full (while the limits' Redis is
+    unreachable, in this process's own windows)."""
+    verdict = await limits.check(
+        key_id=caller.key_id, organization=caller.organization or organization_id
+    )
     if not verdict.allowed:
         who = "API key" if caller.key_id is not None else "organization"
         raise HTTPException(

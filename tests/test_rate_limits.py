@@ -146,13 +146,42 @@ async def test_redis_shares_the_submit_limit_between_api_instances(
 
 
 @memory_service
-async def test_unreachable_redis_lets_submits_through(
+async def test_unreachable_redis_limits_in_the_process_memory(
     service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    restart_limits(monkeypatch, RATE_LIMITS="1/minute", REDIS_URL="redis://127.0.0.1:9/0")
+    """Redis down: the limits hold per process (not not at all), and the submit never fails."""
+    restart_limits(monkeypatch, RATE_LIMITS="2/minute", REDIS_URL="redis://127.0.0.1:9/0")
     for _ in range(2):
         assert (await service.execute(workflow=SIMPLE)).status_code == 200
-    assert "rate limit store unreachable" in caplog.text
+    over = await service.execute(workflow=SIMPLE)
+    assert over.status_code == 429 and int(over.headers["Retry-After"]) >= 1
+    assert caplog.text.count("rate limit store unreachable") == 1  # logged once a minute
+
+
+async def test_an_unanswering_redis_is_given_up_on_within_its_timeout() -> None:
+    """A Redis that accepts connections but never answers (a partition, a hung server) costs a
+    node or submit REDIS_TIMEOUT_S once, then the process's own windows count."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        node = NodeLimits(
+            parse_node_limits("addField=1/minute"), open_storage(f"redis://127.0.0.1:{port}/0")
+        )
+        started = time.monotonic()
+        await asyncio.wait_for(node.wait("addField"), 10)
+        assert time.monotonic() - started < 5
+        for _ in range(50):  # the next calls go straight to memory (REDIS_RETRY_S)
+            started = time.monotonic()
+            assert await node.take([parse_limits("1000/minute")[0]], "other") == 0
+            assert time.monotonic() - started < 0.5
+        with pytest.raises(TimeoutError):  # the memory window is full now
+            await asyncio.wait_for(node.wait("addField"), 1.5)
+    finally:
+        silent.close()
 
 
 def limited(resources: Resources, text: str, redis_url: str | None = None) -> Resources:
