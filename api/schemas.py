@@ -3,30 +3,21 @@ come in, `…Public`/`…Submitted`/`…Result` go out. Every key of an answer i
 (nulls are sent, never dropped), which the OpenAPI schema states by marking all of them required.
 """
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticSerializationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from database.events import CANCELLED, COMPLETED, EVENT_TYPES, FAILED
 from states import ExecutionMode
 
 
 class _Body(BaseModel):
-    """A request body: unknown keys are tolerated (the Node client may send more). Text must be
-    valid Unicode: JSON may carry a lone surrogate (`"\\ud800"`), which has no UTF-8 form and
-    so could be neither stored nor sent on."""
+    """A request body: unknown keys are tolerated (the Node client may send more). Text that is
+    not valid Unicode (a lone surrogate) is refused before, as the JSON is decoded
+    (`api/json_body.py`)."""
 
     model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="after")
-    def _valid_unicode(self) -> Self:
-        try:
-            self.__pydantic_serializer__.to_json(self)
-        except PydanticSerializationError:
-            raise ValueError("text is not valid Unicode (a lone surrogate)") from None
-        return self
 
 
 class _Answer(BaseModel):

@@ -368,3 +368,55 @@ async def test_lone_surrogates_are_422_not_500(service: Service, body: str, deta
     assert r.status_code == 422, r.text
     assert detail in r.json()["detail"]
     assert await service.count_executions() == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        (
+            "/api/workflows/execute",
+            '{"workflow": {"nodes": [' + LONE_SURROGATE + "]}}",
+            "workflow.nodes.0.config.note: text",
+        ),
+        (
+            "/api/workflows/execute",
+            '{"workflowId": "wf1", "inputs": {"rows": [{"ok": 1, "k\\udc00": 2}]}}',
+            "inputs.rows.0: a key",
+        ),
+        (
+            "/api/executions/nope/retry",
+            '{"callback": {"url": "http://h/\\ud800"}}',
+            "callback.url: text",
+        ),
+        (
+            "/api/nodes/execute",
+            '{"workflowId": "w", "nodeId": "n", "nodeType": "x", "inputData": {"a": "\\udbff"}}',
+            "inputData.a: text",
+        ),
+    ],
+)
+async def test_lone_surrogates_are_refused_naming_where(
+    service: Service, path: str, body: str, where: str
+) -> None:
+    """Every route with a JSON body, before anything else (the retry's execution is unknown)."""
+    await service.add_workflow("wf1", SIMPLE)
+    r = await service.client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json() == {"detail": f"{where} is not valid Unicode (a lone surrogate)"}
+    assert await service.count_executions() == 0
+
+
+async def test_escaped_surrogate_pairs_are_stored_as_the_character(service: Service) -> None:
+    """An emoji as Python's `json.dumps` sends it (`\\ud83d\\ude00`) is one valid character."""
+    workflow = json.loads(json.dumps(SIMPLE))
+    workflow["nodes"][1]["config"]["manualInputVarValue"] = "\U0001f600"
+    body = json.dumps({"workflow": workflow, "inputs": {"\U0001f600": "a \U0001f600"}})
+    assert "\\ud83d\\ude00" in body
+    r = await service.client.post(
+        "/api/workflows/execute", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    final = await service.wait(r.json()["executionId"])
+    assert final["status"] == "completed", final["error"]
+    assert final["inputs"] == {"\U0001f600": "a \U0001f600"}
+    assert final["nodeResults"]["m"]["outputData"] == {"n": "\U0001f600"}

@@ -7,6 +7,7 @@ from starlette.exceptions import HTTPException
 
 from api import executions, listing
 from api.deps import API_KEY, CallerDep, StoreDep, WakeupDep
+from api.json_body import JsonBodyRoute
 from api.schemas import (
     API_ERRORS,
     CancelResult,
@@ -21,7 +22,11 @@ from api.schemas import (
 from states import ExecutionStatus
 
 router = APIRouter(
-    prefix="/api/executions", tags=["executions"], dependencies=[API_KEY], responses=API_ERRORS
+    prefix="/api/executions",
+    tags=["executions"],
+    dependencies=[API_KEY],
+    responses=API_ERRORS,
+    route_class=JsonBodyRoute,
 )
 
 

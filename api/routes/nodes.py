@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from api import single_runs
 from api.deps import API_KEY, CallerDep, ResourcesDep, StoreDep
+from api.json_body import JsonBodyRoute
 from api.schemas import (
     API_ERRORS,
     NodeExecute,
@@ -23,7 +24,11 @@ from tasks.context import Resources, RunContext
 from tasks.run_node import check_node_limits, run_with_retries
 
 router = APIRouter(
-    prefix="/api/nodes", tags=["nodes"], dependencies=[API_KEY], responses=API_ERRORS
+    prefix="/api/nodes",
+    tags=["nodes"],
+    dependencies=[API_KEY],
+    responses=API_ERRORS,
+    route_class=JsonBodyRoute,
 )
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query
 
 from api import executions
 from api.deps import API_KEY, CallerDep, SettingsDep, StoreDep, WakeupDep
+from api.json_body import JsonBodyRoute
 from api.rate_limits import SubmitLimitsDep, check_submit
 from api.schemas import (
     API_ERRORS,
@@ -17,7 +18,11 @@ from api.schemas import (
 from states import ExecutionMode
 
 router = APIRouter(
-    prefix="/api/workflows", tags=["workflows"], dependencies=[API_KEY], responses=API_ERRORS
+    prefix="/api/workflows",
+    tags=["workflows"],
+    dependencies=[API_KEY],
+    responses=API_ERRORS,
+    route_class=JsonBodyRoute,
 )
 
 
