@@ -80,6 +80,11 @@ def _sigkill_then_resume(tmp_path: Path, mock: MockServer, mode: str, url: str |
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
     wait_for_log(svc, eid, "slow", "running")
+    # the node's request reached the server (its "running" row is committed before it is sent:
+    # a kill in between would leave nothing in flight)
+    deadline = time.monotonic() + 60
+    while not mock.calls("GET", "/slow") and time.monotonic() < deadline:
+        time.sleep(0.02)
     svc.stop(signal.SIGKILL)
     assert svc.row(eid)["status"] == "running"
 
