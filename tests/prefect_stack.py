@@ -1,11 +1,13 @@
 """Prefect's own production setup as real processes, for the cluster tests: the Prefect server on
-a fresh PostgreSQL database with `prefect-redis` messaging, migrated once
-(`prefect server database upgrade -y`), two API replicas (`prefect server start --no-services`)
-and one background-services process (`prefect server services start`) — what
-deploy/compose.yaml and deploy/k8s run, on this machine's PostgreSQL and Redis.
+a fresh PostgreSQL database with `prefect-redis` messaging, migrated once with its block types
+registered (`python -m flows.prefect_migrate`), two API replicas (`prefect server start
+--no-services`, block registration off) and one background-services process (`prefect server
+services start`) — what deploy/compose.yaml and deploy/k8s run, on this machine's PostgreSQL and
+Redis.
 
-`PrefectStack(workdir).start()` returns once both replicas answer `/api/health` and the services
-process has started its services; `stop()` ends every process and drops the database. Redis:
+`PrefectStack(workdir).start()` starts the replicas and the services at once after the migration
+and returns once every replica answers `/api/health` and the services process has started its
+services; `stop()` ends every process and drops the database. Redis:
 the stack takes a pair of database numbers (messaging, docket) no other stack on this machine
 holds (a file lock per pair) and flushes them, so stacks of concurrent test runs never share
 streams."""
@@ -15,10 +17,13 @@ import contextlib
 import fcntl
 import secrets
 import subprocess
+import sys
 import tempfile
 import time
 from base64 import b64encode
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -34,6 +39,8 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB_PAIRS = ((10, 11), (12, 13), (14, 15))
 SERVICES_STARTED = "Starting services"
 """What `prefect server services start` logs once its services run."""
+MIGRATE = (sys.executable, "-m", "flows.prefect_migrate")
+"""The one-shot migration step deploy/compose.yaml and deploy/k8s run (from the repository root)."""
 
 
 def prefect_cli() -> str:
@@ -55,10 +62,13 @@ class PrefectStack:
         self.ports = [free_port() for _ in range(replicas)]
         self.api_urls = [f"http://127.0.0.1:{port}/api" for port in self.ports]
         self.extra = settings
-        """More Prefect settings for every process (e.g. a service's loop interval)."""
+        """More Prefect settings for every process (e.g. a service's loop interval); they win over
+        the stack's own."""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock: IO[bytes] | None = None
         self.redis_dbs = (-1, -1)
+        self.replicas_started: datetime | None = None
+        """When the replicas were started (after the migration step had ended)."""
 
     @property
     def database_url(self) -> str:
@@ -74,10 +84,11 @@ class PrefectStack:
 
     def env(self, name: str) -> dict[str, str]:
         messaging_db, docket_db = self.redis_dbs
-        return scrubbed_env(
+        settings = dict(
             PREFECT_HOME=str(self.workdir / name),
             PREFECT_API_DATABASE_CONNECTION_URL=self.database_url,
             PREFECT_API_DATABASE_MIGRATE_ON_START="false",
+            PREFECT_SERVER_REGISTER_BLOCKS_ON_START="false",
             PREFECT_MESSAGING_BROKER="prefect_redis.messaging",
             PREFECT_MESSAGING_CACHE="prefect_redis.messaging",
             PREFECT_SERVER_EVENTS_CAUSAL_ORDERING="prefect_redis.ordering",
@@ -90,8 +101,8 @@ class PrefectStack:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_ENABLED="false",
             PREFECT_LOGGING_LEVEL="INFO",
-            **self.extra,
         )
+        return scrubbed_env(**{**settings, **self.extra})
 
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
@@ -119,11 +130,14 @@ class PrefectStack:
             return
         raise RuntimeError(f"every Redis database pair {REDIS_DB_PAIRS} is held by another stack")
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, command: Sequence[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `prefect <args>` (or `command`, from the repository root) as process `name`."""
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(
-                [prefect_cli(), *args],
-                cwd=self.workdir,
+                [prefect_cli(), *args] if command is None else list(command),
+                cwd=self.workdir if command is None else ROOT,
                 env=self.env(name),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -140,30 +154,32 @@ class PrefectStack:
             self._take_redis_dbs()
             asyncio.run(postgres_query(PG_ADMIN_URL, f'CREATE DATABASE "{self.database}"'))
             deadline = time.monotonic() + timeout
-            migrate = self._spawn("migrate", "server", "database", "upgrade", "-y")
-            try:
-                code = migrate.wait(timeout)
-            except subprocess.TimeoutExpired:
-                stop_group(migrate)
-                raise RuntimeError(f"migration did not end in {timeout} s") from None
+            code = self.migrate(timeout)
             if code != 0:
                 raise RuntimeError(f"migration exited {code}; see {self.log_path('migrate')}")
+            # every replica at the same moment: the migration registered the block types, so
+            # they do not race on it (the test that the race is gone)
             self._spawn("services", "server", "services", "start")
-            # replicas starting at the same moment on a fresh database race on registering
-            # Prefect's block types (the loser exits 3: uq_block_type__slug), so the first one
-            # starts alone and the others once it answers
-            self._start_replica(0)
-            self._wait_replica(0, deadline)
-            others = range(1, len(self.ports))
-            for i in others:
+            self.replicas_started = datetime.now(UTC)
+            for i in range(len(self.ports)):
                 self._start_replica(i)
-            with ThreadPoolExecutor(max(1, len(others))) as pool:
-                list(pool.map(lambda i: self._wait_replica(i, deadline), others))
+            with ThreadPoolExecutor(len(self.ports)) as pool:
+                list(pool.map(lambda i: self._wait_replica(i, deadline), range(len(self.ports))))
             self._wait_services(deadline)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def migrate(self, timeout: float = 180) -> int:
+        """Run the migration step (`python -m flows.prefect_migrate`) to its end, logging to
+        `migrate.log` (appended); returns its exit code."""
+        proc = self._spawn("migrate", command=MIGRATE)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+            raise RuntimeError(f"migration did not end in {timeout} s") from None
 
     def _start_replica(self, index: int) -> None:
         self._spawn(

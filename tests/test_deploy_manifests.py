@@ -1,8 +1,10 @@
 """The container and Kubernetes files (Dockerfile, deploy/compose.yaml, deploy/k8s) against the
 code: they render (`kubectl kustomize` where installed; else every resource parses and has the
 fields Kubernetes requires), every process they start exists (`start_service.py --role` values,
-Prefect CLI commands), every setting they pass is a Settings field or a Prefect setting, and the
-image installs exactly the pinned requirements."""
+Prefect CLI commands, `python -m` modules of ours), every setting they pass is a Settings field
+or a Prefect setting, the Prefect server's migration step runs before replicas that neither
+migrate nor register block types on start, and the image installs exactly the pinned
+requirements."""
 
 import ast
 import itertools
@@ -16,9 +18,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from config import PROJECT_DIR, Settings
+from tests.prefect_stack import MIGRATE
 
 DEPLOY = PROJECT_DIR / "deploy"
 K8S = DEPLOY / "k8s"
@@ -26,6 +30,8 @@ COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = PROJECT_DIR / "Dockerfile"
 OWN_ENV = re.compile(r"^(PYTHON|PIP_)")
 """Environment of Python and pip themselves (Dockerfile), not the service's settings."""
+MIGRATE_COMMAND = ["python", *MIGRATE[1:]]
+"""The Prefect database's one-shot migration step, as tests/prefect_stack.py runs it."""
 
 
 def k8s_objects() -> list[dict[str, Any]]:
@@ -108,13 +114,33 @@ def prefect_command_exists(*args: str) -> bool:
     return result.returncode == 0
 
 
+@cache
+def module_runs(module: str) -> bool:
+    """Whether `python -m <module>` of this repository parses its arguments (`--help` exits 0)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode == 0
+
+
 def check_command(command: list[str], where: str) -> None:
-    """`python start_service.py [--role R]` or `prefect <subcommand> [options]`."""
+    """`python start_service.py [--role R]`, `python -m <our module>` or `prefect <subcommand>
+    [options]`."""
     if command[:2] == ["python", "start_service.py"]:
         rest = command[2:]
         if rest:
             assert rest[0] == "--role" and len(rest) == 2, f"{where}: {command}"
             assert rest[1] in roles(), f"{where}: start_service.py has no role {rest[1]!r}"
+        return
+    if command[:2] == ["python", "-m"]:
+        assert len(command) == 3, f"{where}: {command}"
+        path = PROJECT_DIR.joinpath(*command[2].split(".")).with_suffix(".py")
+        assert path.is_file(), f"{where}: no module {command[2]} in the repository"
+        assert module_runs(command[2]), f"{where}: python -m {command[2]} --help failed"
         return
     assert command[0] == "prefect", f"{where}: unknown command {command}"
     words = list(itertools.takewhile(lambda w: not w.startswith("-"), command[1:]))
@@ -218,6 +244,36 @@ def test_k8s_settings_exist_in_the_code() -> None:
                 check_setting(env["name"], pod_name)
 
 
+def prefect_server_settings(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The Prefect server settings a process with `env` runs with, as Prefect's own settings model
+    reads them (values compose interpolates, `${...}`, left out)."""
+    from prefect.settings import Settings as PrefectSettings
+
+    for key, value in env.items():
+        if key.startswith("PREFECT_") and "${" not in str(value):
+            monkeypatch.setenv(key, str(value))
+    return PrefectSettings().server
+
+
+def test_k8s_migrates_once_before_replicas_that_neither_migrate_nor_register_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Job runs our migration step (Prefect's migrations, then its block types); the Prefect
+    server and services Deployments get prefect-config, where Prefect reads both as off."""
+    (job,) = [o for o in of_kind("Job") if o["metadata"]["name"] == "prefect-migrate"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == MIGRATE_COMMAND
+    pods = dict(pod_specs())
+    for name in ("prefect-migrate", "prefect-server", "prefect-services"):
+        (container,) = pods[name]["containers"]
+        sources = [s.get("configMapRef", {}).get("name") for s in container["envFrom"]]
+        assert "prefect-config" in sources, name
+    (config,) = [o for o in of_kind("ConfigMap") if o["metadata"]["name"] == "prefect-config"]
+    server = prefect_server_settings(config["data"], monkeypatch)
+    assert server.register_blocks_on_start is False
+    assert server.database.migrate_on_start is False
+
+
 # --- Compose -----------------------------------------------------------------------------------
 
 
@@ -240,6 +296,26 @@ def test_compose_starts_every_part_of_the_topology() -> None:
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     broker = services["prefect-server"]["environment"]["PREFECT_MESSAGING_BROKER"]
     assert broker == "prefect_redis.messaging"
+
+
+def test_compose_migrates_once_before_replicas_that_neither_migrate_nor_register_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """prefect-migrate runs our migration step once; the replicas and the services process start
+    after it has succeeded, with the same Prefect environment, in which Prefect reads migrating
+    and registering block types on start as off."""
+    services = compose()["services"]
+    migrate = services["prefect-migrate"]
+    assert migrate["command"] == MIGRATE_COMMAND
+    assert migrate["restart"] == "no"
+    for name in ("prefect-server", "prefect-services"):
+        service = services[name]
+        assert service["environment"] == migrate["environment"], name
+        condition = service["depends_on"]["prefect-migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+    server = prefect_server_settings(migrate["environment"], monkeypatch)
+    assert server.register_blocks_on_start is False
+    assert server.database.migrate_on_start is False
 
 
 def test_compose_commands_and_settings_exist_in_the_code() -> None:

@@ -3,6 +3,7 @@ PostgreSQL with prefect-redis messaging as two `--no-services` API replicas and 
 `prefect server services start` process; an `api` role and two `worker` roles of the service on
 a fresh PostgreSQL database, each worker on another replica through PREFECT_API_URL."""
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -16,11 +17,13 @@ import pytest
 
 from tests.e2e import MockServer
 from tests.prefect_stack import PrefectStack
-from tests.support import postgres_database_sync
+from tests.support import PG_ADMIN_URL, postgres_database_sync, postgres_query
 from tests.test_cluster import Role
 
 EXECUTIONS = 6
 TASK_NODES = 3  # trigger, http, output: every node is a task run (PREFECT_TASK_NODES=all)
+PROTECTED_BLOCK_TYPES = {"secret", "webhook", "local-file-system"}
+"""Block types Prefect's server expects to exist (`_install_protected_system_blocks`)."""
 
 
 @pytest.fixture
@@ -192,3 +195,39 @@ def test_the_stack_runs_prefect_services_beside_no_services_replicas(
     assert late
     assert stack.running() == {"services": True, "server-1": True, "server-2": True}
     assert "Starting services" in stack.log_text("services")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_migration_step_registers_the_block_types_once_and_is_idempotent(
+    prefect_stack: PrefectStack,
+) -> None:
+    """The block types the replicas serve were registered by the migration step on the fresh
+    database, not by the replicas (registration off, started together: none of them exited on
+    `uq_block_type__slug`); the step run again on the up-to-date database succeeds and keeps
+    them: the same rows, updated in place."""
+    stack = prefect_stack
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{stack.database}"
+
+    def block_types() -> list[dict[str, Any]]:
+        query = "SELECT id, slug, updated FROM block_type ORDER BY slug"
+        return asyncio.run(postgres_query(url, query))
+
+    before = block_types()
+    slugs = sorted(row["slug"] for row in before)
+    assert PROTECTED_BLOCK_TYPES <= set(slugs), slugs
+    assert stack.replicas_started is not None
+    assert max(row["updated"] for row in before) < stack.replicas_started
+    for replica in range(len(stack.api_urls)):
+        served = stack.api(replica, "POST", "/block_types/filter", json={})
+        assert sorted(b["slug"] for b in served) == slugs
+
+    assert stack.migrate() == 0
+    after = block_types()
+    assert [(r["id"], r["slug"]) for r in after] == [(r["id"], r["slug"]) for r in before]
+    assert min(row["updated"] for row in after) > stack.replicas_started
+    done = re.findall(
+        r"Prefect database migrated; (\d+) block types registered", stack.log_text("migrate")
+    )
+    assert done == [str(len(slugs))] * 2
+    assert all(stack.running().values()), stack.running()
