@@ -1,5 +1,6 @@
 """Shared fixtures: Resources on an `httpx.MockTransport`, a RunContext factory, the store on
-SQLite, PostgreSQL and in memory, and the in-process service."""
+SQLite, PostgreSQL and in memory, the in-process service, and the real services shared by the
+end-to-end tests (a prefect-mode `./start.sh`, Prefect's production setup)."""
 
 import asyncio
 import json
@@ -22,6 +23,7 @@ from flows.runner import PrefectProbe, Runner
 from flows.worker import Worker
 from tasks.context import Resources, RunContext, open_resources
 from tasks.registry import Envelope, get_spec
+from tests.e2e import RunningService
 from tests.prefect_stack import PrefectStack
 from tests.support import ALL_STORES, SQL_STORES, seed_rows, store_url
 
@@ -282,3 +284,23 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectS
     )
     with stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def prefect_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """One prefect-mode service (`./start.sh` with the embedded Prefect server, on a fresh
+    PREFECT_HOME: the first start of an empty home is covered here) shared by the end-to-end
+    tests that need only the defaults, started at first use. They neither stop it nor change
+    its settings, and each brings its own workflows and mock servers. Prefect's retryable
+    errors are logged, so a test can check that none happened."""
+    svc = RunningService(
+        tmp_path_factory.mktemp("prefect-service"),
+        "prefect",
+        seed_prefect=False,
+        PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true",
+    )
+    try:
+        yield svc
+    finally:
+        took = svc.stop()
+    assert took < 15, f"SIGTERM to the process group took {took:.1f} s"

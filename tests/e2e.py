@@ -67,7 +67,7 @@ class MockServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def calls(self, method: str, path: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"] == path]
@@ -84,12 +84,24 @@ class RunningService(ServiceProcess):
     """`./start.sh` in `mode` on a free port (see `ServiceProcess`), started and healthy."""
 
     def __init__(
-        self, workdir: Path, mode: str, *, database_url: str | None = None, **settings: str
+        self,
+        workdir: Path,
+        mode: str,
+        *,
+        database_url: str | None = None,
+        seed_prefect: bool = True,
+        **settings: str,
     ) -> None:
         """`database_url`: run on that database (PostgreSQL) instead of the SQLite file."""
         if database_url is not None:
             settings["DATABASE_URL"] = database_url
-        super().__init__(workdir, name=f"service-{mode}", EXECUTION_MODE=mode, **settings)
+        super().__init__(
+            workdir,
+            name=f"service-{mode}",
+            seed_prefect=seed_prefect,
+            EXECUTION_MODE=mode,
+            **settings,
+        )
         self.mode, self.database_url = mode, database_url
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
         try:

@@ -2,12 +2,16 @@
 of the end-to-end tests (`tests/e2e.py`) and the benchmarks (`bench/targets.py`)."""
 
 import contextlib
+import fcntl
+import importlib.metadata
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +46,31 @@ def scrubbed_env(**settings: str) -> dict[str, str]:
     environment, and no `.env` file (`WOS_ENV_FILE=`)."""
     env = {k: v for k, v in os.environ.items() if k in BASIC_ENV or k.startswith("LC_")}
     return {**env, "PYTHONUNBUFFERED": "1", ENV_FILE_VAR: "", **settings}
+
+
+def prefect_home_template() -> Path:
+    """A Prefect home whose SQLite database is migrated and has Prefect's block types registered
+    (`python -m flows.prefect_migrate`), built once per Prefect version and shared by the test
+    services (and processes) of this machine: a fresh embedded Prefect server spends 5-10 s of
+    its start on the migrations. A service's first start on a fresh home stays covered by the
+    services started with `seed_prefect=False`."""
+    version = importlib.metadata.version("prefect")
+    template = Path(tempfile.gettempdir()) / f"wos-test-prefect-home-{version}"
+    with (Path(tempfile.gettempdir()) / f"wos-test-prefect-home-{version}.lock").open("wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be building it
+        if not (template / "prefect.db").exists():
+            building = Path(tempfile.mkdtemp(prefix="wos-prefect-home-"))
+            subprocess.run(
+                [venv_python(), "-m", "flows.prefect_migrate"],
+                cwd=ROOT,
+                env=scrubbed_env(PREFECT_HOME=str(building)),
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            shutil.rmtree(template, ignore_errors=True)
+            building.rename(template)
+    return template
 
 
 def group_alive(pgid: int) -> bool:
@@ -83,7 +112,11 @@ class ServiceProcess:
 
     `ServiceProcess(workdir, EXECUTION_MODE="inline").start()` returns once `GET /` answers
     `running`; `stop()` sends SIGTERM to the group, SIGKILL after a timeout. Output goes to
-    `<workdir>/<name>.log`, appended across restarts."""
+    `<workdir>/<name>.log`, appended across restarts.
+
+    A service that starts the embedded Prefect server (prefect mode or `--role prefect`, no
+    PREFECT_API_URL) on an empty PREFECT_HOME gets a copy of `prefect_home_template()`'s
+    database unless `seed_prefect=False`."""
 
     def __init__(
         self,
@@ -91,6 +124,7 @@ class ServiceProcess:
         *,
         root: Path | str | None = None,
         name: str = "service",
+        seed_prefect: bool = True,
         **settings: str,
     ) -> None:
         self.workdir = workdir
@@ -112,6 +146,7 @@ class ServiceProcess:
             **settings,
         }
         self.log_path = workdir / f"{name}.log"
+        self.seed_prefect = seed_prefect
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,7 +154,21 @@ class ServiceProcess:
         assert self.proc is not None, "not started"
         return self.proc.pid
 
+    def _seed_prefect_home(self) -> None:
+        args, settings = self.args, self.settings
+        role = args[args.index("--role") + 1] if "--role" in args else "all"
+        prefect_mode = settings.get("EXECUTION_MODE", "prefect") == "prefect"
+        embedded = role == "prefect" or (
+            role == "all" and prefect_mode and "PREFECT_API_URL" not in settings
+        )
+        home = Path(settings["PREFECT_HOME"])
+        sqlite = "PREFECT_API_DATABASE_CONNECTION_URL" not in settings
+        if self.seed_prefect and embedded and sqlite and not (home / "prefect.db").exists():
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(prefect_home_template() / "prefect.db", home / "prefect.db")
+
     def start(self, timeout: float = 240) -> Self:
+        self._seed_prefect_home()
         if self.root is None:
             command, cwd = [str(ROOT / "start.sh"), *self.args], ROOT
         else:

@@ -118,37 +118,36 @@ def test_dashboard_live_list_node_completion_and_cancel(
         mock.close()
 
 
-def test_the_prefect_link_opens_the_flow_run(browser: Any, tmp_path: Path) -> None:
+def test_the_prefect_link_opens_the_flow_run(
+    browser: Any, prefect_service: RunningService
+) -> None:
     """In prefect mode (no keys) an execution's page links to its flow run in the Prefect UI."""
     from playwright.sync_api import expect
 
-    svc = RunningService(tmp_path, "prefect")
-    try:
-        quick = {
-            "nodes": [{"id": "t", "type": "trigger"}, {"id": "o", "type": "output"}],
-            "connections": [{"fromNodeId": "t", "toNodeId": "o"}],
-        }
-        svc.add_workflow("wf_quick", quick, "Quick")
-        eid = svc.execute("wf_quick", {})
-        final = svc.wait(eid)
-        assert final["status"] == "completed" and final["prefectUrl"], final
-        page = browser.new_page(viewport={"width": 1400, "height": 700})
-        page.goto(f"{svc.url}/dashboard#/executions/{eid}")
-        expect(page.locator('g.node[data-node-id="o"]')).to_have_attribute(
-            "data-state", "completed", timeout=WAIT_MS
-        )
-        link = page.locator("#prefect-link")
-        expect(link).to_be_visible()
-        expect(link).to_have_attribute("href", final["prefectUrl"])
-        shot(page, "prefect-link")
-        with page.expect_popup() as opened:
-            link.click()
-        popup = opened.value
-        popup.wait_for_load_state()
-        assert popup.url.startswith(final["prefectUrl"])
-        expect(popup.locator("body")).to_be_attached()
-    finally:
-        svc.stop()
+    svc = prefect_service
+    quick = {
+        "nodes": [{"id": "t", "type": "trigger"}, {"id": "o", "type": "output"}],
+        "connections": [{"fromNodeId": "t", "toNodeId": "o"}],
+    }
+    svc.add_workflow("wf_quick", quick, "Quick")
+    eid = svc.execute("wf_quick", {})
+    final = svc.wait(eid)
+    assert final["status"] == "completed" and final["prefectUrl"], final
+    page = browser.new_page(viewport={"width": 1400, "height": 700})
+    page.goto(f"{svc.url}/dashboard#/executions/{eid}")
+    expect(page.locator('g.node[data-node-id="o"]')).to_have_attribute(
+        "data-state", "completed", timeout=WAIT_MS
+    )
+    link = page.locator("#prefect-link")
+    expect(link).to_be_visible()
+    expect(link).to_have_attribute("href", final["prefectUrl"])
+    shot(page, "prefect-link")
+    with page.expect_popup() as opened:
+        link.click()
+    popup = opened.value
+    popup.wait_for_load_state()
+    assert popup.url.startswith(final["prefectUrl"])
+    expect(popup.locator("body")).to_be_attached()
 
 
 LAYOUT = """() => {

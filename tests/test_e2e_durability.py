@@ -1,5 +1,6 @@
-"""Crash and shutdown tests against the real service: SIGKILL mid-run then restart, SIGTERM
-drain, and the Node backend writing the same SQLite file from another process."""
+"""Crash and shutdown tests against the real service: SIGKILL of the process group mid-run then
+an immediate restart on the same port and database, SIGTERM drain, cancel in prefect mode, and
+the Node backend writing the same SQLite file from another process."""
 
 import contextlib
 import json
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import MockServer, RunningService
+from tests.e2e import MockServer, RunningService, group_alive
 from tests.support import postgres_database_sync
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,12 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_nodes(
 
 
 def _sigkill_then_resume(tmp_path: Path, mock: MockServer, mode: str, url: str | None) -> None:
+    """SIGKILL of the whole process group (a machine gone) mid-node: nothing of it is left, and
+    the same command on the same port and database resumes the run."""
     svc = RunningService(tmp_path, mode, database_url=url)
+    members = subprocess.run(["pgrep", "-g", str(svc.pgid)], capture_output=True, text=True)
+    # start_service, the worker and the API (and the Prefect server in prefect mode)
+    assert len(members.stdout.split()) >= (4 if mode == "prefect" else 3), members.stdout
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
     wait_for_log(svc, eid, "slow", "running")
@@ -86,6 +92,7 @@ def _sigkill_then_resume(tmp_path: Path, mock: MockServer, mode: str, url: str |
     while not mock.calls("GET", "/slow") and time.monotonic() < deadline:
         time.sleep(0.02)
     svc.stop(signal.SIGKILL)
+    assert not group_alive(svc.pgid)
     assert svc.row(eid)["status"] == "running"
 
     again = RunningService(tmp_path, mode, database_url=url, API_PORT=str(svc.port))
@@ -109,25 +116,22 @@ def _sigkill_then_resume(tmp_path: Path, mock: MockServer, mode: str, url: str |
 
 
 def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(
-    tmp_path: Path, mock: MockServer
+    prefect_service: RunningService, mock: MockServer
 ) -> None:
-    svc = RunningService(tmp_path, "prefect")
-    try:
-        svc.add_workflow("wf", three_steps(mock.port))
-        eid = svc.execute("wf", {})
-        wait_for_log(svc, eid, "slow", "running")
-        answer = svc.client.post(f"/api/executions/{eid}/cancel").json()
-        assert answer["success"] is True
-        final = svc.wait(eid)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            runs = svc.prefect_runs(eid)
-            if runs and runs[0]["state"]["type"] == "CANCELLED":
-                break
-            time.sleep(0.2)
-        row = svc.row(eid)
-    finally:
-        svc.stop()
+    svc = prefect_service
+    svc.add_workflow("wf_cancel", three_steps(mock.port))
+    eid = svc.execute("wf_cancel", {})
+    wait_for_log(svc, eid, "slow", "running")
+    answer = svc.client.post(f"/api/executions/{eid}/cancel").json()
+    assert answer["success"] is True
+    final = svc.wait(eid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        runs = svc.prefect_runs(eid)
+        if runs and runs[0]["state"]["type"] == "CANCELLED":
+            break
+        time.sleep(0.2)
+    row = svc.row(eid)
     assert final["status"] == "cancelled" and final["completedAt"]
     assert [run["state"]["type"] for run in runs] == ["CANCELLED"]
     slow = [log for log in row["logs"] if log["nodeId"] == "slow"]

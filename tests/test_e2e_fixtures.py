@@ -1,5 +1,6 @@
 """Every workflow of tests/fixtures driven through ./start.sh exactly as its .expected.md says,
-in prefect mode (real embedded Prefect server) and in inline mode; assertions on stored rows."""
+in prefect mode (real embedded Prefect server) and in inline mode (on SQLite and PostgreSQL);
+assertions on stored rows."""
 
 import contextlib
 import json
@@ -40,17 +41,18 @@ def mock() -> Iterator[MockServer]:
 
 @pytest.fixture(
     scope="module",
-    params=[
-        "prefect",
-        "inline",
-        pytest.param("prefect-postgres", marks=pytest.mark.postgres),
-        pytest.param("inline-postgres", marks=pytest.mark.postgres),
-    ],
+    params=["prefect", "inline", pytest.param("inline-postgres", marks=pytest.mark.postgres)],
 )
 def svc(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> Iterator[RunningService]:
+    """Prefect mode on SQLite is the shared prefect-mode service (conftest.py); the store's
+    PostgreSQL side is the same for both modes, so it runs inline only (prefect mode on
+    PostgreSQL: tests/test_cluster.py)."""
     mode, _, database = str(request.param).partition("-")
+    if mode == "prefect":
+        yield from _with_fixtures(request.getfixturevalue("prefect_service"), mock)
+        return
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(postgres_database_sync()) if database else None
         service = RunningService(tmp_path_factory.mktemp(request.param), mode, database_url=url)

@@ -1,16 +1,13 @@
-"""The service as a user runs it: Prefect under a burst, fallback to inline, process-group
-lifecycle (SIGTERM, SIGKILL, immediate restart on the same port and database)."""
+"""The service as a user runs it: Prefect under a burst, only network nodes as task runs, fallback
+to inline. (The process group's SIGKILL and restart: tests/test_e2e_durability.py.)"""
 
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import MockServer, RunningService, free_port, group_alive
+from tests.e2e import MockServer, RunningService, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,27 +40,24 @@ def small_workflow(port: int) -> dict[str, object]:
 
 
 def test_fifty_executions_at_once_all_complete_through_prefect(
-    tmp_path: Path, mock: MockServer
+    prefect_service: RunningService, mock: MockServer
 ) -> None:
-    svc = RunningService(tmp_path, "prefect", PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
-    try:
-        svc.add_workflow("burst", small_workflow(mock.port))
-        with ThreadPoolExecutor(50) as pool:
-            ids = list(pool.map(lambda _: svc.execute("burst", {}), range(50)))
-        finals = [svc.wait(eid, timeout=300) for eid in ids]
-        assert [f["status"] for f in finals] == ["completed"] * 50
-        for eid in ids:
-            row = svc.row(eid)
-            assert row["run"]["mode"] == "prefect", row["run"]["modeReason"]
-            assert row["run"]["flowRunId"]
-            assert row["nodeResults"]["o"]["outputData"] == {"value": 21, "ok": "yes"}
-        # PREFECT_TASK_NODES=all (the default): every node is a task run (unlabelled: type:id)
-        tasks = svc.prefect_task_runs(svc.row(ids[0])["run"]["flowRunId"], 4)
-        assert [(t["name"], t["state"]["type"]) for t in tasks] == [
-            (name, "COMPLETED") for name in ("trigger:t", "http:h", "addField:a", "output:o")
-        ]
-    finally:
-        svc.stop()
+    svc = prefect_service
+    svc.add_workflow("burst", small_workflow(mock.port))
+    with ThreadPoolExecutor(50) as pool:
+        ids = list(pool.map(lambda _: svc.execute("burst", {}), range(50)))
+    finals = [svc.wait(eid, timeout=300) for eid in ids]
+    assert [f["status"] for f in finals] == ["completed"] * 50
+    for eid in ids:
+        row = svc.row(eid)
+        assert row["run"]["mode"] == "prefect", row["run"]["modeReason"]
+        assert row["run"]["flowRunId"]
+        assert row["nodeResults"]["o"]["outputData"] == {"value": 21, "ok": "yes"}
+    # PREFECT_TASK_NODES=all (the default): every node is a task run (unlabelled: type:id)
+    tasks = svc.prefect_task_runs(svc.row(ids[0])["run"]["flowRunId"], 4)
+    assert [(t["name"], t["state"]["type"]) for t in tasks] == [
+        (name, "COMPLETED") for name in ("trigger:t", "http:h", "addField:a", "output:o")
+    ]
     log = svc.log_text()
     assert "database is locked" not in log
     assert "retryable status code 503" not in log
@@ -97,25 +91,3 @@ def test_falls_back_to_inline_when_prefect_is_unreachable(tmp_path: Path, mock: 
     finally:
         svc.stop()
     assert "Prefect API unreachable" in svc.log_text()
-
-
-def test_sigkill_of_the_group_leaves_nothing_and_a_restart_works(
-    tmp_path: Path, mock: MockServer
-) -> None:
-    svc = RunningService(tmp_path, "prefect")
-    pgid = svc.proc.pid
-    members = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
-    assert len(members.stdout.split()) >= 4  # start_service, Prefect server, worker, API
-    svc.stop(signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not group_alive(pgid)
-
-    again = RunningService(tmp_path, "prefect", API_PORT=str(svc.port))
-    try:
-        again.add_workflow("wf", small_workflow(mock.port))
-        assert again.wait(again.execute("wf", {}))["status"] == "completed"
-    finally:
-        took = again.stop()
-    assert took < 15

@@ -148,41 +148,36 @@ def test_the_prefect_port_may_not_be_the_api_port(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_prefect_ui_serves_flow_runs_with_labelled_task_runs(tmp_path: Path) -> None:
+def test_prefect_ui_serves_flow_runs_with_labelled_task_runs(prefect_service: Any) -> None:
     """The UI on PREFECT_SERVER_API_PORT: the start-up log names its URL and the file holding
     the generated auth string; the API needs that string (as the UI's login sends it); the
     execution's `prefectUrl` is its flow run's page; each node (PREFECT_TASK_NODES=all, the
     default) is a task run named after its label."""
-    from tests.e2e import RunningService
+    svc = prefect_service
+    ui = f"http://127.0.0.1:{svc.prefect_port}"
+    auth_file = svc.workdir / "prefect" / "ui-auth-string"
+    assert f"Prefect UI at {ui} (log in with the auth string: {auth_file})" in svc.log_text()
+    auth = auth_file.read_text().strip()
+    assert auth == svc.prefect_auth() and len(auth) >= 32
+    assert auth_file.stat().st_mode & 0o077 == 0, "readable by its owner only"
+    assert auth not in svc.log_text()
 
-    svc = RunningService(tmp_path, "prefect")
-    try:
-        ui = f"http://127.0.0.1:{svc.prefect_port}"
-        auth_file = tmp_path / "prefect" / "ui-auth-string"
-        assert f"Prefect UI at {ui} (log in with the auth string: {auth_file})" in svc.log_text()
-        auth = auth_file.read_text().strip()
-        assert auth == svc.prefect_auth() and len(auth) >= 32
-        assert auth_file.stat().st_mode & 0o077 == 0, "readable by its owner only"
-        assert auth not in svc.log_text()
+    page = httpx.get(f"{ui}/", headers={"Accept": "text/html"}, follow_redirects=True)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    ui_settings = httpx.get(f"{ui}/ui-settings").json()
+    assert ui_settings["auth"] == "BASIC" and ui_settings["api_url"] == f"{ui}/api"
+    login = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    assert httpx.get(f"{ui}/api/admin/version").status_code == 401
+    assert httpx.get(f"{ui}/api/admin/version", headers=login).status_code == 200
 
-        page = httpx.get(f"{ui}/", headers={"Accept": "text/html"}, follow_redirects=True)
-        assert page.status_code == 200 and "<html" in page.text.lower()
-        ui_settings = httpx.get(f"{ui}/ui-settings").json()
-        assert ui_settings["auth"] == "BASIC" and ui_settings["api_url"] == f"{ui}/api"
-        login = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
-        assert httpx.get(f"{ui}/api/admin/version").status_code == 401
-        assert httpx.get(f"{ui}/api/admin/version", headers=login).status_code == 200
-
-        svc.add_workflow("wf", LABELLED)
-        eid = svc.execute("wf", {})
-        final = svc.wait(eid)
-        assert final["status"] == "completed" and final["mode"] == "prefect", final
-        assert final["prefectUrl"] == f"{ui}/runs/flow-run/{final['flowRunId']}"
-        run_page = httpx.get(final["prefectUrl"], headers={"Accept": "text/html"})
-        assert run_page.status_code == 200 and "<html" in run_page.text.lower()
-        tasks = svc.prefect_task_runs(final["flowRunId"], 4)
-    finally:
-        svc.stop()
+    svc.add_workflow("wf_labelled", LABELLED)
+    eid = svc.execute("wf_labelled", {})
+    final = svc.wait(eid)
+    assert final["status"] == "completed" and final["mode"] == "prefect", final
+    assert final["prefectUrl"] == f"{ui}/runs/flow-run/{final['flowRunId']}"
+    run_page = httpx.get(final["prefectUrl"], headers={"Accept": "text/html"})
+    assert run_page.status_code == 200 and "<html" in run_page.text.lower()
+    tasks = svc.prefect_task_runs(final["flowRunId"], 4)
     assert [(t["name"], t["state"]["type"]) for t in tasks] == [
         ("Start", "COMPLETED"),
         ("No n given?", "COMPLETED"),

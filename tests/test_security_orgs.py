@@ -460,30 +460,25 @@ async def test_claim_carries_the_data_org(store: Store) -> None:
 
 
 @pytest.mark.slow
-def test_embedded_prefect_api_refuses_requests_without_its_auth_string(tmp_path: Path) -> None:
-    from tests.e2e import RunningService
-
-    svc = RunningService(tmp_path, "prefect")
-    try:
-        url = svc.prefect_url()
-        auth = svc.prefect_auth()
-        assert auth and len(auth) >= 32
-        query = {"flow_runs": {}}
-        for headers in (
-            {},
-            {"Authorization": "Basic " + base64.b64encode(b"guess").decode()},
-            {"Authorization": f"Bearer {auth}"},
-        ):
-            r = httpx.post(f"{url}/flow_runs/filter", json=query, headers=headers, timeout=10)
-            assert r.status_code in (401, 403), r.text
-        assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # the workers' probe
-        r = httpx.post(
-            f"{url}/flow_runs/filter", json=query, headers=svc.prefect_headers(), timeout=10
-        )
-        assert r.status_code == 200, r.text
-        svc.add_workflow("wf", SIMPLE)
-        final = svc.wait(svc.execute("wf", {}))
-        assert final["status"] == "completed" and final["mode"] == "prefect", final
-    finally:
-        svc.stop()
+def test_embedded_prefect_api_refuses_requests_without_its_auth_string(
+    prefect_service: Any,
+) -> None:
+    svc = prefect_service
+    url = svc.prefect_url()
+    auth = svc.prefect_auth()
+    assert auth and len(auth) >= 32
+    query = {"flow_runs": {}}
+    for headers in (
+        {},
+        {"Authorization": "Basic " + base64.b64encode(b"guess").decode()},
+        {"Authorization": f"Bearer {auth}"},
+    ):
+        r = httpx.post(f"{url}/flow_runs/filter", json=query, headers=headers, timeout=10)
+        assert r.status_code in (401, 403), r.text
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # the workers' probe
+    r = httpx.post(f"{url}/flow_runs/filter", json=query, headers=svc.prefect_headers(), timeout=10)
+    assert r.status_code == 200, r.text
+    svc.add_workflow("wf_auth", SIMPLE)
+    final = svc.wait(svc.execute("wf_auth", {}))
+    assert final["status"] == "completed" and final["mode"] == "prefect", final
     assert auth not in svc.log_text()
