@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the static checks (ruff, mypy strict: scripts/check.sh) and the whole test suite,
-# installing what is missing first. Extra arguments go to pytest.
+# installing what is missing first, in WOS_TEST_WORKERS (default 2) pytest-xdist workers
+# (tests/conftest.py keeps each slow module and the shared services' tests in one worker).
+# Extra arguments go to pytest (`-n 0`: one process).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
@@ -10,4 +12,4 @@ scripts/browser.sh  # Debian's chromium for the dashboard's browser test
 if [ "${CI:-}" = "true" ]; then
   scripts/services.sh postgres mariadb
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n "${WOS_TEST_WORKERS:-2}" --dist loadgroup "$@"

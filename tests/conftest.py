@@ -32,6 +32,33 @@ MakeResources = Callable[..., Resources]
 MakeCtx = Callable[..., RunContext]
 
 
+SHARED_SERVICES = ("prefect_service", "prefect_stack")
+"""Session fixtures that start real services: their tests run in one xdist worker."""
+ONE_WORKER_MODULES = ("tests.test_event_loop_lag",)
+"""Modules whose module fixtures are costly to build twice."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (./test.sh runs two workers with `--dist loadgroup`) the quick tests
+    are spread one by one; each slow module (a real service in its module fixtures) runs whole
+    in one worker, and the tests of the shared services all in the same one, so nothing starts
+    twice. Runs before xdist reads the groups."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue  # the module says (a fixture that asks for a shared service at run time)
+        module = getattr(item.module, "__name__", "") if isinstance(item, pytest.Function) else ""
+        if any(name in item.fixturenames for name in SHARED_SERVICES):  # type: ignore[attr-defined]
+            group = "shared-services"
+        elif item.get_closest_marker("slow") or module in ONE_WORKER_MODULES:
+            group = module
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests never see a developer's service settings: every variable named like a `Settings`

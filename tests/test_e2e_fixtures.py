@@ -12,7 +12,8 @@ import pytest
 from tests.e2e import MockServer, RunningService
 from tests.support import load_fixture, postgres_database_sync
 
-pytestmark = pytest.mark.slow
+# prefect mode runs on the shared prefect-mode service (conftest.py): the same xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-services")]
 
 SENSORS = [
     {"sensor": "S1", "value": 42},
