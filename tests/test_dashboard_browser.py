@@ -118,9 +118,7 @@ def test_dashboard_live_list_node_completion_and_cancel(
         mock.close()
 
 
-def test_the_prefect_link_opens_the_flow_run(
-    browser: Any, prefect_service: RunningService
-) -> None:
+def test_the_prefect_link_opens_the_flow_run(browser: Any, prefect_service: RunningService) -> None:
     """In prefect mode (no keys) an execution's page links to its flow run in the Prefect UI."""
     from playwright.sync_api import expect
 
