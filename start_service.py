@@ -51,6 +51,10 @@ PREFECT_SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
 PREFECT_CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
 AUTH_FILE = "ui-auth-string"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+PREFECT_STOP_SIGNAL = getattr(signal, "SIGUSR1", signal.SIGTERM)
+"""How the embedded Prefect server is stopped. POSIX: it runs `--supervised`, deaf to SIGTERM and
+SIGINT, so a signal to the whole process group (Ctrl-C) stops it only after the workers drained
+(they report their flow runs' final states to it while draining)."""
 
 logger = logging.getLogger("start_service")
 
@@ -267,9 +271,11 @@ class Supervisor:
         if settings.PREFECT_SERVER_API_AUTH_STRING is None:
             auth_hint = str(write_auth_file(home, self.prefect_auth))
         ui = settings.prefect_ui_url
+        supervised = ["--supervised"] if PREFECT_STOP_SIGNAL != signal.SIGTERM else []
         self.spawn(
             "prefect-server",
-            ["-m", "flows.prefect_server", "--host", host or "0.0.0.0", "--port", str(port)],
+            ["-m", "flows.prefect_server", "--host", host or "0.0.0.0", "--port", str(port)]
+            + supervised,
             {
                 **prefect_env(settings, None),
                 PREFECT_SERVER_AUTH: self.prefect_auth,
@@ -299,7 +305,7 @@ class Supervisor:
         proc = self.procs.get(name)
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        proc.send_signal(PREFECT_STOP_SIGNAL if name == "prefect-server" else signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -4,7 +4,10 @@ Run it with `python -m flows.prefect_server --host 127.0.0.1 --port 4200` from t
 database is the default `$PREFECT_HOME/prefect.db`. uvicorn runs in this process: there is no
 subprocess and no new session, so a parent that kills this PID (SIGTERM → graceful uvicorn shutdown)
 or our process group stops everything. After a SIGTERM shutdown uvicorn re-raises the signal, so the
-exit status is -15 (143), not 0.
+exit status is -15 (143), not 0. With ``--supervised`` (start_service.py on POSIX) SIGUSR1 is the
+graceful stop instead (exit status -10), also sent when the supervisor dies, and SIGTERM and SIGINT
+are ignored: a stop signal to the whole process group (Ctrl-C) is the supervisor's to act on, and it
+stops this server after the workers drained, so their flow runs' final states still reach it.
 
 Why the patch: in Prefect 3.9.1, `AioSqliteConfiguration.begin_transaction`
 (prefect/server/database/configurations.py) opens a ``BEGIN DEFERRED`` transaction unless
@@ -31,7 +34,11 @@ Environment:
 """
 
 import argparse
+import contextlib
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -92,13 +99,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--supervised", action="store_true", help="stop on SIGUSR1 only")
     return parser.parse_args(argv)
+
+
+def stop_on_sigusr1_only() -> None:
+    """`--supervised`: uvicorn shuts down gracefully on SIGUSR1, which the kernel also sends when
+    the supervisor dies (Linux, even by SIGKILL); SIGTERM and SIGINT are ignored."""
+    import uvicorn.server
+
+    uvicorn.server.HANDLED_SIGNALS = (signal.SIGUSR1,)  # type: ignore[assignment]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    if sys.platform == "linux":
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     apply_env_defaults()
     patch_sqlite_immediate_transactions()
+    if args.supervised:
+        stop_on_sigusr1_only()
 
     import prefect
     import uvicorn

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from prefect import flow, runtime, tags, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Cancelled, Failed
+from prefect.states import Cancelled, Crashed, Failed
 from prefect.utilities.annotations import quote
 
 from errors import NodeError
@@ -130,12 +130,20 @@ async def workflow_flow(execution_id: str, workflow_id: str | None) -> Any:
         return Cancelled(message="Execution cancelled by user")
     if status == Outcome.FAILED:
         return Failed(message=f"Execution {execution_id} failed (see its nodeResults)")
+    if status == Outcome.INTERRUPTED:
+        # ended as Prefect's own shutdown ends a run, not Completed: the execution is not done,
+        # it resumes in a new flow run (a run left RUNNING gets the same state: `mark_crashed`)
+        return Crashed(
+            message=f"Execution {execution_id} interrupted (its worker drained or lost the "
+            "lease); it resumes in a new flow run"
+        )
     return status
 
 
 async def mark_crashed(flow_run_id: str, execution_id: str) -> None:
     """The flow run of a worker that died stays RUNNING in Prefect; close it as Crashed when the
-    execution resumes (best effort: Prefect is not the source of truth)."""
+    execution resumes (best effort: Prefect is not the source of truth). A run that reached a
+    final state itself (an interrupted one ends Crashed, see `workflow_flow`) is left as it is."""
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import MockServer, RunningService, group_alive
+from config import Settings
+from tests.e2e import FINAL_STATES, MockServer, RunningService, group_alive
 from tests.support import postgres_database_sync
 
 pytestmark = pytest.mark.slow
@@ -141,16 +142,39 @@ def test_cancel_in_prefect_mode_ends_the_flow_run_cancelled(
     assert len(mock.calls("GET", "/last")) == 0
 
 
+GRACE_S = Settings.model_fields["SHUTDOWN_GRACE_SECONDS"].default
+"""The service's default grace, which the test services run with."""
+
+
+def final_flow_runs(svc: RunningService, eid: str, count: int) -> list[dict[str, Any]]:
+    """The execution's flow runs once `count` of them are final (a flow run's last state is
+    reported after the execution's row is)."""
+    deadline = time.monotonic() + 10
+    while True:
+        runs = svc.prefect_runs(eid)
+        final = [r for r in runs if r["state"] and r["state"]["type"] in FINAL_STATES]
+        if len(final) >= count or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("mode", ["inline", "prefect"])
 def test_sigterm_drains_in_flight_node_and_restart_finishes(
     tmp_path: Path, mock: MockServer, mode: str
 ) -> None:
+    """SIGTERM to the whole process group (as Ctrl-C): the in-flight node finishes, no new one
+    starts, the execution is left resumable, and everything is gone once the node finished, not
+    after the grace period. In prefect mode the interrupted flow run ends Crashed (reported by
+    the draining worker itself: the embedded Prefect server outlives the drain)."""
     svc = RunningService(tmp_path, mode)
     svc.add_workflow("wf", three_steps(mock.port))
     eid = svc.execute("wf", {})
     wait_for_log(svc, eid, "slow", "running")
     took = svc.stop(signal.SIGTERM)
-    assert took < 15
+    text = svc.log_text()
+    assert took < GRACE_S - 2, f"the stop took {took:.1f} s of the {GRACE_S} s grace period"
+    assert f"execution {eid} interrupted" in text  # the drained run's outcome
+    assert "Crash detected" not in text
     row = svc.row(eid)
     assert row["status"] == "running"
     assert [log["status"] for log in row["logs"] if log["nodeId"] == "slow"] == [
@@ -163,11 +187,22 @@ def test_sigterm_drains_in_flight_node_and_restart_finishes(
     try:
         final = again.wait(eid)
         [run] = again.sql('SELECT "crashResumes" FROM wos_executions WHERE "executionId" = ?', eid)
+        flow_runs = final_flow_runs(again, eid, 2) if mode == "prefect" else []
     finally:
         again.stop()
     assert final["status"] == "completed"
     assert run["crashResumes"] == 0  # a graceful stop is never counted as a worker crash
     assert len(mock.calls("GET", "/slow")) == 1 and len(mock.calls("GET", "/last")) == 1
+    assert "Crash detected" not in again.log_text()
+    if mode == "prefect":
+        states = {
+            tag: r["state"] for r in flow_runs for tag in r["tags"] if tag.startswith("attempt:")
+        }
+        assert sorted(states) == ["attempt:1", "attempt:2"]
+        assert states["attempt:1"]["type"] == "CRASHED"
+        # the drained worker's own report, not `mark_crashed`'s at the resume
+        assert f"Execution {eid} interrupted" in states["attempt:1"]["message"]
+        assert states["attempt:2"]["type"] == "COMPLETED"
 
 
 NODE_WRITER = r"""
