@@ -3,7 +3,8 @@ code: they render (`kubectl kustomize` where installed; else every resource pars
 fields Kubernetes requires), every process they start exists (`start_service.py --role` values,
 Prefect CLI commands, `python -m` modules of ours), every setting they pass is a Settings field
 or a Prefect setting, the Prefect server's migration step runs before replicas that neither
-migrate nor register block types on start, and the image installs exactly the pinned
+migrate nor register block types on start (compose: a one-shot service they wait for;
+Kubernetes: every Prefect pod's init container), and the image installs exactly the pinned
 requirements."""
 
 import ast
@@ -52,6 +53,11 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
     for o in k8s_objects():
         if o["kind"] in ("Deployment", "Job"):
             yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+
+
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pod's init containers, then its containers."""
+    return [*pod.get("initContainers", []), *pod["containers"]]
 
 
 def compose() -> dict[str, Any]:
@@ -182,7 +188,7 @@ def test_deployments_select_their_pods_and_run_existing_commands() -> None:
         assert spec["selector"]["matchLabels"].items() <= labels.items(), name
         pod = spec["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
-        for container in pod["containers"]:
+        for container in all_containers(pod):
             assert container["image"] == "wos", name
             check_command(container["command"], f"Deployment {name}")
 
@@ -225,7 +231,7 @@ def test_every_reference_resolves() -> None:
     hpa_targets = {o["spec"]["scaleTargetRef"]["name"] for o in of_kind("HorizontalPodAutoscaler")}
     assert hpa_targets == {"wos-worker"}
     for pod_name, pod in pod_specs():
-        for container in pod["containers"]:
+        for container in all_containers(pod):
             for source in container.get("envFrom", []):
                 ref = source.get("configMapRef") or source.get("secretRef")
                 kind = "ConfigMap" if "configMapRef" in source else "Secret"
@@ -239,7 +245,7 @@ def test_k8s_settings_exist_in_the_code() -> None:
             for key in data:
                 check_setting(key, f"{o['kind']} {o['metadata']['name']}")
     for pod_name, pod in pod_specs():
-        for container in pod["containers"]:
+        for container in all_containers(pod):
             for env in container.get("env", []):
                 check_setting(env["name"], pod_name)
 
@@ -255,19 +261,42 @@ def prefect_server_settings(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     return PrefectSettings().server
 
 
-def test_k8s_migrates_once_before_replicas_that_neither_migrate_nor_register_blocks(
+def test_k8s_migrates_in_every_prefect_pod_before_its_prefect_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The Job runs our migration step (Prefect's migrations, then its block types); the Prefect
-    server and services Deployments get prefect-config, where Prefect reads both as off."""
-    (job,) = [o for o in of_kind("Job") if o["metadata"]["name"] == "prefect-migrate"]
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == MIGRATE_COMMAND
+    """Every Deployment that runs a Prefect server process (the API replicas, the services) first
+    runs our migration step (Prefect's migrations, then its block types) as an init container:
+    the same image, envFrom and volume mounts as the main container, an ordinary init container
+    (not a `restartPolicy: Always` sidecar, which would run beside the main container), so the
+    Prefect process starts only once it has exited 0. Its copies in several pods take turns on
+    an advisory lock (tests/test_prefect_migrate.py). The main containers get prefect-config,
+    where Prefect reads migrating and registering block types on start as off; nothing else runs
+    the step (no Job)."""
     pods = dict(pod_specs())
-    for name in ("prefect-migrate", "prefect-server", "prefect-services"):
-        (container,) = pods[name]["containers"]
-        sources = [s.get("configMapRef", {}).get("name") for s in container["envFrom"]]
+    prefect_pods = {
+        name
+        for name, pod in pods.items()
+        if any(c["command"][:2] == ["prefect", "server"] for c in pod["containers"])
+    }
+    assert prefect_pods == {"prefect-server", "prefect-services"}
+    for name in prefect_pods:
+        pod = pods[name]
+        (init,) = pod["initContainers"]
+        (main,) = pod["containers"]
+        assert init["command"] == MIGRATE_COMMAND, name
+        assert "restartPolicy" not in init, name
+        assert (init["image"], init["envFrom"]) == (main["image"], main["envFrom"]), name
+        assert init.get("volumeMounts") == main.get("volumeMounts"), name
+        sources = [s.get("configMapRef", {}).get("name") for s in main["envFrom"]]
         assert "prefect-config" in sources, name
+    runs_step = {
+        name
+        for name, pod in pods.items()
+        for container in pod["containers"]
+        if container["command"] == MIGRATE_COMMAND
+    }
+    assert not runs_step, f"{runs_step} run the migration step beside other processes"
+    assert not of_kind("Job")
     (config,) = [o for o in of_kind("ConfigMap") if o["metadata"]["name"] == "prefect-config"]
     server = prefect_server_settings(config["data"], monkeypatch)
     assert server.register_blocks_on_start is False
