@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the static checks (ruff, mypy strict: scripts/check.sh) and the whole test suite,
 # installing what is missing first, in WOS_TEST_WORKERS (default 2) pytest-xdist workers
-# (tests/conftest.py keeps each slow module and the shared services' tests in one worker).
+# (tests/conftest.py keeps the tests that start real services in one worker, one at a time).
 # Extra arguments go to pytest (`-n 0`: one process).
 set -euo pipefail
 cd "$(dirname "$0")"

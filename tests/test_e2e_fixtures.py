@@ -12,8 +12,7 @@ import pytest
 from tests.e2e import MockServer, RunningService
 from tests.support import load_fixture, postgres_database_sync
 
-# prefect mode runs on the shared prefect-mode service (conftest.py): the same xdist worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-services")]
+pytestmark = pytest.mark.slow
 
 SENSORS = [
     {"sensor": "S1", "value": 42},
