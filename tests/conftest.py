@@ -32,32 +32,6 @@ MakeResources = Callable[..., Resources]
 MakeCtx = Callable[..., RunContext]
 
 
-SHARED_SERVICES = ("prefect_service", "prefect_stack")
-"""Session fixtures that start real services."""
-ONE_AT_A_TIME_MODULES = ("tests.test_event_loop_lag",)
-"""Quick modules that measure the event loop's lag (and build costly module fixtures)."""
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (./test.sh runs two workers with `--dist loadgroup`) the quick tests
-    are spread one by one over the workers, while every test that starts real services (slow,
-    or a shared service) or measures the event loop's lag runs in one worker, one at a time:
-    their promised bounds (an answer within 1 s while a hostile node runs, a loop stall under
-    0.5 s) hold as when they ran alone, and the shared services start once. Runs before xdist
-    reads the groups."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    for item in items:
-        module = getattr(item.module, "__name__", "") if isinstance(item, pytest.Function) else ""
-        if (
-            item.get_closest_marker("slow")
-            or any(name in item.fixturenames for name in SHARED_SERVICES)  # type: ignore[attr-defined]
-            or module in ONE_AT_A_TIME_MODULES
-        ):
-            item.add_marker(pytest.mark.xdist_group("real-services"))
-
-
 @pytest.fixture(autouse=True)
 def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests never see a developer's service settings: every variable named like a `Settings`
