@@ -32,16 +32,6 @@ MakeResources = Callable[..., Resources]
 MakeCtx = Callable[..., RunContext]
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files with slow tests first. ./test.sh hands whole files to two xdist workers in
-    collection order (`--dist loadfile`): the longest then start early instead of keeping one
-    worker busy alone at the end. Within a file pytest's order stays (a stable sort, after
-    pytest grouped the tests of each module-fixture parameter)."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 @pytest.fixture(autouse=True)
 def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests never see a developer's service settings: every variable named like a `Settings`
