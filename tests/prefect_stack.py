@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from base64 import b64encode
@@ -30,7 +29,7 @@ from typing import IO, Any, Self
 
 import httpx
 
-from tests.service_process import ROOT, free_port, scrubbed_env, stop_group
+from tests.service_process import MIGRATE, ROOT, free_port, scrubbed_env, stop_group
 from tests.support import PG_ADMIN_URL, postgres_query, require_server
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -39,8 +38,6 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB_PAIRS = ((10, 11), (12, 13), (14, 15))
 SERVICES_STARTED = "Starting services"
 """What `prefect server services start` logs once its services run."""
-MIGRATE = (sys.executable, "-m", "flows.prefect_migrate")
-"""The one-shot migration step deploy/compose.yaml and deploy/k8s run (from the repository root)."""
 
 
 def prefect_cli() -> str:

@@ -48,6 +48,10 @@ def scrubbed_env(**settings: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", ENV_FILE_VAR: "", **settings}
 
 
+MIGRATE = (sys.executable, "-m", "flows.prefect_migrate")
+"""The one-shot migration step deploy/compose.yaml and deploy/k8s run (from the repository root)."""
+
+
 def prefect_home_template() -> Path:
     """A Prefect home whose SQLite database is migrated and has Prefect's block types registered
     (`python -m flows.prefect_migrate`), built once per Prefect version and shared by the test
@@ -61,7 +65,7 @@ def prefect_home_template() -> Path:
         if not (template / "prefect.db").exists():
             building = Path(tempfile.mkdtemp(prefix="wos-prefect-home-"))
             subprocess.run(
-                [venv_python(), "-m", "flows.prefect_migrate"],
+                MIGRATE,
                 cwd=ROOT,
                 env=scrubbed_env(PREFECT_HOME=str(building)),
                 check=True,
